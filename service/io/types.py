@@ -1,0 +1,82 @@
+"""Data types returned by :mod:`service.io`.
+
+Units and shapes are stated per field. Nothing here holds patient identifiers: ``series_key``
+is a one-way hash of the SeriesInstanceUID, safe for logs, reports and metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+SourceKind = Literal["dicom", "fastmri", "ismrmrd"]
+ContrastFamily = Literal["T1", "T1post", "T2", "FLAIR", "other"]
+CONTRAST_FAMILIES: tuple[str, ...] = ("T1", "T1post", "T2", "FLAIR", "other")
+
+
+@dataclass
+class ImageSeries:
+    """One image series (DICOM series or one k-space file), slices ordered along the normal.
+
+    Attributes:
+        pixels: float32 ``(slices, rows, cols)``, rescale slope/intercept applied (DICOM), or
+            the magnitude of the coil-combined reconstruction (k-space).
+        kind: where it came from: ``"dicom"``, ``"fastmri"`` or ``"ismrmrd"``.
+        series_key: anonymised key (first 16 hex digits of SHA-256 of the SeriesInstanceUID or
+            of the file's content for k-space); never the UID itself.
+        modality: DICOM Modality (``"MR"``...), ``"MR"`` for k-space.
+        description: SeriesDescription (may be ``""``).
+        contrast: contrast family guess, one of ``CONTRAST_FAMILIES``.
+        pixel_spacing: ``(row, col)`` spacing in mm, or ``None`` when unknown.
+        slice_thickness: mm, or ``None``.
+        orientation: ImageOrientationPatient (6 direction cosines), or ``None``.
+        transfer_syntax: TransferSyntaxUID name of the first instance (DICOM), else ``None``.
+        source_files: the files (or ``zipfile.zip!member`` names) the slices came from.
+        complex_pixels: complex64 ``(slices, rows, cols)`` coil-combined image for k-space
+            sources (phase kept), ``None`` for DICOM magnitude images.
+        attributes: further non-identifying metadata (echo time ms, repetition time ms, image
+            type, sequence name, ...), for series selection rules.
+    """
+
+    pixels: np.ndarray
+    kind: SourceKind
+    series_key: str
+    modality: str = "MR"
+    description: str = ""
+    contrast: str = "other"
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: float | None = None
+    orientation: tuple[float, ...] | None = None
+    transfer_syntax: str | None = None
+    source_files: list[str] = field(default_factory=list)
+    complex_pixels: np.ndarray | None = None
+    attributes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(slices, rows, cols)``."""
+        return tuple(self.pixels.shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """An input that could not be read: where (path or ``zip!member``) and why (one line).
+
+    ``reason`` is a bounded category (``"unreadable"``, ``"non_image"``, ``"unsupported"``...,
+    the ``reason`` of the :mod:`service.errors` class) and ``message`` the human explanation.
+    """
+
+    source: str
+    reason: str
+    message: str
+
+
+class SeriesList(list):
+    """``list[ImageSeries]`` that also carries the inputs that failed (``.failures``)."""
+
+    def __init__(self, series: list[ImageSeries] | None = None,
+                 failures: list[ReadFailure] | None = None) -> None:
+        super().__init__(series or [])
+        self.failures: list[ReadFailure] = failures or []

@@ -1,0 +1,24 @@
+"""Training-side subcommands of ``rankiq``, contributed through the ``rankiq.commands``
+entry-point group (so ``service`` never imports ``training``). Registration imports nothing
+heavy; torch is imported by handlers only, and a missing torch gives a one-line message."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from service.commands import register_modules
+
+if TYPE_CHECKING:
+    from service.cli import Registry
+
+COMMAND_MODULES = (
+    "training.commands.simulate_cmd",  # rankiq simulate / bench simulate
+    "training.commands.panel_cmd",  # rankiq panel / agreement
+    "training.commands.train_cmd",  # rankiq train / evaluate / bench train
+    "training.commands.export_cmd",  # rankiq export / bench score
+)
+
+
+def register(reg: Registry) -> None:
+    """Add the training commands."""
+    register_modules(reg, COMMAND_MODULES)
