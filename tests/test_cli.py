@@ -1,0 +1,79 @@
+"""The `rankiq` entry point: subcommand registry, exit codes and torch-free serving commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service.cli import EXIT_DEPENDENCY, EXIT_USAGE, build_parser, main, require
+from service.errors import MissingDependency
+
+
+def _subcommands(parser) -> set[str]:
+    for action in parser._actions:  # argparse keeps subparsers as an action
+        if action.__class__.__name__ == "_SubParsersAction":
+            return set(action.choices)
+    return set()
+
+
+def test_help_lists_serving_and_training_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "inspect" in out and "bench" in out
+
+
+def test_training_commands_come_from_the_entry_point():
+    names = _subcommands(build_parser())
+    # inspect is a serving command; bench always exists; training commands arrive by plugin
+    assert {"inspect", "bench"} <= names
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == EXIT_USAGE
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_missing_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == EXIT_USAGE
+
+
+def test_require_names_the_missing_module_and_the_fix():
+    with pytest.raises(MissingDependency) as exc:
+        require("surely_not_an_installed_module_xyz", "train")
+    msg = str(exc.value)
+    assert "surely_not_an_installed_module_xyz" in msg and "make venv" in msg
+
+
+def test_missing_dependency_exit_code(monkeypatch, capsys):
+    import service.cli as cli
+
+    def handler(args):
+        require("surely_not_an_installed_module_xyz", "demo")
+
+    monkeypatch.setattr(cli, "_resolve", lambda name: handler)
+    assert main(["inspect", "whatever"]) == EXIT_DEPENDENCY
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs surely_not_an_installed_module_xyz" in err
+
+
+def test_service_package_never_imports_torch():
+    code = (
+        "import sys, importlib, pkgutil, service\n"
+        "for m in pkgutil.walk_packages(service.__path__, 'service.'):\n"
+        "    if m.name == 'service.app':\n"
+        "        continue  # BentoML service definition: imported by the server tests\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')"
+        " or k == 'training' or k.startswith('training.'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"service imports {out.stdout.strip()}"

@@ -1,0 +1,242 @@
+"""``rankiq panel`` (simulated reader panel) and ``rankiq agreement`` (reader statistics).
+
+Neither needs torch. Handlers import numpy/h5py and the training modules lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.cli import Registry
+
+
+def add_commands(reg: Registry) -> None:
+    """Add ``rankiq panel`` and ``rankiq agreement``."""
+    p = reg.command("panel", "training.commands.panel_cmd:panel",
+                    "simulate a calibrated panel of reader votes on a pairs file")
+    p.add_argument("--pairs", required=True, help="pairs HDF5 file (from `rankiq simulate`)")
+    p.add_argument("--readers", type=int, default=7, help="number of readers (default 7)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="rankings CSV to write")
+    p.add_argument("--likert", help="also write Likert scores of a subset of pairs here")
+    p.add_argument("--likert-pairs", type=int, default=52,
+                   help="pairs scored on the Likert scale (default 52, as in the paper)")
+    p.add_argument("--likert-readers", default=None,
+                   help="comma-separated readers scoring Likert (default R5,R7 as in the "
+                        "paper, or the last two readers when fewer than 7)")
+    p.add_argument("--consensus", help="also write the consensus CSV here")
+    p.add_argument("--repeat-fraction", type=float, default=0.1,
+                   help="fraction of a reader's pairs shown twice (default 0.1)")
+    p.add_argument("--coverage", type=float, default=None,
+                   help="fraction of pairs each reader sees (default: the paper's reader "
+                        "vote counts / 2916, capped at 1)")
+    p.add_argument("--target-intra", type=float, default=0.95, help="default 0.95")
+    p.add_argument("--target-inter", type=float, default=0.61, help="default 0.61")
+    p.add_argument("--target-similar", type=float, default=0.12,
+                   help="expected fraction of 'similar' answers (default 0.12)")
+
+    a = reg.command("agreement", "training.commands.panel_cmd:agreement",
+                    "reader agreement statistics of rankings (and Likert scores)")
+    a.add_argument("--rankings", required=True, help="rankings CSV (reader,pair_id,outcome)")
+    a.add_argument("--likert", help="Likert CSV (reader,pair_id,image,score)")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("--consensus", help="write the consensus CSV here")
+    a.add_argument("--pairs", help="pairs HDF5 file: also report consensus vs MSE/SSIM ranks")
+    a.add_argument("--kappa-ci", choices=("asymptotic", "bootstrap"), default="asymptotic",
+                   help="kappa_w 95%% CI: Fleiss-Cohen-Everitt asymptotic (default) or a "
+                        "bootstrap over pairs")
+    a.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+    i = reg.command("import-votes", "training.commands.panel_cmd:import_votes",
+                    "convert the paper's ranking-page CSVs (Results_<initials>_*.csv) to a "
+                    "rankings CSV")
+    i.add_argument("files", nargs="+", help="ranking-page CSV files")
+    i.add_argument("--out", required=True, help="rankings CSV to write")
+    i.add_argument("--reader", help="reader name for every file (default: from the file name)")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    from training.rankings import RankingsFormatError
+
+    if not lo <= value <= hi:
+        raise RankingsFormatError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def _metric_report(cons: list, labels: dict[str, dict[int, str]]) -> dict[str, Any]:
+    from training.agreement import agreement_with_labels
+
+    return {name: agreement_with_labels(cons, lab) for name, lab in labels.items()}
+
+
+def _format_metric_report(rep: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, r in rep.items():
+        if r["all"] is None:
+            continue
+        d = "-" if r["directional"] is None else f"{100 * r['directional']:.1f} %"
+        lines.append(f"consensus vs {name.upper()} ranking: {100 * r['all']:.1f} % of "
+                     f"{r['n']} labelled pairs; {d} of the {r['n_directional']} pairs whose "
+                     "consensus is not 'similar'")
+    return lines
+
+
+def panel(args: argparse.Namespace) -> int:
+    """``rankiq panel``: calibrate, simulate, write, and print the measured statistics."""
+    import numpy as np
+
+    from training.agreement import consensus, summarize, vote_counts, write_consensus
+    from training.panel import Panel, load_pairs, metric_labels
+    from training.rankings import RankingsFormatError, write_likert, write_rankings
+
+    if args.readers < 1:
+        raise RankingsFormatError("--readers must be >= 1")
+    _check_range("--repeat-fraction", args.repeat_fraction, 0.0, 1.0)
+    _check_range("--target-intra", args.target_intra, 0.5, 1.0)
+    _check_range("--target-inter", args.target_inter, 0.0, 1.0)
+    _check_range("--target-similar", args.target_similar, 0.0, 0.9)
+    if args.coverage is not None:
+        _check_range("--coverage", args.coverage, 1e-6, 1.0)
+    data = load_pairs(args.pairs)
+    if data.n < 2:
+        raise RankingsFormatError("needs at least 2 pairs", source=args.pairs)
+    pan = Panel(data, args.readers, args.seed, args.coverage)
+    prm = pan.calibrate(args.target_intra, args.target_inter, args.target_similar)
+    names = [d.name for d in pan.draws]
+    force: dict[str, Any] = {}
+    likert_readers: list[str] = []
+    likert_idx = np.zeros(0, np.int64)
+    if args.likert:
+        if args.likert_readers:
+            likert_readers = [r.strip() for r in args.likert_readers.split(",") if r.strip()]
+            unknown = [r for r in likert_readers if r not in names]
+            if unknown:
+                raise RankingsFormatError(f"--likert-readers: unknown reader(s) "
+                                          f"{', '.join(unknown)} (readers are R1..R{len(names)})")
+        else:
+            likert_readers = ["R5", "R7"] if len(names) >= 7 else names[-2:]
+        likert_idx = np.sort(pan.rng.choice(data.n, size=min(args.likert_pairs, data.n),
+                                            replace=False))
+        force = {r: likert_idx for r in likert_readers}  # they also rank those pairs
+    votes = pan.simulate(args.repeat_fraction, force=force)
+    write_rankings(args.out, votes)
+    scores = pan.simulate_likert(likert_readers, likert_idx) if args.likert else None
+    if args.likert:
+        write_likert(args.likert, scores)
+    summary = summarize(votes, scores)
+    cons = consensus(vote_counts(votes))
+    labels = metric_labels(data)
+    rep = _metric_report(cons, labels)
+    # the noise-free panel-mean observer (every reader at kappa=0), for reference
+    dq0 = pan.dq(0.0)[0]
+    mean_obs = {int(pid): ("1" if d > 0 else "2") for pid, d in zip(data.pair_id, dq0,
+                                                                      strict=True)}
+    obs_vs = {m: float(np.mean([mean_obs[k] == v for k, v in lab.items()]))
+              for m, lab in labels.items() if lab}
+
+    print(f"rankiq panel: {len(names)} readers on {data.n} pairs from {args.pairs} "
+          f"(seed {args.seed})")
+    print(f"calibrated: sigma={prm.sigma:.4f} and jnd0={prm.jnd0:.4f} (x each reader's median "
+          f"|Q1-Q2|), idiosyncrasy kappa={prm.kappa:.4f}")
+    e = {k: ("-" if v != v else f"{100 * v:.2f}") for k, v in prm.expected.items()}  # NaN: -
+    print(f"expected (closed form): intra {e['intra']} %, inter "
+          f"{e['inter']} %, similar {e['similar']} % (targets "
+          f"{100 * args.target_intra:.0f} / {100 * args.target_inter:.0f} / "
+          f"{100 * args.target_similar:.0f} %)")
+    intra = summary["intra"]
+    print("measured intra-reader agreement: " + ", ".join(
+        f"{r} {100 * intra[r]:.1f}" if r in intra else f"{r} -" for r in names)
+        + " (repeated pairs per reader: "
+        + ", ".join(str(summary["readers"][r]["n_repeated_pairs"]) for r in names
+                    if r in summary["readers"]) + ")")
+
+    def ms(m: float | None, sd: float | None) -> str:
+        if m is None:
+            return "-"
+        return f"{100 * m:.2f} %" + ("" if sd is None else f" +- {100 * sd:.2f}")
+
+    inter = list(summary["inter"].values())
+    print(f"measured intra-reader mean: {ms(summary['intra_mean'], summary['intra_sd'])} "
+          "(paper: 94.9 +- 2.4)")
+    rng_txt = f", range {100 * min(inter):.1f}-{100 * max(inter):.1f}" if inter else ""
+    print(f"measured inter-reader mean: {ms(summary['inter_mean'], summary['inter_sd'])}"
+          f"{rng_txt} (paper: 61.47 +- 5.51, range 54-78)")
+    if summary["overall"] is not None:
+        print(f"measured overall agreement: {100 * summary['overall']:.2f} % (paper: 81.4)")
+    c = summary["consensus"]
+    print(f"votes: {summary['n_votes']} (+{summary['n_skips']} skips); consensus on "
+          f"{c['n_pairs']} pairs (1: {c['1']}, similar: {c['similar']}, 2: {c['2']}), "
+          f"{c['n_no_consensus']} ties without consensus")
+    for line in _format_metric_report(rep):
+        print(line)
+    print("noise-free panel-mean observer vs " + ", ".join(
+        f"{m.upper()} {100 * v:.1f} %" for m, v in obs_vs.items()))
+    for key, le in summary["likert"].items():
+        kw = "-" if le["kappa_w"] is None else f"{le['kappa_w']:.2f}"
+        ci = le["kappa_ci"]
+        cis = "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        print(f"Likert {key}: kappa_w {kw}{cis}, agreement {100 * le['agreement']:.1f} % "
+              f"(paper 0.47, 25 %); Likert-derived ranks {100 * le['rank_agreement']:.1f} % "
+              f"(paper 65.4); direct ranks on the same pairs "
+              f"{100 * (le['direct_rank_agreement'] or 0):.1f} % (paper 70.4)")
+    if summary["likert_vs_rank"]:
+        print("Likert-derived vs direct ranks: " + ", ".join(
+            f"{r} {100 * v:.1f} %" for r, v in summary["likert_vs_rank"].items())
+            + " (paper: 59.6, 51.9)")
+    written = [args.out] + ([args.likert] if args.likert else [])
+    if args.consensus:
+        write_consensus(args.consensus, cons)
+        written.append(args.consensus)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def agreement(args: argparse.Namespace) -> int:
+    """``rankiq agreement``: statistics of a rankings CSV (and a Likert CSV)."""
+    from training.agreement import (
+        consensus,
+        format_summary,
+        summarize,
+        vote_counts,
+        write_consensus,
+    )
+    from training.rankings import read_likert, read_rankings
+
+    votes = read_rankings(args.rankings)
+    scores = read_likert(args.likert) if args.likert else None
+    summary = summarize(votes, scores, kappa_ci_method=args.kappa_ci, seed=args.seed)
+    cons = consensus(vote_counts(votes))
+    if args.pairs:
+        from training.panel import read_metric_labels
+
+        summary["metric_agreement"] = _metric_report(cons, read_metric_labels(args.pairs))
+    if args.consensus:
+        n = write_consensus(args.consensus, cons)
+        summary["consensus"]["written"] = n
+    if args.json:
+        print(json.dumps(summary, default=float, indent=1))
+    else:
+        print(format_summary(summary))
+        if "metric_agreement" in summary:
+            print()
+            print("\n".join(_format_metric_report(summary["metric_agreement"])))
+        if args.consensus:
+            print(f"wrote {n} consensus rows to {args.consensus} "
+                  f"({summary['consensus']['n_no_consensus']} tied pairs omitted)")
+    return 0
+
+
+def import_votes(args: argparse.Namespace) -> int:
+    """``rankiq import-votes``: ranking-page CSVs -> one rankings CSV."""
+    from training.rankings import import_page_csv, write_rankings
+
+    votes = []
+    for path in args.files:
+        got = import_page_csv(path, reader=args.reader)
+        votes += got
+        print(f"{path}: {len(got)} votes by {got[0].reader if got else '-'}")
+    write_rankings(args.out, votes)
+    print(f"wrote {len(votes)} votes to {args.out}")
+    return 0
