@@ -11,7 +11,7 @@ PORT   ?= 3000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint format models bench clean
+.PHONY: venv serve test test-deps lint format models bench clean
 
 venv: $(STAMP)
 
@@ -25,9 +25,16 @@ $(STAMP): pyproject.toml constraints.txt
 serve: venv
 	$(BIN)/rankiq serve --port $(PORT) --workers $(WORKERS)
 
-## make test: set up from nothing, then run the whole suite (an empty suite fails: exit 5)
-test: venv
+## make test: set up from nothing, then lint and run the whole suite (an empty suite fails: exit 5)
+test: venv test-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## system packages the tests need: a real Prometheus server (Debian package) scrapes the service
+test-deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing the Debian package prometheus (the metrics tests scrape with it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 lint: venv
 	$(BIN)/ruff check .

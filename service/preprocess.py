@@ -190,7 +190,8 @@ def prepare(
         ref = as_slices(reference, "reference")
         if ref.shape != img.shape:
             raise GeometryMismatch(
-                f"reference geometry {ref.shape} (slices, rows, cols) differs from image {img.shape}"
+                f"reference geometry {ref.shape} (slices, rows, cols) differs from "
+                f"image {img.shape}"
             )
     if input_kind == "magnitude":
         # magnitude images: take |.| before any interpolation, as DICOM stores them
