@@ -72,6 +72,9 @@ class ReadFailure:
     reason: str
     message: str
 
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
 
 class SeriesList(list):
     """``list[ImageSeries]`` that also carries the inputs that failed (``.failures``)."""
@@ -80,3 +83,46 @@ class SeriesList(list):
                  failures: list[ReadFailure] | None = None) -> None:
         super().__init__(series or [])
         self.failures: list[ReadFailure] = failures or []
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One readable input found by :func:`service.io.scan_instances` from its header alone.
+
+    A DICOM instance (``kind="dicom"``) or a k-space file (``kind="hdf5"``, one series per file).
+    Hand the refs of one series to :func:`service.io.load_series` for its pixels; group them with
+    :func:`service.io.group_instances` (the grouping :func:`service.io.read_series` uses).
+
+    Attributes:
+        source: display name: the path, or ``archive.zip!member``.
+        path: the file on disk (the zip for an archive member); ``None`` for in-memory uploads.
+        member: the zip member name, or ``None``.
+        kind: ``"dicom"`` or ``"hdf5"``.
+        series_key: anonymised series key (see :class:`ImageSeries`).
+        modality, description: DICOM Modality and SeriesDescription (``""`` when absent).
+        sop_class: SOP class name (e.g. ``"MR Image Storage"``), never a UID.
+        instance_number: InstanceNumber or ``None``.
+        frames: number of frames (slices) the instance holds.
+        rows, cols: matrix size in pixels (0 for k-space, known only once read).
+        position: ImagePositionPatient in mm of the first frame, or ``None``.
+        orientation: ImageOrientationPatient (6 cosines) of the first frame, or ``None``.
+        transfer_syntax: transfer syntax name, or ``None``.
+        size: bytes on disk (uncompressed size for archive members).
+    """
+
+    source: str
+    path: str | None
+    member: str | None
+    kind: Literal["dicom", "hdf5"]
+    series_key: str
+    modality: str = ""
+    description: str = ""
+    sop_class: str = ""
+    instance_number: int | None = None
+    frames: int = 1
+    rows: int = 0
+    cols: int = 0
+    position: tuple[float, float, float] | None = None
+    orientation: tuple[float, ...] | None = None
+    transfer_syntax: str | None = None
+    size: int = 0

@@ -1,0 +1,47 @@
+"""Reading MR images: DICOM (files, directories, zips), fastMRI and ISMRMRD k-space.
+
+```python
+from service.io import read_series, read_kspace, read_upload, scan_instances, load_series
+series_list = read_series(["scan.zip", "dicom_dir/"])     # SeriesList of ImageSeries
+for s in series_list: s.pixels                            # float32 (slices, rows, cols)
+for f in series_list.failures: print(f)                   # "source: reason" per unreadable file
+```
+
+See docs/readme/io.md for supported inputs, limits and ordering rules. Nothing returned or raised
+carries a patient identifier; ``series_key`` is a hash.
+"""
+
+from __future__ import annotations
+
+from service.io.kspace import read_kspace
+from service.io.limits import DEFAULT_LIMITS, ReadLimits
+from service.io.read import (
+    group_instances,
+    load_series,
+    read_series,
+    read_upload,
+    scan_instances,
+)
+from service.io.types import (
+    CONTRAST_FAMILIES,
+    ImageSeries,
+    InstanceRef,
+    ReadFailure,
+    SeriesList,
+)
+
+__all__ = [
+    "CONTRAST_FAMILIES",
+    "DEFAULT_LIMITS",
+    "ImageSeries",
+    "InstanceRef",
+    "ReadFailure",
+    "ReadLimits",
+    "SeriesList",
+    "group_instances",
+    "load_series",
+    "read_kspace",
+    "read_series",
+    "read_upload",
+    "scan_instances",
+]

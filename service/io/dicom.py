@@ -1,0 +1,440 @@
+"""DICOM instances to frames, frames to ordered series.
+
+* Header checks refuse non-image objects (SR, RT, presentation states, ...) with
+  :class:`NonImageInput` and absurd matrices before any pixel is decoded.
+* Pixels are decoded by pydicom (its pylibjpeg plugins handle RLE, JPEG baseline/lossless,
+  JPEG-LS and JPEG 2000), converted to float32 and rescaled with RescaleSlope/Intercept, per frame
+  for enhanced (multi-frame) objects (Pixel Value Transformation functional group).
+* A multi-frame object is split into frames, each with its own position from the per-frame
+  (or shared) functional groups.
+* Slices are ordered by their position along the slice normal (ImagePositionPatient . normal)
+  when every frame has a position and all orientations are parallel; otherwise by
+  InstanceNumber (then frame number). Ties keep InstanceNumber order.
+
+No identifier is read into anything returned: the series key is a hash of the
+SeriesInstanceUID, messages name the file only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from service.errors import (
+    InputTooLarge,
+    InvalidImage,
+    NonImageInput,
+    UnreadableInput,
+)
+from service.io.contrast import guess_contrast
+from service.io.limits import ReadLimits
+from service.io.types import ImageSeries, InstanceRef
+
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Modalities and SOP class name fragments of objects that hold no image to score.
+_NON_IMAGE_MODALITIES = {
+    "SR": "a structured report (SR)",
+    "RTPLAN": "a radiotherapy plan (RT)",
+    "RTSTRUCT": "a radiotherapy structure set (RT)",
+    "RTDOSE": "a radiotherapy dose grid (RT)",
+    "RTRECORD": "a radiotherapy treatment record (RT)",
+    "RTIMAGE": "a radiotherapy portal image (RT)",
+    "PR": "a presentation state (PR)",
+    "KO": "a key object selection (KO)",
+    "DOC": "an encapsulated document (DOC)",
+    "REG": "a registration object (REG)",
+    "SEG": "a segmentation (SEG)",
+    "ECG": "a waveform (ECG)",
+}
+_NON_IMAGE_SOP_FRAGMENTS = {
+    "SR Storage": "a structured report (SR)",
+    "Structured Report": "a structured report (SR)",
+    "RT ": "a radiotherapy object (RT)",
+    "Presentation State": "a presentation state (PR)",
+    "Key Object Selection": "a key object selection (KO)",
+    "Encapsulated": "an encapsulated document",
+    "Waveform": "a waveform",
+    "Raw Data": "raw data",
+    "Media Storage Directory": "a DICOMDIR (media directory)",
+    "Spectroscopy": "MR spectroscopy",
+    "Segmentation": "a segmentation (SEG)",
+    "Registration": "a registration object (REG)",
+}
+
+
+def series_key_of(uid: str | None, fallback: str) -> str:
+    """Anonymised series key: first 16 hex digits of SHA-256 of the SeriesInstanceUID.
+
+    ``fallback`` (e.g. the file name) is hashed instead when the UID is missing.
+    """
+    text = uid.strip() if uid else f"no-uid:{fallback}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def uid_of(ds: Dataset) -> str:
+    """The SeriesInstanceUID, read raw (never validated, so never echoed by pydicom)."""
+    return _text(ds, "SeriesInstanceUID")
+
+
+def shape_key(series_key: str, rows: int, cols: int) -> str:
+    """Key of the part of a series with one matrix size (when a series mixes sizes)."""
+    return hashlib.sha256(f"{series_key}|{rows}x{cols}".encode()).hexdigest()[:16]
+
+
+def _num(value: Any) -> float | None:
+    """A DICOM number (DS/IS/FD, maybe multi-valued: first value) as float, or ``None``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _vec(value: Any, n: int) -> tuple[float, ...] | None:
+    """A multi-valued number of length ``n`` as a float tuple, or ``None`` if malformed."""
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A text element read raw, bypassing pydicom's value validation.
+
+    pydicom's validation warnings quote the offending value (a malformed UID, a name) into
+    warnings and logs; reading the raw bytes keeps identifiers out of them.
+    """
+    try:
+        elem = ds.get_item(keyword)
+    except (KeyError, ValueError):
+        return ""
+    value = None if elem is None else elem.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip(" \0")
+
+
+def _fg(ds: Dataset, frame: int, group: str, keyword: str) -> Any:
+    """A functional-group attribute for ``frame``: per-frame, else shared, else top level."""
+    for seq_name, index in (("PerFrameFunctionalGroupsSequence", frame),
+                            ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(seq_name)
+        if seq is None or len(seq) <= index:
+            continue
+        items = seq[index].get(group)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return ds.get(keyword)
+
+
+def _sop_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    if uid is None:
+        return ""
+    name = getattr(uid, "name", "")
+    return name if name and name != str(uid) else ""
+
+
+def _transfer_syntax(ds: Dataset) -> str | None:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return uid.name if uid is not None else None
+
+
+def check_header(ds: Dataset, source: str, limits: ReadLimits) -> int:
+    """Refuse what cannot be an image to score; return the number of frames.
+
+    Raises:
+        NonImageInput: SR, RT, presentation state, DICOMDIR and similar objects.
+        InvalidImage: missing/zero matrix, colour, unsupported bit depth.
+        InputTooLarge: matrix above ``max_matrix`` or more frames than ``max_slices``.
+    """
+    modality = _text(ds, "Modality").upper()
+    what = _NON_IMAGE_MODALITIES.get(modality)
+    sop = _sop_name(ds)
+    if what is None:
+        what = next((v for k, v in _NON_IMAGE_SOP_FRAGMENTS.items() if k in sop), None)
+    if what is None and "DirectoryRecordSequence" in ds:
+        what = "a DICOMDIR (media directory)"
+    if what is not None:
+        raise NonImageInput(f"not an image: {what} holds no image to score", source=source)
+    rows, cols = _num(ds.get("Rows")), _num(ds.get("Columns"))
+    if rows is None or cols is None:
+        if "Image" in sop or not sop:
+            raise UnreadableInput("image object without Rows/Columns (truncated or corrupt)",
+                                  source=source)
+        raise NonImageInput(f"not an image: {sop} has no Rows/Columns", source=source)
+    rows_i, cols_i = int(rows), int(cols)
+    if rows_i < 1 or cols_i < 1:
+        raise InvalidImage(f"absurd dimensions: {rows_i}x{cols_i} pixels", source=source)
+    if max(rows_i, cols_i) > limits.max_matrix:
+        raise InputTooLarge(
+            f"absurd dimensions: {rows_i}x{cols_i} pixels, above the {limits.max_matrix} "
+            "pixel limit", source=source)
+    frames = int(_num(ds.get("NumberOfFrames")) or 1)
+    if frames < 1:
+        raise InvalidImage(f"absurd number of frames: {frames}", source=source)
+    if frames > limits.max_slices:
+        raise InputTooLarge(f"{frames} frames, above the limit of {limits.max_slices} slices",
+                            source=source)
+    spp = int(_num(ds.get("SamplesPerPixel")) or 1)
+    if spp != 1:
+        raise InvalidImage(f"{spp} samples per pixel (colour): MR images are greyscale",
+                           source=source)
+    bits = int(_num(ds.get("BitsAllocated")) or 16)
+    if bits not in (1, 8, 16, 32, 64):
+        raise InvalidImage(f"unsupported BitsAllocated {bits}", source=source)
+    return frames
+
+
+def instance_ref(ds: Dataset, source: str, path: str | None, member: str | None, size: int,
+                 limits: ReadLimits) -> InstanceRef:
+    """Header-only description of an instance (``ds`` read with ``stop_before_pixels``)."""
+    frames = check_header(ds, source, limits)
+    inst = _num(ds.get("InstanceNumber"))
+    return InstanceRef(
+        source=source, path=path, member=member, kind="dicom",
+        series_key=series_key_of(_text(ds, "SeriesInstanceUID"), source),
+        modality=_text(ds, "Modality"), description=_text(ds, "SeriesDescription"),
+        sop_class=_sop_name(ds), instance_number=None if inst is None else int(inst),
+        frames=frames, rows=int(ds.Rows), cols=int(ds.Columns),
+        position=_vec(_fg(ds, 0, "PlanePositionSequence", "ImagePositionPatient"), 3),
+        orientation=_vec(_fg(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+        transfer_syntax=_transfer_syntax(ds), size=size,
+    )
+
+
+@dataclass
+class InstanceMeta:
+    """Series-level metadata read from one instance (no identifiers)."""
+
+    modality: str
+    description: str
+    contrast: str
+    transfer_syntax: str | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    attributes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Frame:
+    """One decoded slice.
+
+    Attributes:
+        pixels: float32 ``(rows, cols)``, rescaled.
+        position: ImagePositionPatient (mm) or ``None``; orientation: 6 cosines or ``None``.
+        instance_number, frame_index: for the fallback ordering.
+        source: the file it came from; meta: its instance's metadata.
+    """
+
+    pixels: np.ndarray
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    instance_number: int | None
+    frame_index: int
+    source: str
+    meta: InstanceMeta
+
+
+def _instance_meta(ds: Dataset) -> InstanceMeta:
+    te = _num(_fg(ds, 0, "MREchoSequence", "EffectiveEchoTime")) or _num(ds.get("EchoTime"))
+    tr = _num(_fg(ds, 0, "MRTimingAndRelatedParametersSequence", "RepetitionTime"))
+    ti = _num(_fg(ds, 0, "MRModifierSequence", "InversionTimes")) or _num(ds.get("InversionTime"))
+    agent = _text(ds, "ContrastBolusAgent")
+    has_agent = (bool(agent) and agent.upper() not in {"NONE", "NO", "N"}) or bool(
+        ds.get("ContrastBolusAgentSequence"))
+    description = _text(ds, "SeriesDescription")
+    names = " ".join(x for x in (description, _text(ds, "ProtocolName"),
+                                 _text(ds, "SequenceName")) if x)
+    scanning = _text(ds, "ScanningSequence")
+    spacing = _vec(_fg(ds, 0, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    thickness = _num(_fg(ds, 0, "PixelMeasuresSequence", "SliceThickness"))
+    attributes: dict[str, object] = {
+        "echo_time_ms": te, "repetition_time_ms": tr, "inversion_time_ms": ti,
+        "flip_angle_deg": _num(ds.get("FlipAngle")),
+        "scanning_sequence": scanning, "sequence_name": _text(ds, "SequenceName"),
+        "image_type": _text(ds, "ImageType"), "contrast_agent": has_agent,
+        "field_strength_t": _num(ds.get("MagneticFieldStrength")),
+        "sop_class": _sop_name(ds), "series_number": _num(ds.get("SeriesNumber")),
+    }
+    return InstanceMeta(
+        modality=_text(ds, "Modality") or "OT",
+        description=description,
+        contrast=guess_contrast(names, echo_time_ms=te, repetition_time_ms=tr,
+                                inversion_time_ms=ti, scanning_sequence=scanning,
+                                contrast_agent=has_agent),
+        transfer_syntax=_transfer_syntax(ds),
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        slice_thickness=thickness,
+        attributes=attributes,
+    )
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Data sets without file meta: record the encoding pydicom detected, for the decoders."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    uid = (ImplicitVRLittleEndian if implicit else
+           ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+def _decode(ds: Dataset, source: str, frames: int) -> np.ndarray:
+    """Decoded stored values ``(frames, rows, cols)`` (not rescaled)."""
+    if not any(t in ds for t in _PIXEL_TAGS):
+        sop = _sop_name(ds)
+        if "Image" in sop or not sop:
+            raise UnreadableInput("image object without pixel data (truncated file?)",
+                                  source=source)
+        raise NonImageInput(f"not an image: {sop} holds no pixel data", source=source)
+    _ensure_transfer_syntax(ds)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder errors are many; all mean "unreadable"
+        detail = str(exc).split(" - ")[0].split("\n")[0][:200]
+        ts = _transfer_syntax(ds) or "unknown transfer syntax"
+        raise UnreadableInput(f"pixel data cannot be decoded ({ts}): {detail}",
+                              source=source) from exc
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != frames:
+        raise InvalidImage(f"decoded pixels have shape {arr.shape}, expected {frames} frame(s) "
+                           f"of {int(ds.Rows)}x{int(ds.Columns)}", source=source)
+    return arr
+
+
+def decode_instance(ds: Dataset, source: str, limits: ReadLimits) -> list[Frame]:
+    """All frames of an instance read with pixels, rescaled to float32.
+
+    Raises:
+        NonImageInput, InvalidImage, InputTooLarge: see :func:`check_header`.
+        UnreadableInput: truncated or undecodable pixel data.
+        InvalidImage: NaN/Inf after rescaling.
+    """
+    frames = check_header(ds, source, limits)
+    stored = _decode(ds, source, frames)
+    meta = _instance_meta(ds)
+    inst = _num(ds.get("InstanceNumber"))
+    out = []
+    for i in range(frames):
+        slope = _num(_fg(ds, i, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _num(_fg(ds, i, "PixelValueTransformationSequence", "RescaleIntercept"))
+        px = stored[i].astype(np.float32)
+        if slope is not None and slope != 1.0:
+            px *= np.float32(slope)
+        if intercept:
+            px += np.float32(intercept)
+        if not np.isfinite(px).all():
+            raise InvalidImage(f"frame {i + 1} holds NaN or Inf pixel values", source=source)
+        out.append(Frame(
+            pixels=px,
+            position=_vec(_fg(ds, i, "PlanePositionSequence", "ImagePositionPatient"), 3),
+            orientation=_vec(_fg(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                             6),
+            instance_number=None if inst is None else int(inst),
+            frame_index=i, source=source, meta=meta,
+        ))
+    return out
+
+
+def _normal(orientation: tuple[float, ...]) -> np.ndarray | None:
+    n = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    norm = np.linalg.norm(n)
+    return n / norm if norm > 1e-6 else None
+
+
+def order_frames(frames: list[Frame]) -> tuple[list[Frame], str, list[float] | None]:
+    """Slice order: along the normal when possible, else by InstanceNumber.
+
+    Returns:
+        the ordered frames, the method (``"position"`` or ``"instance_number"``) and, for the
+        position method, each slice's distance along the normal in mm.
+    """
+    def fallback_key(f: Frame) -> tuple:
+        inst = f.instance_number
+        return (inst is None, inst if inst is not None else 0, f.source, f.frame_index)
+
+    if all(f.position is not None and f.orientation is not None for f in frames):
+        n0 = _normal(frames[0].orientation)  # type: ignore[arg-type]
+        normals = [_normal(f.orientation) for f in frames]  # type: ignore[arg-type]
+        if n0 is not None and all(n is not None and abs(float(n @ n0)) > 0.999
+                                  for n in normals):
+            dist = [float(np.asarray(f.position) @ n0) for f in frames]
+            order = sorted(range(len(frames)),
+                           key=lambda i: (round(dist[i], 4), fallback_key(frames[i])))
+            return [frames[i] for i in order], "position", [dist[i] for i in order]
+    return sorted(frames, key=fallback_key), "instance_number", None
+
+
+def assemble(frames: list[Frame], series_key: str) -> ImageSeries:
+    """Stack frames of one matrix size into an :class:`ImageSeries` (slices ordered).
+
+    Raises:
+        InvalidImage: frames of different matrix sizes.
+    """
+    shapes = {f.pixels.shape for f in frames}
+    if len(shapes) != 1:
+        raise InvalidImage(
+            f"series mixes matrix sizes {sorted(shapes)}; read each size separately",
+            source=frames[0].source)
+    ordered, method, dist = order_frames(frames)
+    first = ordered[0]
+    meta = first.meta
+    attributes = dict(meta.attributes)
+    attributes["slice_order"] = method
+    if dist is not None and len(dist) > 1:
+        attributes["slice_spacing_mm"] = float(np.median(np.diff(dist)))
+    orientations = {f.orientation for f in ordered}
+    if len(orientations) > 1:
+        attributes["mixed_orientations"] = True
+    sources = list(dict.fromkeys(f.source for f in ordered))
+    return ImageSeries(
+        pixels=np.stack([f.pixels for f in ordered]).astype(np.float32, copy=False),
+        kind="dicom",
+        series_key=series_key,
+        modality=meta.modality,
+        description=meta.description,
+        contrast=meta.contrast,
+        pixel_spacing=meta.pixel_spacing,
+        slice_thickness=meta.slice_thickness,
+        orientation=first.orientation,
+        transfer_syntax=meta.transfer_syntax,
+        source_files=sources,
+        attributes=attributes,
+    )
+
+
+def read_dataset(fp: Any, source: str, *, header_only: bool) -> Dataset:
+    """Parse a DICOM stream (preamble optional); parse errors become :class:`UnreadableInput`."""
+    try:
+        return pydicom.dcmread(fp, force=True, stop_before_pixels=header_only)
+    except Exception as exc:  # noqa: BLE001 - parser errors are many; never echo values
+        raise UnreadableInput(f"DICOM cannot be parsed (truncated or corrupt: "
+                              f"{type(exc).__name__})", source=source) from exc

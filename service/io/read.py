@@ -1,0 +1,308 @@
+"""The public readers: :func:`read_series`, :func:`read_upload`, :func:`scan_instances`,
+:func:`load_series` and :func:`group_instances`.
+
+``read_series`` decodes every instance as it walks and groups frames by series; batch QA uses the
+two-step form instead, ``scan_instances`` (header-only, streaming) then ``load_series`` per group,
+so memory stays bounded by one series.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable, Iterator
+
+from service.errors import (
+    GeometryMismatch,
+    HostileArchive,
+    InputTooLarge,
+    InvalidImage,
+    NonImageInput,
+    RankIQError,
+    UnreadableInput,
+    UnsupportedInput,
+)
+from service.io.archive import Entry, PathLike, failure_of, walk, walk_bytes
+from service.io.dicom import (
+    Frame,
+    assemble,
+    decode_instance,
+    instance_ref,
+    read_dataset,
+    series_key_of,
+    shape_key,
+    uid_of,
+)
+from service.io.kspace import content_key, kspace_from_bytes, kspace_from_file, read_kspace
+from service.io.limits import DEFAULT_LIMITS, ReadLimits
+from service.io.sniff import SNIFF_BYTES, sniff
+from service.io.types import ImageSeries, InstanceRef, ReadFailure, SeriesList
+
+_ERRORS_BY_REASON: dict[str, type[RankIQError]] = {
+    cls.reason: cls for cls in (UnsupportedInput, UnreadableInput, NonImageInput, InvalidImage,
+                                GeometryMismatch, InputTooLarge, HostileArchive)
+}
+
+
+class SeriesTooLarge(InputTooLarge):
+    """A series above ``max_slices``: refuses the whole read (not one file's failure)."""
+
+
+def error_of(failure: ReadFailure) -> RankIQError:
+    """The typed error a failure stands for (its ``reason`` names the class)."""
+    cls = _ERRORS_BY_REASON.get(failure.reason, UnreadableInput)
+    return cls(failure.message, source=failure.source)
+
+
+class _Collector:
+    """Frames grouped by series (in order of first appearance), k-space series, failures."""
+
+    def __init__(self, limits: ReadLimits) -> None:
+        self.limits = limits
+        self.groups: dict[str, list[Frame] | ImageSeries] = {}
+        self.failures: list[ReadFailure] = []
+
+    def add_frames(self, key: str, frames: list[Frame]) -> None:
+        group = self.groups.setdefault(key, [])
+        assert isinstance(group, list)
+        group.extend(frames)
+        if len(group) > self.limits.max_slices:
+            raise SeriesTooLarge(f"series has more than {self.limits.max_slices} slices",
+                                 source=group[0].source)
+
+    def add_series(self, series: ImageSeries) -> None:
+        key = series.series_key
+        while key in self.groups:  # the same k-space file given twice: keep both
+            key += "+"
+        self.groups[key] = series
+
+    def add_entry(self, entry: Entry) -> None:
+        """Read one entry; its problems become failures."""
+        try:
+            if entry.kind == "hdf5":
+                if entry.member is None:
+                    self.add_series(read_kspace(entry.path or "", limits=self.limits))
+                else:
+                    data = entry.read_bytes(self.limits.max_entry_uncompressed)
+                    self.add_series(kspace_from_bytes(data, entry.source, limits=self.limits))
+                return
+            if entry.member is None:
+                ds = read_dataset(entry.path, entry.source, header_only=False)
+            else:
+                data = entry.read_bytes(self.limits.max_entry_uncompressed)
+                ds = read_dataset(io.BytesIO(data), entry.source, header_only=False)
+            frames = decode_instance(ds, entry.source, self.limits)
+            self.add_frames(series_key_of(uid_of(ds), entry.source), frames)
+        except SeriesTooLarge:
+            raise
+        except RankIQError as exc:
+            self.failures.append(failure_of(exc, entry.source))
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            self.failures.append(ReadFailure(entry.source, UnreadableInput.reason,
+                                             f"cannot be read ({type(exc).__name__})"))
+
+    def result(self) -> SeriesList:
+        series: list[ImageSeries] = []
+        for key, group in self.groups.items():
+            if isinstance(group, ImageSeries):
+                series.append(group)
+                continue
+            by_shape: dict[tuple[int, ...], list[Frame]] = {}
+            for f in group:
+                by_shape.setdefault(f.pixels.shape, []).append(f)
+            for shape, frames in by_shape.items():
+                k = key if len(by_shape) == 1 else shape_key(key, shape[0], shape[1])
+                series.append(assemble(frames, k))
+        return SeriesList(series, self.failures)
+
+
+def read_series(paths: PathLike | Iterable[PathLike], *,
+                limits: ReadLimits = DEFAULT_LIMITS) -> SeriesList:
+    """Read every image series under ``paths``.
+
+    Args:
+        paths: a file (DICOM, fastMRI/ISMRMRD HDF5, zip), a directory (walked recursively) or a
+            list of them. Content is sniffed; extensions are ignored.
+        limits: size limits.
+
+    Returns:
+        :class:`SeriesList` of :class:`ImageSeries` (DICOM grouped by SeriesInstanceUID, slices
+        ordered along the normal; one series per k-space file), in order of first appearance;
+        ``.failures`` lists every unreadable file with its reason. A series mixing matrix sizes
+        is split into one series per size.
+
+    Raises:
+        HostileArchive, InputTooLarge: a path named directly breaks a limit, or a series has
+            more than ``limits.max_slices`` slices.
+    """
+    collector = _Collector(limits)
+    for item in walk(paths, limits):
+        if isinstance(item, ReadFailure):
+            collector.failures.append(item)
+        else:
+            collector.add_entry(item)
+    return collector.result()
+
+
+def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS) -> SeriesList:
+    """Read uploaded content (a DICOM file, an HDF5 k-space file or a zip of them).
+
+    The kind is sniffed from the bytes; ``name`` (the upload's file name) is only used in
+    messages, its extension is never trusted.
+
+    Raises:
+        InputTooLarge: more than ``limits.max_bytes``.
+        UnsupportedInput: not DICOM, HDF5 or zip.
+        HostileArchive: a zip breaking an archive limit or with path-traversal names.
+        RankIQError: a single file that cannot be read raises its error; a zip that yields
+            no series raises the class of its first failure.
+    """
+    if len(data) > limits.max_bytes:
+        raise InputTooLarge(f"{len(data)} bytes, above the limit of {limits.max_bytes}",
+                            source=name)
+    kind = sniff(data[:SNIFF_BYTES])
+    if kind is None:
+        raise UnsupportedInput("not DICOM, HDF5 k-space or a zip (content sniffed; the file "
+                               "name's extension is ignored)", source=name)
+    if kind == "hdf5":
+        return SeriesList([kspace_from_bytes(data, name, limits=limits)])
+    if kind == "dicom":
+        ds = read_dataset(io.BytesIO(data), name, header_only=False)
+        frames = decode_instance(ds, name, limits)
+        return SeriesList([assemble(frames, series_key_of(uid_of(ds), name))])
+    collector = _Collector(limits)
+    for item in walk_bytes(data, name, limits):
+        if isinstance(item, ReadFailure):
+            collector.failures.append(item)
+        else:
+            collector.add_entry(item)
+    result = collector.result()
+    if not result:
+        if result.failures:
+            raise error_of(result.failures[0])
+        raise UnreadableInput("zip holds no files", source=name)
+    return result
+
+
+def scan_instances(paths: PathLike | Iterable[PathLike], *,
+                   limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[InstanceRef | ReadFailure]:
+    """Stream header-only descriptions of every instance under ``paths``.
+
+    DICOM headers are read with ``stop_before_pixels`` from a stream (zip members are never
+    loaded whole); directories are walked lazily. One k-space file is one ``kind="hdf5"`` ref
+    (its series key hashes the file, so it is read once). Unreadable or non-image inputs are
+    yielded as :class:`ReadFailure`; the walk goes on.
+
+    Raises:
+        HostileArchive, InputTooLarge: a path named directly breaks a limit (met inside a
+            directory, the same problem is yielded as a failure).
+    """
+    for item in walk(paths, limits):
+        if isinstance(item, ReadFailure):
+            yield item
+            continue
+        try:
+            if item.kind == "hdf5":
+                key = content_key(item.path or "") if item.member is None else \
+                    content_key(item.read_bytes(limits.max_entry_uncompressed))
+                yield InstanceRef(source=item.source, path=item.path, member=item.member,
+                                  kind="hdf5", series_key=key, modality="MR", size=item.size)
+                continue
+            with item.open() as fp:
+                ds = read_dataset(fp, item.source, header_only=True)
+            yield instance_ref(ds, item.source, item.path, item.member, item.size, limits)
+        except RankIQError as exc:
+            yield failure_of(exc, item.source)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            yield ReadFailure(item.source, UnreadableInput.reason,
+                              f"cannot be read ({type(exc).__name__})")
+
+
+def group_instances(refs: Iterable[InstanceRef]) -> dict[str, list[InstanceRef]]:
+    """Group refs into series exactly as :func:`read_series` does.
+
+    Returns:
+        ``{series key: refs}`` in order of first appearance; a series mixing matrix sizes is
+        split, each part keyed like :func:`read_series` keys it. Pass the key to
+        :func:`load_series` (``key=``) to get the same ``series_key``.
+    """
+    groups: dict[str, list[InstanceRef]] = {}
+    for ref in refs:
+        groups.setdefault(ref.series_key, []).append(ref)
+    out: dict[str, list[InstanceRef]] = {}
+    for key, group in groups.items():
+        shapes = list(dict.fromkeys((r.rows, r.cols) for r in group))
+        if len(shapes) == 1 or group[0].kind == "hdf5":
+            out[key] = group
+            continue
+        for rows, cols in shapes:
+            out[shape_key(key, rows, cols)] = [r for r in group if (r.rows, r.cols) == (rows,
+                                                                                       cols)]
+    return out
+
+
+def load_series(refs: list[InstanceRef], *, limits: ReadLimits = DEFAULT_LIMITS,
+                key: str | None = None,
+                zips: dict[str, zipfile.ZipFile] | None = None) -> ImageSeries:
+    """Pixels for one series found by :func:`scan_instances`.
+
+    Args:
+        refs: the refs of one series (one group of :func:`group_instances`), any order.
+        limits: size limits.
+        key: series key to report (default: the refs' ``series_key``).
+        zips: open zips by path to reuse across calls (for huge archives, so the central
+            directory is parsed once); zips opened here are closed before returning.
+
+    Raises:
+        ValueError: no refs, or refs of different series.
+        RankIQError: any instance that cannot be read (strict: a series is all or nothing),
+            :class:`InvalidImage` for mixed matrix sizes, :class:`InputTooLarge` for more
+            than ``limits.max_slices`` slices.
+    """
+    if not refs:
+        raise ValueError("load_series needs at least one InstanceRef")
+    if len({r.series_key for r in refs}) != 1:
+        raise ValueError("load_series got refs of more than one series")
+    first = refs[0]
+    if first.kind == "hdf5":
+        if len(refs) != 1:
+            raise ValueError("a k-space series is one file: pass one ref")
+        if first.member is None:
+            series = read_kspace(first.path or "", limits=limits)
+        else:
+            with zipfile.ZipFile(first.path or "") as zf, zf.open(first.member) as fp:
+                data = fp.read(limits.max_entry_uncompressed + 1)
+            if len(data) > limits.max_entry_uncompressed:
+                raise InputTooLarge("zip entry above the per-entry limit", source=first.source)
+            series = kspace_from_file(io.BytesIO(data), first.source, first.series_key,
+                                      limits=limits)
+        series.series_key = key or first.series_key
+        return series
+    if sum(r.frames for r in refs) > limits.max_slices:
+        raise InputTooLarge(f"series has more than {limits.max_slices} slices",
+                            source=first.source)
+    opened: dict[str, zipfile.ZipFile] = {}
+    frames: list[Frame] = []
+    try:
+        for ref in refs:
+            if ref.member is None:
+                ds = read_dataset(ref.path, ref.source, header_only=False)
+            else:
+                path = ref.path or ""
+                zf = (zips or {}).get(path) or opened.get(path)
+                if zf is None:
+                    zf = opened[path] = zipfile.ZipFile(path)
+                try:
+                    with zf.open(ref.member) as fp:
+                        data = fp.read(limits.max_entry_uncompressed + 1)
+                except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+                    raise UnreadableInput(f"zip entry cannot be read ({type(exc).__name__})",
+                                          source=ref.source) from exc
+                if len(data) > limits.max_entry_uncompressed:
+                    raise InputTooLarge("zip entry above the per-entry limit", source=ref.source)
+                ds = read_dataset(io.BytesIO(data), ref.source, header_only=False)
+            frames.extend(decode_instance(ds, ref.source, limits))
+    finally:
+        for zf in opened.values():
+            zf.close()
+    return assemble(frames, key or first.series_key)

@@ -1,0 +1,135 @@
+"""Invariances of service.preprocess.prepare (issue 2): scale, DICOM rescale encoding, k-space
+zero-filling; plus its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers_io import mr_dataset, uid, write
+
+from service.errors import GeometryMismatch, InvalidImage
+from service.fft import center_pad, fft2c, ifft2c
+from service.io import read_series
+from service.preprocess import prepare
+
+GRID = (64, 64)
+# prepare() documents round-off-level changes (~1e-6 relative); arrays are normalised to ~1
+TOL = 1e-5
+
+
+def _images(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A complex reference-like image and a corrupted (noisy, blurred) version, (2, n, n)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    blob = np.exp(-((xx - 0.5) ** 2 / 0.08 + (yy - 0.45) ** 2 / 0.12))
+    edges = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.12).astype(float) * 0.6
+    ref = (blob + edges) * np.exp(1j * (0.7 * xx + 0.3 * yy))
+    ref = np.stack([ref, 0.5 * ref[::-1]])
+    img = ref + 0.05 * (rng.standard_normal(ref.shape) + 1j * rng.standard_normal(ref.shape))
+    return img.astype(np.complex64), ref.astype(np.complex64)
+
+
+def _smooth(n: int = 48) -> np.ndarray:
+    """A band-limited positive magnitude image (its zero-filled version stays its magnitude)."""
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    return (np.exp(-((xx - 0.5) ** 2 + (yy - 0.45) ** 2) * 15) + 0.1).astype(np.float32)[None]
+
+
+def _zero_fill(x: np.ndarray, size: int) -> np.ndarray:
+    """Image reconstructed from k-space zero-filled to ``size`` x ``size``."""
+    return ifft2c(center_pad(fft2c(x.astype(np.complex64)), (size, size)))
+
+
+def _close(a: np.ndarray, b: np.ndarray, tol: float = TOL) -> None:
+    assert a.shape == b.shape
+    err = float(np.abs(a - b).max())
+    assert err <= tol * max(1.0, float(np.abs(a).max())), err
+
+
+@pytest.mark.parametrize("kind", ["magnitude", "complex"])
+@pytest.mark.parametrize("k", [1e-3, 0.37, 7.0, 2.5e4])
+def test_scaling_image_and_reference_together_does_not_change_the_input(kind, k):
+    img, ref = _images()
+    base = prepare(img, ref, grid=GRID, input_kind=kind).network_input
+    _close(prepare(img * k, ref * k, grid=GRID, input_kind=kind).network_input, base)
+    base_noref = prepare(img, grid=GRID, input_kind=kind).network_input
+    _close(prepare(img * k, grid=GRID, input_kind=kind).network_input, base_noref)
+
+
+@pytest.mark.parametrize("kind", ["magnitude", "complex"])
+def test_reference_mode_fits_the_image_scale_by_least_squares(kind):
+    img, ref = _images()
+    base = prepare(img, ref, grid=GRID, input_kind=kind).network_input
+    _close(prepare(img * 13.0, ref, grid=GRID, input_kind=kind).network_input, base)
+    assert np.abs(base).max() > 0.01  # the difference image is not trivially zero
+
+
+def test_dicom_rescale_encodings_give_the_same_network_input(tmp_path):
+    """The same physical image stored as raw values, with slope/intercept or a scaled slope."""
+    yy, xx = np.mgrid[0:48, 0:48]
+    raw_ref = 2 * (400 + 300 * np.sin(xx / 7.0) * np.cos(yy / 5.0)).astype(np.int16)  # even
+    raw_img = (raw_ref + 2 * np.random.default_rng(1).integers(-20, 20, raw_ref.shape)
+               ).astype(np.int16)
+    encodings = {  # name: (stored from raw, slope, intercept); physical = k * raw, k > 0
+        "plain": (lambda r: r, None, None),
+        "intercept": (lambda r: r - 1000, 1.0, 1000.0),
+        "halved": (lambda r: r // 2, 2.0, 0.0),
+        "scaled": (lambda r: r, 0.37, 0.0),
+        "both": (lambda r: r // 2 - 300, 5.0, 1500.0),
+    }
+    inputs = {}
+    for name, (encode, slope, intercept) in encodings.items():
+        pair = []
+        for role, raw in (("img", raw_img), ("ref", raw_ref)):
+            ds = mr_dataset(encode(raw), slope=slope, intercept=intercept,
+                            series_uid=uid(f"{role}-{name}"))
+            pair.append(read_series(write(ds, tmp_path / name / f"{role}.dcm"))[0].pixels)
+        inputs[name] = (prepare(pair[0], pair[1], grid=GRID).network_input,
+                        prepare(pair[0], grid=GRID).network_input)
+    for name, (ref_mode, noref_mode) in inputs.items():
+        _close(ref_mode, inputs["plain"][0])
+        _close(noref_mode, inputs["plain"][1])
+        assert name == "plain" or not np.array_equal(ref_mode, np.zeros_like(ref_mode))
+
+
+@pytest.mark.parametrize("size", [64, 96, 200])
+@pytest.mark.parametrize("grid", [(32, 32), (64, 64), (96, 96)])
+def test_kspace_zero_filling_stays_within_tolerance_complex(size, grid):
+    img, ref = _images()
+    base = prepare(img, ref, grid=grid, input_kind="complex").network_input
+    filled = prepare(_zero_fill(img, size), _zero_fill(ref, size), grid=grid,
+                     input_kind="complex").network_input
+    _close(filled, base)
+    base = prepare(img, grid=grid, input_kind="complex").network_input
+    _close(prepare(_zero_fill(img, size), grid=grid, input_kind="complex").network_input, base)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_kspace_zero_filling_stays_within_tolerance_band_limited_magnitude(size):
+    img = _smooth()
+    ref = 0.9 * img + 0.05
+    base = prepare(img, ref, grid=GRID).network_input
+    filled = prepare(np.abs(_zero_fill(img, size)), np.abs(_zero_fill(ref, size)),
+                     grid=GRID).network_input
+    _close(filled, base)
+
+
+def test_non_square_matrices_land_on_the_grid_with_their_field_of_view():
+    img = np.ones((1, 64, 32), np.float32)  # padded to 64x64: left/right quarters are empty
+    x = prepare(img, grid=(96, 96)).network_input
+    assert x.shape == (1, 1, 96, 96)
+    centre, side = x[0, 0, 48, 40:56], x[0, 0, 48, :8]
+    assert np.ptp(centre) < 0.05 * centre.mean()  # the object stays uniform in its middle
+    assert np.abs(side).max() < 0.05 * centre.mean()  # the padded side stays (nearly) empty
+
+
+def test_prepare_refuses_bad_input():
+    img, ref = _images()
+    with pytest.raises(GeometryMismatch):
+        prepare(img, ref[:, :40], grid=GRID)
+    bad = img.copy()
+    bad[0, 1, 1] = np.nan
+    with pytest.raises(InvalidImage, match="NaN"):
+        prepare(bad, grid=GRID)
+    with pytest.raises(InvalidImage, match="matrix"):
+        prepare(np.ones((8, 8)), grid=GRID)
