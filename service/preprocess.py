@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.fft
 
 from service.errors import GeometryMismatch, InvalidImage
-from service.fft import center_crop, center_pad, fft2c, ifft2c
+from service.fft import FFT_WORKERS, center_pad
 
 PREPROCESS_VERSION = "1"
 DEFAULT_GRID: tuple[int, int] = (396, 396)
@@ -108,17 +109,37 @@ def to_grid(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     if (h, w) != (side, side):
         x = center_pad(x, (side, side))
     if (side, side) != tuple(grid):
-        k = fft2c(x.astype(np.complex64, copy=False))
         th, tw = grid
-        # crop or pad each axis independently (grid may be non-square)
-        ch, cw = min(side, th), min(side, tw)
-        k = center_crop(k, (ch, cw))
-        k = center_pad(k, (th, tw))
+        k = scipy.fft.fft2(scipy.fft.ifftshift(x, axes=(-2, -1)), norm="ortho", workers=FFT_WORKERS)
+        # Centred crop-or-pad of the spectrum (per axis; the grid may be non-square), done as one
+        # scatter between unshifted spectra instead of fftshift + crop + pad + ifftshift copies.
+        (src_r, dst_r), (src_c, dst_c) = _spectrum_map(side, th), _spectrum_map(side, tw)
+        z = np.zeros(k.shape[:-2] + (th, tw), dtype=np.complex64)
+        z[..., dst_r[:, None], dst_c[None, :]] = k[..., src_r[:, None], src_c[None, :]]
+        y = scipy.fft.ifft2(z, norm="ortho", workers=FFT_WORKERS, overwrite_x=True)
+        if not is_complex:
+            y = y.real  # the shift below then moves half the bytes
         # orthonormal FFTs: rescale so intensities are preserved across matrix sizes
-        x = ifft2c(k) * np.float32(np.sqrt(th * tw / (side * side)))
+        x = scipy.fft.fftshift(y, axes=(-2, -1)) * np.float32(np.sqrt(th * tw / (side * side)))
     if is_complex:
         return x.astype(np.complex64, copy=False)
     return np.real(x).astype(np.float32, copy=False)
+
+
+def _spectrum_map(n: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unshifted-FFT bin indices kept from an ``n``-point axis and where they land on ``t`` points.
+
+    Equivalent to ``ifftshift(center_pad(center_crop(fftshift(k), m), t))`` with ``m = min(n, t)``:
+    bin ``i`` sits at centred position ``(i + n // 2) % n``, the crop keeps centred positions
+    ``[(n - m) // 2, (n - m) // 2 + m)``, the pad adds ``(t - m) // 2``, and centred position
+    ``c`` of the ``t``-point axis is unshifted bin ``(c - t // 2) % t``.
+    """
+    m = min(n, t)
+    centred = (np.arange(n) + n // 2) % n - (n - m) // 2
+    keep = (centred >= 0) & (centred < m)
+    src = np.nonzero(keep)[0]
+    dst = (centred[keep] + (t - m) // 2 - t // 2) % t
+    return src, dst
 
 
 def robust_max(x: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
