@@ -1,0 +1,263 @@
+"""The RankIQ HTTP service (BentoML 1.4 class-based API on ONNX Runtime).
+
+Serve with ``rankiq serve`` (or ``bentoml serve service.app:RankIQ``). Routes:
+
+* ``POST /score`` (multipart): ``image`` file, optional ``reference`` file, ``saliency`` flag.
+* ``POST /compare`` (multipart): ``image_a``, ``image_b``, optional ``reference``.
+* ``GET /models``: loaded models, their metadata, provider, limits, this worker.
+* ``GET /livez``, ``GET /readyz`` (ready after the models loaded and passed the self-check),
+  ``GET /metrics`` (BentoML's request metrics + ``rankiq_*``, all workers aggregated).
+
+Settings come from ``RANKIQ_*`` environment variables (:mod:`service.settings`). Each worker
+process loads one ONNX Runtime session per model with ``RANKIQ_ORT_THREADS`` intra-op threads.
+Errors are JSON ``{"error": reason, "detail": message}`` with the status of the
+:class:`service.errors.RankIQError` subclass (415, 422, 413; 503 when not ready); request-level
+problems (auth, size, malformed multipart) are answered by :mod:`service.guard` before BentoML
+parses anything. Logs and errors carry form field names and bounded reasons, never the client's
+file names or any DICOM identifier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.settings import ServiceSettings
+
+SETTINGS = ServiceSettings.from_env()
+# one core's worth of native threads per worker unless told otherwise (read by service.fft at
+# import, so set before the scoring modules are imported in RankIQ.__init__)
+os.environ.setdefault("RANKIQ_FFT_WORKERS", str(SETTINGS.ort_threads))
+os.environ.setdefault("OMP_NUM_THREADS", str(SETTINGS.ort_threads))
+
+from service.guard import FormSpec, RequestGuard  # noqa: E402
+
+logger = logging.getLogger("rankiq.service")
+
+FORMS = {
+    "/score": FormSpec(required_files=("image",), optional_files=("reference",),
+                       bool_values=("saliency",)),
+    "/compare": FormSpec(required_files=("image_a", "image_b"), optional_files=("reference",)),
+}
+
+
+def _reject_metric(reason: str) -> None:
+    from service.metrics import service_metrics
+
+    service_metrics().reject(reason)
+
+
+def error_response(status: int, reason: str, detail: str) -> JSONResponse:
+    """The service's error shape."""
+    return JSONResponse({"error": reason, "detail": detail}, status_code=status)
+
+
+async def models_endpoint(_: Request) -> JSONResponse:
+    """GET /models (a plain Starlette route: BentoML APIs are POST-only)."""
+    svc = bentoml.get_current_service()
+    if svc is None:
+        return error_response(503, "not_ready", "service instance not initialised")
+    return JSONResponse(svc.models_info())
+
+
+_models_app = Starlette(routes=[Route("/models", models_endpoint, methods=["GET"])])
+
+
+@bentoml.asgi_app(_models_app, path="/", name="rankiq-models")
+@bentoml.service(
+    name="rankiq",
+    workers=SETTINGS.workers,
+    threads=SETTINGS.api_threads,
+    # BentoML's TimeoutMiddleware never cancels its per-request timer, so every request's
+    # context (OpenTelemetry spans included) stays referenced for `timeout` seconds: worker RSS
+    # rises by ~rate x timeout x a few KB before it levels off. Keep the timeout short.
+    traffic={"timeout": SETTINGS.request_timeout},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+    # BentoML records an OpenTelemetry span per request even with tracing off (sample rate 0, no
+    # exporter): skip them unless RANKIQ_TRACING=1 (for a configured trace exporter).
+    tracing={"excluded_urls": [] if SETTINGS.tracing else [".*"]},
+)
+class RankIQ:
+    """Scores MR images with the shipped models (one ONNX Runtime session per model)."""
+
+    def __init__(self) -> None:
+        from service.io.limits import ReadLimits
+        from service.metrics import service_metrics
+
+        self.settings = SETTINGS
+        self.read_limits = ReadLimits(max_bytes=SETTINGS.max_upload_bytes,
+                                      max_slices=SETTINGS.max_slices)
+        self.metrics = service_metrics()
+        self.models: dict[str, Any] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self.started = time.time()
+        try:
+            self._load()
+        except Exception as exc:  # noqa: BLE001 - stay alive, report not ready and why
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("models not ready: %s", self.load_error)
+
+    def _load(self) -> None:
+        from service.models import load_models
+        from service.selfcheck import self_check
+
+        models = load_models(self.settings.models_dir, threads=self.settings.ort_threads)
+        for m in models.values():
+            self_check(m)
+            self.metrics.set_model_info(model=m.name, version=m.version, mode=m.mode,
+                                        input_kind=m.input_kind, provider=m.provider,
+                                        sha256=m.sha256)
+            logger.info("model %s %s (%s, %s) passed the self-check on %s", m.name, m.version,
+                        m.mode, m.input_kind, m.provider)
+        self.models = models
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    # -- helpers -------------------------------------------------------------------------------
+    def models_info(self) -> dict[str, Any]:
+        """The body of GET /models."""
+        from bentoml._internal.context import server_context
+
+        from service.scoring import model_info
+
+        return {
+            "ready": self.ready,
+            "error": self.load_error,
+            "worker": {"index": server_context.worker_index, "pid": os.getpid()},
+            "ort_threads": self.settings.ort_threads,
+            "limits": {"max_upload_bytes": self.settings.max_upload_bytes,
+                       "max_slices": self.settings.max_slices},
+            "models": [{**model_info(m), "metadata": m.metadata}
+                       for m in self.models.values()],
+        }
+
+    def _read(self, path: Path | None, field: str) -> Any:
+        """Read one uploaded file into a single :class:`ImageSeries` (None stays None)."""
+        if path is None:
+            return None
+        from service.errors import RankIQError, UnreadableInput
+        from service.io import read_upload
+        from service.scoring import MultipleSeries
+
+        data = Path(path).read_bytes()
+        try:
+            found = read_upload(data, field, limits=self.read_limits)
+        except RankIQError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder crash on hostile bytes is bad input
+            logger.warning("decoder failure on field %s: %s", field, type(exc).__name__)
+            raise UnreadableInput(f"cannot be decoded ({type(exc).__name__})",
+                                  source=field) from None
+        if len(found) != 1:
+            raise MultipleSeries(f"holds {len(found)} series; send one series per request",
+                                 source=field)
+        return found[0]
+
+    def _guarded(self, route: str, work: Any) -> dict[str, Any] | JSONResponse:
+        """Run ``work()``; map RankIQError to its status and count the rejection."""
+        from service.errors import RankIQError
+
+        if not self.ready:
+            self.metrics.reject("not_ready")
+            return error_response(503, "not_ready", "models not loaded or self-check failed"
+                                  + (f": {self.load_error}" if self.load_error else ""))
+        try:
+            return work()
+        except RankIQError as exc:
+            self.metrics.reject(exc.reason)
+            logger.info("refused %s: %d %s", route, exc.http_status, exc.reason)
+            return error_response(exc.http_status, exc.reason, str(exc))
+
+    def _observe(self, result: Any) -> None:
+        keep = [float(s) for s, b in zip(result.scores, result.blank, strict=True) if not b]
+        m = result.model
+        self.metrics.observe_scores(model=m["name"], mode=m["mode"], contrast=result.contrast,
+                                    input_kind=m["input_kind"], scores=keep)
+
+    # -- routes --------------------------------------------------------------------------------
+    # Optional uploads are typed `Path = None`: BentoML 1.4.39 cannot take an optional file
+    # field (`Path | None` skips its file decoder, so an upload fails validation;
+    # `Optional[Path]` fails at import on an unhashable annotation). Pydantic does not validate
+    # the default, so an absent field is None.
+    @bentoml.api(route="/score")
+    def score(self, image: Path, reference: Path = None,  # type: ignore[assignment]
+              saliency: bool = False) -> dict[str, Any]:
+        """Score an image (a DICOM file, a zip of one DICOM series, or a fastMRI / ISMRMRD HDF5
+        k-space file); with ``reference`` the reference model scores ``image`` against it."""
+
+        def work() -> dict[str, Any]:
+            from service.scoring import score_series, select_model, series_json
+
+            t0 = time.perf_counter()
+            img = self._read(image, "image")
+            ref = self._read(reference, "reference")
+            t1 = time.perf_counter()
+            model = select_model(self.models, reference=ref is not None)
+            result = score_series(model, img, ref, saliency=saliency,
+                                  max_slices=self.settings.max_slices)
+            self._observe(result)
+            out = series_json(result)
+            out["input_kind"] = img.kind
+            out["timings_ms"] = {"read": round((t1 - t0) * 1000, 3), **out["timings_ms"],
+                                 "request": round((time.perf_counter() - t0) * 1000, 3)}
+            return out
+
+        return self._guarded("/score", work)
+
+    @bentoml.api(route="/compare")
+    def compare(self, image_a: Path, image_b: Path,
+                reference: Path = None) -> dict[str, Any]:  # type: ignore[assignment]
+        """Score two images with one model and give the classifier's probabilities
+        (a better, similar, b better)."""
+
+        def work() -> dict[str, Any]:
+            from service.scoring import compare_series, comparison_json, select_model
+
+            t0 = time.perf_counter()
+            a = self._read(image_a, "image_a")
+            b = self._read(image_b, "image_b")
+            ref = self._read(reference, "reference")
+            t1 = time.perf_counter()
+            model = select_model(self.models, reference=ref is not None)
+            cmp = compare_series(model, a, b, ref, max_slices=self.settings.max_slices)
+            self._observe(cmp.a)
+            self._observe(cmp.b)
+            out = comparison_json(cmp)
+            out["timings_ms"] = {"read": round((t1 - t0) * 1000, 3), **out["timings_ms"],
+                                 "request": round((time.perf_counter() - t0) * 1000, 3)}
+            return out
+
+        return self._guarded("/compare", work)
+
+    # -- batch QA (added by the QA engineer: logic in service/qa/route.py) ---------------------
+    @bentoml.on_startup
+    def _qa_recover_jobs(self) -> None:
+        """Resume QA jobs whose worker died (background thread; see service.qa.jobs)."""
+        from service.qa.route import start_job_recovery
+
+        start_job_recovery()
+
+    @bentoml.task(route="/qa")
+    def qa(self, files: list[Path], ctx: bentoml.Context) -> dict[str, Any]:
+        """Batch QA of uploaded zips / DICOM files as a background task (``/qa/submit``,
+        ``/qa/status``, ``/qa/get``): the per-series table of ``rankiq qa``."""
+        from service.qa.route import run_task
+
+        return run_task(files, getattr(ctx.request.state, "task_id", None))
+
+
+RankIQ.add_asgi_middleware(RequestGuard, token=SETTINGS.api_token,
+                           max_body=SETTINGS.max_upload_bytes, forms=FORMS,
+                           on_reject=_reject_metric)

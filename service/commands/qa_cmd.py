@@ -1,0 +1,191 @@
+"""``rankiq qa`` (batch QA of scan archives) and ``rankiq bench qa``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.cli import Registry
+
+
+def default_model_dir() -> Path:
+    """``$RANKIQ_MODELS_DIR/iqnet-noref``, else the repository's ``models/iqnet-noref``."""
+    root = os.environ.get("RANKIQ_MODELS_DIR")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "models"
+    return base / "iqnet-noref"
+
+
+def add_commands(reg: Registry) -> None:
+    """Add ``rankiq qa`` and ``rankiq bench qa``."""
+    p = reg.command("qa", "service.commands.qa_cmd:qa",
+                    "batch QA of scan archives: flag low-quality MR series, write reports")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files, directories, zips")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output directory (qa.csv, qa.json, failed.csv, report.html, journal)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    p.add_argument("--threads", type=int, default=0, metavar="T",
+                   help="ONNX Runtime threads per worker (default: cores / workers)")
+    p.add_argument("--thresholds", type=Path, metavar="FILE",
+                   help="per-site flag thresholds (JSON/YAML) overriding the model's")
+    p.add_argument("--rules", type=Path, metavar="FILE",
+                   help="series selection rules (JSON/YAML) replacing the built-in ones")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (nothing is rescored)")
+    p.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="no-reference model directory (default: models/iqnet-noref)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    b = reg.bench("qa", "service.commands.qa_cmd:bench_qa",
+                  "end-to-end QA throughput on a synthetic DICOM archive (slices/s, stage split)")
+    b.add_argument("--series", type=int, default=24, metavar="N", help="series in the archive")
+    b.add_argument("--size", type=int, default=256, help="matrix size (pixels)")
+    b.add_argument("--slices", type=int, nargs=2, default=(20, 40), metavar=("MIN", "MAX"))
+    b.add_argument("--workers", type=int, default=2, metavar="N")
+    b.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="ONNX Runtime threads per worker")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                   help="build (or reuse) the archive here instead of a temporary directory")
+    b.add_argument("--model", type=Path, default=None, metavar="DIR")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _check_workers(n: int, threads: int = 0) -> None:
+    """Validate ``--workers`` and size native thread pools (FFT, OpenMP) to cores / workers
+    before anything reads them, so N workers do not oversubscribe the cores."""
+    from service.errors import RankIQError
+
+    if n < 1 or n > 256:
+        raise RankIQError(f"--workers must be between 1 and 256, not {n}")
+    per_worker = threads or max(1, (os.cpu_count() or 1) // n)
+    os.environ.setdefault("RANKIQ_FFT_WORKERS", str(per_worker))
+    os.environ.setdefault("OMP_NUM_THREADS", str(per_worker))
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (the QA workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def qa(args: argparse.Namespace) -> int:
+    """Handler of ``rankiq qa``."""
+    from service.errors import RankIQError
+    from service.qa.runner import QAOptions, run_qa
+
+    _check_workers(args.workers, args.threads)
+    for p in args.paths:
+        if not Path(p).exists():
+            raise RankIQError("no such file or directory", source=str(p))
+    opts = QAOptions(model_dir=args.model or default_model_dir(),
+                     thresholds_file=args.thresholds, rules_file=args.rules,
+                     workers=args.workers, threads=args.threads, resume=args.resume,
+                     progress=not args.no_progress)
+    res = run_qa(args.paths, args.out, opts)
+    s = res.doc["summary"]
+    summary = {**s, "scored_now": res.scored_now, "scored_before": res.scored_before,
+               "slices_now": res.slices_now, "wall_s": round(res.wall_s, 3),
+               "out": str(res.out_dir)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"rankiq qa: {s['series']} series scored ({s['flagged']} flagged), "
+              f"{s['skipped']} skipped, {s['failed_inputs']} unreadable inputs; "
+              f"{res.scored_now} scored in this run ({res.slices_now} slices, "
+              f"{res.wall_s:.1f} s); reports in {res.out_dir}/ (qa.csv, qa.json, failed.csv, "
+              "report.html)")
+    return 0
+
+
+def bench_qa(args: argparse.Namespace) -> int:
+    """Handler of ``rankiq bench qa``: build a synthetic archive, run QA, print a table."""
+    from service.qa.runner import QAOptions, run_qa
+    from service.qa.synth import build_archive
+
+    _check_workers(args.workers, args.threads)
+    with tempfile.TemporaryDirectory(prefix="rankiq-bench-qa-") as tmp:
+        archive = args.archive or Path(tmp) / "archive"
+        t0 = time.perf_counter()
+        truth_file = archive.with_name(archive.name + ".truth.json")
+        if truth_file.exists() and archive.exists():
+            truth = json.loads(truth_file.read_text())
+        else:
+            truth = [t.__dict__ for t in build_archive(archive, args.series, size=args.size,
+                                                       slices=tuple(args.slices), seed=args.seed,
+                                                       truth_path=truth_file)]
+        t_build = time.perf_counter() - t0
+        opts = QAOptions(model_dir=args.model or default_model_dir(), workers=args.workers,
+                         threads=args.threads, progress=False)
+        cpu0 = _cpu_seconds()
+        res = run_qa([archive], Path(tmp) / "out", opts)
+        cpu = _cpu_seconds() - cpu0
+    flags = _flag_rates(truth, res.doc)
+    t = res.timings
+    work = {k: t[k] for k in ("decode", "preprocess", "score")}
+    work["report"] = t["render"] + t["report"]
+    summed = sum(work.values()) or 1.0
+    out = {
+        "series": res.doc["summary"]["series"], "slices": res.slices_now,
+        "matrix": args.size, "workers": args.workers, "threads_per_worker": args.threads,
+        "cpus": os.cpu_count(), "wall_s": round(res.wall_s, 3),
+        "slices_per_s": round(res.slices_now / res.wall_s, 1) if res.wall_s else None,
+        "scan_s": round(t["scan"], 3),
+        "stage_s": {k: round(v, 3) for k, v in work.items()},
+        "stage_share": {k: round(v / summed, 3) for k, v in work.items()},
+        "build_archive_s": round(t_build, 1),
+        "cpu_s": round(cpu, 2),
+        "cpu_ms_per_slice": round(1000 * cpu / max(res.slices_now, 1), 2),
+        # what the measured CPU work would give on idle cores (the machine may be shared)
+        "cpu_bound_slices_per_s_on_2_idle_cores": round(2 * res.slices_now / cpu, 1)
+        if cpu else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "flag_rate": flags,
+    }
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"rankiq bench qa: {out['series']} series, {out['slices']} slices of "
+          f"{args.size}x{args.size}, workers={args.workers} x {args.threads} ONNX threads, "
+          f"{out['cpus']} CPUs (archive built in {t_build:.1f} s, not timed)")
+    print(f"{'stage':<22}{'seconds':>10}{'share':>8}")
+    print(f"{'scan (headers)':<22}{t['scan']:>10.2f}{'(wall)':>8}")
+    for k, v in work.items():
+        print(f"{k:<22}{v:>10.2f}{v / summed:>8.0%}")
+    print(f"{'end to end (wall)':<22}{res.wall_s:>10.2f}")
+    print(f"throughput: {out['slices_per_s']} slices/s end to end (goal >= 150 on 2 cores)")
+    print(f"CPU: {out['cpu_s']} s in all processes = {out['cpu_ms_per_slice']} ms/slice -> "
+          f"{out['cpu_bound_slices_per_s_on_2_idle_cores']} slices/s if 2 idle cores did only "
+          f"this (load average now {out['load_avg_1m']})")
+    print("stage seconds are summed over workers; report = saliency+PNGs of flagged series + "
+          "writing the reports")
+    print("flag rate by corruption: " + ", ".join(
+        f"{k} {v['flagged']}/{v['series']}" for k, v in flags.items()))
+    sys.stdout.flush()
+    return 0
+
+
+def _flag_rates(truth: list[dict], doc: dict) -> dict[str, dict[str, int]]:
+    """Flagged/total per true corruption, matching series by their first file's directory."""
+    by_key = {r["series_key"]: r for r in doc["series"]}
+    from service.qa.synth import series_key_of
+
+    rates: dict[str, dict[str, int]] = {}
+    for t in truth:
+        row = by_key.get(series_key_of(t["files"][0]))
+        if row is None:
+            continue
+        r = rates.setdefault(t["corruption"], {"series": 0, "flagged": 0})
+        r["series"] += 1
+        r["flagged"] += int(row["flagged"])
+    return rates

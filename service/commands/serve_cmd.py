@@ -1,0 +1,242 @@
+"""``rankiq serve`` (wraps ``bentoml serve service.app:RankIQ``) and ``rankiq bench serve``.
+
+``rankiq bench serve`` starts a live server (or uses ``--url``), drives it with N concurrent
+closed-loop clients for a fixed number of requests per scenario and prints requests/s and p50/p99
+latency for ``POST /score`` on a 256x256 DICOM slice (no reference; no reference + saliency;
+with reference), each beside the in-process scorer's rate on the same bytes in the same run
+(``read_upload`` + ``score_series`` + the JSON answer: the ratio is the HTTP overhead); then
+slices/s for a 20-slice series zip over HTTP vs in-process; and the server's resident memory
+(workers summed) before and after, optionally over a ``--soak`` of extra requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.cli import Registry
+
+
+def add_commands(reg: Registry) -> None:
+    """Add ``rankiq serve`` and ``rankiq bench serve``."""
+    p = reg.command("serve", "service.commands.serve_cmd:run_serve",
+                    "serve the shipped models over HTTP (bentoml serve service.app:RankIQ)")
+    p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: $RANKIQ_WORKERS or 1)")
+    p.add_argument("--models", metavar="DIR", default=None,
+                   help="models directory (sets RANKIQ_MODELS_DIR; default: the repo's models/)")
+    b = reg.bench("serve", "service.commands.serve_cmd:run_bench",
+                  "HTTP service throughput/latency vs the in-process scorer, and memory")
+    b.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    b.add_argument("--requests", type=int, default=200,
+                   help="requests per single-slice scenario (default 200)")
+    b.add_argument("--series-requests", type=int, default=20,
+                   help="requests of the 20-slice zip (default 20)")
+    b.add_argument("--soak", type=int, default=0,
+                   help="extra single-slice requests before the final memory reading")
+    b.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
+    b.add_argument("--url", default=None,
+                   help="bench a running server instead of starting one (no RSS then)")
+    b.add_argument("--token", default=None, help="bearer token for --url")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Handler of ``rankiq serve``: replace this process with ``bentoml serve``."""
+    from service.liveserver import REPO
+
+    env = dict(os.environ)
+    if args.workers is not None:
+        if args.workers < 1:
+            print("rankiq serve: --workers must be >= 1", file=sys.stderr)
+            return 1
+        env["RANKIQ_WORKERS"] = str(args.workers)
+    if args.models:
+        env["RANKIQ_MODELS_DIR"] = os.path.abspath(args.models)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "service.app:RankIQ", "--host", args.host,
+           "--port", str(args.port), "--working-dir", str(REPO)]
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+def bench_inputs(rng_seed: int = 0) -> dict[str, bytes]:
+    """The bench's uploads: 256x256 DICOM slices (clean, noisier) and a 20-slice series zip."""
+    import io
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from service.qa.synth import corrupt, phantom, write_series
+
+    rng = np.random.default_rng(rng_seed)
+    vol = phantom(20, 256, "T2", rng)
+    noisy = corrupt(vol[:1], "noise", 0.5, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        clean_files = write_series(Path(tmp) / "clean", vol, description="AX T2", rng=rng)
+        noisy_files = write_series(Path(tmp) / "noisy", noisy, description="AX T2", rng=rng)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in clean_files:
+                zf.write(f, arcname=Path(f).name)
+        return {"slice": Path(clean_files[0]).read_bytes(),
+                "noisy": Path(noisy_files[0]).read_bytes(), "zip": buf.getvalue()}
+
+
+def _closed_loop(url: str, files: dict[str, bytes], data: dict[str, str], *, clients: int,
+                 requests_total: int, headers: dict[str, str]) -> dict[str, Any]:
+    """``clients`` threads, each posting back to back until ``requests_total`` are done."""
+    import threading
+    import time
+
+    import numpy as np
+    import requests
+
+    lat: list[float] = []
+    errors: list[int] = []
+    lock = threading.Lock()
+    counter = iter(range(requests_total))
+
+    def client() -> None:
+        with requests.Session() as s:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                t = time.perf_counter()
+                r = s.post(url, files={k: (k, v) for k, v in files.items()}, data=data,
+                           headers=headers, timeout=300)
+                dt = time.perf_counter() - t
+                with lock:
+                    lat.append(dt)
+                    if r.status_code != 200:
+                        errors.append(r.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    a = np.array(lat) * 1000
+    return {"rps": len(lat) / wall, "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)), "errors": len(errors), "n": len(lat)}
+
+
+def _in_process_rate(models: dict[str, Any], image: bytes, reference: bytes | None, *,
+                     saliency: bool, n: int) -> float:
+    """Requests/s of read_upload + score_series + series_json (the same answer, saliency PNGs
+    included) on the same bytes, sequentially: what a request costs without HTTP."""
+    import json
+    import time
+
+    from service.io import read_upload
+    from service.scoring import score_series, select_model, series_json
+
+    model = select_model(models, reference=reference is not None)
+
+    def once() -> None:
+        img = read_upload(image, "image")[0]
+        ref = read_upload(reference, "reference")[0] if reference is not None else None
+        json.dumps(series_json(score_series(model, img, ref, saliency=saliency)))
+
+    once()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        once()
+    return n / (time.perf_counter() - t0)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Handler of ``rankiq bench serve``."""
+    import contextlib
+    import platform
+
+    import requests
+
+    from service.liveserver import LiveServer
+    from service.models import load_models
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings.from_env()
+    inputs = bench_inputs()
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    models = load_models(settings.models_dir, threads=settings.ort_threads)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if args.url:
+            base = args.url.rstrip("/")
+        else:
+            server = stack.enter_context(LiveServer(workers=args.workers))
+            base = server.url
+        info = requests.get(base + "/models", headers=headers, timeout=30).json()
+        workers = args.workers if server else "?"
+        print(f"rankiq bench serve: {args.clients} clients, workers={workers}, "
+              f"ORT threads/worker={info.get('ort_threads')}, "
+              f"provider={info['models'][0]['provider'] if info.get('models') else '?'}, "
+              f"{os.cpu_count()} CPUs ({platform.machine()})")
+        # warm up every code path in every worker (a new connection per request)
+        for files, data in 4 * args.workers * (({"image": inputs["slice"]}, {}),
+                                               ({"image": inputs["slice"]}, {"saliency": "true"}),
+                                               ({"image": inputs["noisy"],
+                                                 "reference": inputs["slice"]}, {}),
+                                               ({"image": inputs["zip"]}, {})):
+            requests.post(base + "/score", files={k: (k, v) for k, v in files.items()},
+                          data=data, headers=headers, timeout=300).raise_for_status()
+        rss0 = server.rss_bytes() if server else 0
+        scenarios = [
+            ("256x256 slice, no reference", {"image": inputs["slice"]}, {}, None, False),
+            ("256x256 slice, no reference, saliency", {"image": inputs["slice"]},
+             {"saliency": "true"}, None, True),
+            ("256x256 slice, with reference", {"image": inputs["noisy"],
+                                               "reference": inputs["slice"]}, {},
+             inputs["slice"], False),
+        ]
+        rows = []
+        for name, files, data, ref, sal in scenarios:
+            r = _closed_loop(base + "/score", files, data, clients=args.clients,
+                             requests_total=args.requests, headers=headers)
+            ip = _in_process_rate(models, files["image"], ref, saliency=sal,
+                                  n=max(10, args.requests // 4))
+            rows.append((name, r, ip))
+        zr = _closed_loop(base + "/score", {"image": inputs["zip"]}, {}, clients=args.clients,
+                          requests_total=args.series_requests, headers=headers)
+        zip_ip = _in_process_rate(models, inputs["zip"], None, saliency=False,
+                                  n=max(3, args.series_requests // 4))
+        rss_mid = 0
+        for half in (args.soak // 2, args.soak - args.soak // 2) if args.soak else ():
+            _closed_loop(base + "/score", {"image": inputs["slice"]}, {}, clients=args.clients,
+                         requests_total=half, headers=headers)
+            if not rss_mid and server:
+                rss_mid = server.rss_bytes()
+        rss1 = server.rss_bytes() if server else 0
+    print()
+    print(f"{'scenario':42s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'in-proc/s':>10s} "
+          f"{'HTTP/in-proc':>12s} {'errors':>6s}")
+    for name, r, ip in rows:
+        print(f"{name:42s} {r['rps']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {ip:10.1f} "
+              f"{r['rps'] / ip:12.2f} {r['errors']:6d}")
+    http_sps, ip_sps = zr["rps"] * 20, zip_ip * 20
+    print(f"{'20-slice zip (slices/s)':42s} {http_sps:8.1f} {zr['p50']:8.1f} {zr['p99']:8.1f} "
+          f"{ip_sps:10.1f} {http_sps / ip_sps:12.2f} {zr['errors']:6d}")
+    if rss0:
+        total = (args.requests * len(rows) + args.series_requests + args.soak)
+        print(f"\nserver RSS (workers summed): {rss0 / 2**20:.1f} MiB before, "
+              f"{rss1 / 2**20:.1f} MiB after {total} requests "
+              f"({100 * (rss1 - rss0) / rss0:+.1f} %)")
+        if rss_mid:
+            print(f"soak: {rss_mid / 2**20:.1f} MiB after its first {args.soak // 2} requests, "
+                  f"{rss1 / 2**20:.1f} MiB after the second {args.soak - args.soak // 2} "
+                  f"({100 * (rss1 - rss_mid) / rss_mid:+.1f} %; BentoML keeps each request's "
+                  f"context for RANKIQ_REQUEST_TIMEOUT s, so RSS first rises, then levels off)")
+    bad = sum(r["errors"] for _, r, _ in rows) + zr["errors"]
+    return 0 if bad == 0 else 1

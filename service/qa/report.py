@@ -1,0 +1,218 @@
+"""QA outputs: ``qa.csv``, ``qa.json``, ``failed.csv``, ``skipped.csv`` and ``report.html``.
+
+``report.html`` is self-contained (viewable offline, e.g. attached to a ticket): styles inline
+and every image a base64 PNG ``data:`` URI. Flagged series get thumbnails of their worst slices
+and the saliency overlay (where the score is most sensitive), made by :func:`slice_assets`.
+Nothing here writes patient identifiers: series are named by their anonymised key and
+SeriesDescription.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QA_COLUMNS = ("series_key", "description", "contrast", "slices", "blank_slices", "median",
+              "p90", "mean", "worst", "worst_slices", "statistic", "threshold", "flagged",
+              "reason", "model", "model_version")
+FAILED_COLUMNS = ("source", "reason", "message")
+SKIPPED_COLUMNS = ("series_key", "description", "modality", "instances", "reason", "source")
+
+
+def _png(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """float ``(H, W)`` -> uint8 ``(H, W)`` scaled to its 99.5th percentile."""
+    top = float(np.percentile(image, 99.5)) or float(image.max()) or 1.0
+    return (np.clip(image / top, 0, 1) * 255).astype(np.uint8)
+
+
+def _downsample(x: np.ndarray, size: int) -> np.ndarray:
+    """Integer-factor box downsampling of ``(H, W)`` to about ``size`` pixels on the long side."""
+    f = max(1, int(np.ceil(max(x.shape) / size)))
+    h, w = (x.shape[0] // f) * f, (x.shape[1] // f) * f
+    return x[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
+def slice_assets(image: np.ndarray, saliency: np.ndarray | None, size: int = 160
+                 ) -> dict[str, str]:
+    """Thumbnail and saliency overlay of one slice as base64 PNGs.
+
+    Args:
+        image: float ``(H, W)`` (the normalised network input image of the slice).
+        saliency: float ``(H, W)`` d score / d input at the same grid, or ``None``.
+        size: thumbnail long side in pixels (approximate, integer downsampling).
+
+    Returns:
+        ``{"thumb": b64}`` plus ``"overlay"`` (|saliency| in red over the image) when given.
+    """
+    img = _downsample(np.abs(np.asarray(image, np.float64)), size)
+    g = _gray(img)
+    out = {"thumb": _png(np.stack([g] * 3, axis=-1))}
+    if saliency is not None:
+        s = _downsample(np.abs(np.asarray(saliency, np.float64)), size)
+        top = float(np.percentile(s, 99.5)) or float(s.max()) or 1.0
+        a = np.clip(s / top, 0, 1)[..., None] * 0.7
+        base = np.stack([g] * 3, axis=-1).astype(np.float64)
+        red = np.array([255.0, 40.0, 0.0])
+        out["overlay"] = _png(((1 - a) * base + a * red).astype(np.uint8))
+    return out
+
+
+def qa_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A journal ``done`` row -> the flat per-series record of qa.csv / qa.json."""
+    info, res = row["info"], row["result"]
+    agg = res["aggregate"]
+    return {
+        "series_key": row["series_key"],
+        "description": info.get("description", ""),
+        "contrast": info.get("contrast", "other"),
+        "slices": agg["slices"],
+        "blank_slices": agg["blank"],
+        "median": _num(agg["median"]),
+        "p90": _num(agg["p90"]),
+        "mean": _num(agg["mean"]),
+        "worst": _num(agg["worst"]),
+        "worst_slices": agg["worst_slices"],
+        "statistic": res["statistic"],
+        "threshold": res["threshold"],
+        "flagged": bool(res["flagged"]),
+        "reason": res["reason"],
+        "model": res["model"],
+        "model_version": res["model_version"],
+    }
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return " ".join(str(i) for i in v)
+    return "" if v is None else v
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """CSV with a header row; booleans as true/false, lists space-separated."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _csv_value(r.get(k)) for k in columns})
+    tmp.replace(path)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """JSON, written atomically (temp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    tmp.replace(path)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
+th{background:#f0f0f0}tr.flag td{background:#fde8e4}.num{text-align:right}
+section{margin:1.5em 0;padding:0.5em 1em;border-left:4px solid #d33}
+figure{display:inline-block;margin:4px;text-align:center;font-size:12px}
+img{image-rendering:pixelated;border:1px solid #999}
+"""
+
+
+def render_html(doc: dict[str, Any], assets: dict[str, dict[str, Any]]) -> str:
+    """The offline HTML report.
+
+    Args:
+        doc: the qa.json document (``series``, ``skipped``, ``failed``, ``summary``, ``model``).
+        assets: series key -> ``{"slices": [{"index", "score", "thumb", "overlay"}]}``.
+    """
+    e = html.escape
+    s = doc["summary"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>RankIQ QA report</title>",
+        f"<style>{_CSS}</style></head><body><h1>RankIQ QA report</h1>",
+        f"<p>Model <b>{e(doc['model']['name'])}</b> version {e(str(doc['model']['version']))}; "
+        f"statistic <b>{e(doc['thresholds']['statistic'])}</b>, thresholds from "
+        f"{e(doc['thresholds']['source'])}; lower scores are better.</p>",
+        f"<p>{s['series']} series scored, <b>{s['flagged']} flagged</b>, {s['skipped']} skipped, "
+        f"{s['failed_inputs']} unreadable inputs, {s['slices']} slices.</p>",
+        "<h2>Series</h2><table><tr>",
+        "".join(f"<th>{c}</th>" for c in ("series", "description", "contrast", "slices",
+                                          "median", "p90", "worst", "threshold", "flagged",
+                                          "reason")),
+        "</tr>",
+    ]
+    ordered = sorted(doc["series"], key=lambda r: (not r["flagged"], r["series_key"]))
+    for r in ordered:
+        cls = " class='flag'" if r["flagged"] else ""
+        link = (f"<a href='#s-{e(r['series_key'])}'>{e(r['series_key'])}</a>" if r["flagged"]
+                else e(r["series_key"]))
+        cells = [link, e(r["description"]), e(r["contrast"]), str(r["slices"])]
+        cells += [_fmt(r[k]) for k in ("median", "p90", "worst", "threshold")]
+        cells += ["yes" if r["flagged"] else "no", e(r["reason"])]
+        parts.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    flagged = [r for r in ordered if r["flagged"]]
+    if flagged:
+        parts.append("<h2>Flagged series: worst slices</h2>")
+    for r in flagged:
+        parts.append(f"<section id='s-{e(r['series_key'])}'><h3>{e(r['series_key'])} "
+                     f"{e(r['description'])} ({e(r['contrast'])})</h3><p>{e(r['reason'])}</p>")
+        for sl in (assets.get(r["series_key"]) or {}).get("slices", []):
+            for kind, label in (("thumb", "image"), ("overlay", "saliency")):
+                if kind in sl:
+                    parts.append(
+                        f"<figure><img alt='slice {sl['index']} {label}' "
+                        f"src='data:image/png;base64,{sl[kind]}'><figcaption>slice "
+                        f"{sl['index']} {label}, score {_fmt(sl['score'])}</figcaption></figure>")
+        parts.append("</section>")
+    if doc["skipped"]:
+        parts.append("<h2>Skipped series</h2><table><tr><th>series</th><th>description</th>"
+                     "<th>instances</th><th>reason</th></tr>")
+        for r in doc["skipped"]:
+            parts.append(f"<tr><td>{e(r['series_key'] or r.get('source', ''))}</td>"
+                         f"<td>{e(r['description'])}</td>"
+                         f"<td>{r['instances']}</td><td>{e(r['reason'])}</td></tr>")
+        parts.append("</table>")
+    if doc["failed"]:
+        parts.append("<h2>Unreadable inputs</h2><table><tr><th>source</th><th>reason</th>"
+                     "<th>message</th></tr>")
+        for r in doc["failed"]:
+            parts.append(f"<tr><td>{e(r['source'])}</td><td>{e(r['reason'])}</td>"
+                         f"<td>{e(r['message'])}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def _fmt(x: Any) -> str:
+    return "" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+def write_reports(out_dir: Path, doc: dict[str, Any], assets: dict[str, dict[str, Any]]) -> None:
+    """Write qa.csv, qa.json, failed.csv, skipped.csv and report.html into ``out_dir``."""
+    write_csv(out_dir / "qa.csv", QA_COLUMNS, doc["series"])
+    write_json(out_dir / "qa.json", doc)
+    write_csv(out_dir / "failed.csv", FAILED_COLUMNS, doc["failed"])
+    write_csv(out_dir / "skipped.csv", SKIPPED_COLUMNS, doc["skipped"])
+    tmp = out_dir / "report.html.tmp"
+    tmp.write_text(render_html(doc, assets))
+    tmp.replace(out_dir / "report.html")

@@ -1,0 +1,322 @@
+"""Scoring a series with a loaded model: the one scorer behind the CLI, the HTTP service and QA.
+
+```python
+from service.models import load_models
+from service.scoring import score_series, compare_series, select_model
+models = load_models("models")
+result = score_series(select_model(models, reference=True), series, reference_series)
+result.scores, result.median, result.worst, result.worst_slice
+```
+
+Each slice is prepared by :func:`service.preprocess.prepare` with the model's grid, input kind
+and percentile, slices are run through ONNX Runtime in batches (``ScoringModel.batch_size``),
+and the series is summarised by the median and the worst (highest: lower is better) score of its
+non-blank slices. Volumes above ``max_slices`` are refused (:class:`InputTooLarge`, HTTP 413),
+never truncated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.errors import InputTooLarge, InvalidImage, RankIQError
+from service.preprocess import DEFAULT_PERCENTILE, prepare
+
+if TYPE_CHECKING:
+    from service.io.types import ImageSeries
+    from service.models import ScoringModel
+
+#: Most slices scored in one call unless the caller says otherwise (HTTP: RANKIQ_MAX_SLICES).
+DEFAULT_MAX_SLICES = 512
+#: Preferred model per mode when several are loaded.
+PREFERRED = {"reference": "iqnet-ref", "no-reference": "iqnet-noref"}
+OUTCOMES = ("a_better", "similar", "b_better")
+
+
+class MultipleSeries(InvalidImage):
+    """An upload that holds more than one series where one is expected."""
+
+    reason = "multiple_series"
+
+
+class ModeUnavailable(RankIQError):
+    """No loaded model serves the requested mode (a deployment problem: HTTP 503)."""
+
+    http_status = 503
+    reason = "model_unavailable"
+
+
+@dataclass(frozen=True)
+class SeriesScore:
+    """Scores of one series.
+
+    Attributes:
+        model: name, version, sha256 (of score.onnx), mode, input_kind, grid, provider.
+        contrast: contrast family of the image series (``"T1"``, ..., ``"other"``).
+        scores: float32 ``(S,)`` per-slice scores, lower is better.
+        blank: bool ``(S,)``; all-zero slices (scored, but left out of the summary).
+        median, worst: over non-blank slices; ``worst`` is the highest score.
+        worst_slice: index (0-based, in series order) of the worst slice.
+        timings: seconds: ``prepare``, ``inference``, ``total``.
+        saliency: float32 ``(S, C, H, W)`` d score / d network input, or ``None``.
+        display: float32 ``(S, H, W)`` normalised image on the model grid (for overlays), or
+            ``None`` (kept only with saliency).
+        shape: ``(slices, rows, cols)`` of the input image.
+    """
+
+    model: dict[str, Any]
+    contrast: str
+    scores: np.ndarray
+    blank: np.ndarray
+    median: float
+    worst: float
+    worst_slice: int
+    timings: dict[str, float]
+    shape: tuple[int, int, int]
+    saliency: np.ndarray | None = None
+    display: np.ndarray | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores[~self.blank]))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two series scored by one model and the classifier's verdict.
+
+    Attributes:
+        a, b: the two :class:`SeriesScore`.
+        probabilities: float64 ``(3,)``: (a better, similar, b better) from the series medians.
+        per_slice: float64 ``(S, 3)`` per-slice probabilities when a and b have the same number
+            of slices, else ``None``.
+    """
+
+    a: SeriesScore
+    b: SeriesScore
+    probabilities: np.ndarray
+    per_slice: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def model_info(model: ScoringModel) -> dict[str, Any]:
+    """The identifying fields of a model, as reported with every score."""
+    return {"name": model.name, "version": model.version, "sha256": model.sha256,
+            "mode": model.mode, "input_kind": model.input_kind, "grid": list(model.grid),
+            "provider": model.provider}
+
+
+def select_model(models: dict[str, ScoringModel], *, reference: bool) -> ScoringModel:
+    """The model for a request: a reference-mode model when a reference is given, else a
+    no-reference one (``iqnet-ref`` / ``iqnet-noref`` preferred, then by name).
+
+    Raises:
+        ModeUnavailable: no loaded model has that mode.
+    """
+    mode = "reference" if reference else "no-reference"
+    preferred = models.get(PREFERRED[mode])
+    if preferred is not None and preferred.mode == mode:
+        return preferred
+    for name in sorted(models):
+        if models[name].mode == mode:
+            return models[name]
+    raise ModeUnavailable(f"no {mode} model is loaded ({', '.join(sorted(models)) or 'none'})")
+
+
+def _pixels(series: ImageSeries, model: ScoringModel, role: str) -> np.ndarray:
+    """The array a model scores: magnitude pixels, or the complex image for complex models."""
+    if model.input_kind == "complex":
+        if series.complex_pixels is None:
+            raise InvalidImage(f"model {model.name} scores complex images: send k-space (HDF5), "
+                               "not magnitude DICOM", source=role)
+        return series.complex_pixels
+    return series.pixels
+
+
+def _check_size(series: ImageSeries, max_slices: int, role: str) -> None:
+    n = int(series.pixels.shape[0])
+    if n > max_slices:
+        raise InputTooLarge(f"{n} slices, above the limit of {max_slices} slices per request "
+                            "(refused, not truncated)", source=role)
+
+
+def summarise(scores: np.ndarray, blank: np.ndarray) -> tuple[float, float, int]:
+    """``(median, worst, worst_slice)`` over the non-blank slices (worst = highest score).
+
+    Raises:
+        InvalidImage: every slice is blank.
+    """
+    keep = np.flatnonzero(~blank)
+    if keep.size == 0:
+        raise InvalidImage("every slice is blank (all zero): nothing to score")
+    vals = scores[keep].astype(np.float64)
+    worst_i = int(keep[int(np.argmax(vals))])
+    return float(np.median(vals)), float(scores[worst_i]), worst_i
+
+
+def score_series(
+    model: ScoringModel,
+    series: ImageSeries,
+    reference: ImageSeries | None = None,
+    *,
+    saliency: bool = False,
+    max_slices: int = DEFAULT_MAX_SLICES,
+) -> SeriesScore:
+    """Score every slice of ``series`` (against ``reference`` for a reference-mode model).
+
+    Args:
+        model: a loaded :class:`service.models.ScoringModel`; its mode must match whether a
+            reference is given.
+        series: the image series, ``pixels`` float32 ``(S, rows, cols)``.
+        reference: same geometry as ``series`` (reference mode), or ``None``.
+        saliency: also compute d score / d input per slice (slower: forward + adjoint).
+        max_slices: refuse larger volumes.
+
+    Raises:
+        InputTooLarge: more than ``max_slices`` slices.
+        GeometryMismatch: reference and image differ in slices, rows or columns.
+        InvalidImage: NaN/Inf pixels, a matrix outside 16..4096, every slice blank, or a
+            reference given to a no-reference model (and the reverse).
+    """
+    t0 = time.perf_counter()
+    _check_size(series, max_slices, "image")
+    if (reference is not None) != (model.mode == "reference"):
+        raise InvalidImage(f"model {model.name} is a {model.mode} model: "
+                           + ("it needs a reference" if reference is None
+                              else "it takes no reference"))
+    ref_px = None
+    if reference is not None:
+        _check_size(reference, max_slices, "reference")
+        ref_px = _pixels(reference, model, "reference")
+    prepared = prepare(_pixels(series, model, "image"), ref_px, grid=model.grid,
+                       input_kind=model.input_kind,  # type: ignore[arg-type]
+                       percentile=float(model.metadata.get("percentile", DEFAULT_PERCENTILE)))
+    x = prepared.network_input
+    t1 = time.perf_counter()
+    maps = None
+    if saliency:
+        scores, maps = model.score_and_saliency(x)
+    else:
+        scores = model.score(x)
+    t2 = time.perf_counter()
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if not np.isfinite(scores).all():
+        raise RuntimeError(f"model {model.name} returned non-finite scores")  # a model bug
+    blank = np.asarray(prepared.empty, dtype=bool)
+    median, worst, worst_slice = summarise(scores, blank)
+    display = None
+    if saliency:
+        img = prepared.image
+        display = (np.abs(img[:, 0]) if img.shape[1] == 1
+                   else np.hypot(img[:, 0], img[:, 1])).astype(np.float32)
+    return SeriesScore(
+        model=model_info(model), contrast=series.contrast, scores=scores, blank=blank,
+        median=median, worst=worst, worst_slice=worst_slice,
+        timings={"prepare": t1 - t0, "inference": t2 - t1, "total": time.perf_counter() - t0},
+        shape=tuple(int(n) for n in series.pixels.shape),  # type: ignore[arg-type]
+        saliency=maps, display=display,
+    )
+
+
+def compare_series(
+    model: ScoringModel,
+    a: ImageSeries,
+    b: ImageSeries,
+    reference: ImageSeries | None = None,
+    *,
+    max_slices: int = DEFAULT_MAX_SLICES,
+) -> Comparison:
+    """Score ``a`` and ``b`` with one model and ask its rank classifier which is better.
+
+    The series-level probabilities compare the two medians; per-slice probabilities are added
+    when both series have the same number of slices.
+    """
+    t0 = time.perf_counter()
+    sa = score_series(model, a, reference, max_slices=max_slices)
+    sb = score_series(model, b, reference, max_slices=max_slices)
+    probs = model.classify(np.array([sa.median]), np.array([sb.median]))[0]
+    per_slice = None
+    if sa.scores.shape == sb.scores.shape:
+        per_slice = model.classify(sa.scores, sb.scores)
+    return Comparison(a=sa, b=sb, probabilities=np.asarray(probs, dtype=np.float64),
+                      per_slice=per_slice, timings={"total": time.perf_counter() - t0})
+
+
+# -- JSON views (the HTTP answers; `rankiq score --json` prints the same) ------------------------
+
+def _ms(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v * 1000.0, 3) for k, v in timings.items()}
+
+
+def series_json(result: SeriesScore, *, png: bool = True, raw: bool = True) -> dict[str, Any]:
+    """JSON-ready view of a :class:`SeriesScore` (saliency as PNG and/or float16 when present).
+
+    Shape::
+
+        {"mode", "model": {...}, "contrast", "score_direction": "lower_is_better",
+         "shape": [S, rows, cols],
+         "summary": {"median", "worst", "worst_slice", "mean", "slices", "blank_slices"},
+         "slices": [{"index", "score", "blank",
+                     "saliency": {"overlay_png": b64, "map": {"data", "shape", "dtype",
+                                                             "byte_order"}}}],
+         "timings_ms": {"prepare", "inference", "total", ...}}
+    """
+    from service.overlay import encode_array, overlay_png
+
+    slices: list[dict[str, Any]] = []
+    for i, s in enumerate(result.scores):
+        row: dict[str, Any] = {"index": i, "score": float(s), "blank": bool(result.blank[i])}
+        if result.saliency is not None:
+            sal: dict[str, Any] = {}
+            if png and result.display is not None:
+                import base64
+
+                sal["overlay_png"] = base64.b64encode(
+                    overlay_png(result.display[i], result.saliency[i])).decode("ascii")
+            if raw:
+                sal["map"] = encode_array(result.saliency[i])
+            row["saliency"] = sal
+        slices.append(row)
+    return {
+        "mode": result.model["mode"],
+        "model": result.model,
+        "contrast": result.contrast,
+        "score_direction": "lower_is_better",
+        "shape": list(result.shape),
+        "summary": {"median": result.median, "worst": result.worst,
+                    "worst_slice": result.worst_slice, "mean": result.mean,
+                    "slices": len(result.scores), "blank_slices": int(result.blank.sum())},
+        "slices": slices,
+        "timings_ms": _ms(result.timings),
+    }
+
+
+def comparison_json(cmp: Comparison) -> dict[str, Any]:
+    """JSON-ready view of a :class:`Comparison`."""
+
+    def side(r: SeriesScore) -> dict[str, Any]:
+        return {"contrast": r.contrast, "shape": list(r.shape),
+                "summary": {"median": r.median, "worst": r.worst, "worst_slice": r.worst_slice,
+                            "mean": r.mean, "slices": len(r.scores),
+                            "blank_slices": int(r.blank.sum())},
+                "scores": [float(s) for s in r.scores]}
+
+    probs = {k: float(v) for k, v in zip(OUTCOMES, cmp.probabilities, strict=True)}
+    out: dict[str, Any] = {
+        "mode": cmp.a.model["mode"],
+        "model": cmp.a.model,
+        "score_direction": "lower_is_better",
+        "a": side(cmp.a),
+        "b": side(cmp.b),
+        "probabilities": probs,
+        "verdict": max(probs, key=probs.__getitem__),
+        "per_slice": None if cmp.per_slice is None else [
+            {"index": i, **{k: float(v) for k, v in zip(OUTCOMES, p, strict=True)}}
+            for i, p in enumerate(cmp.per_slice)],
+        "timings_ms": _ms(cmp.timings),
+    }
+    return out
