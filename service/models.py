@@ -80,7 +80,8 @@ def session_options(threads: int = 1, *, spinning: bool = True) -> ort.SessionOp
     return opts
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -188,7 +189,7 @@ def _verify_files(d: Path, meta: dict[str, Any]) -> None:
                                source=str(d))
         if not path.is_file():
             raise ModelNotFound(f"{name} is missing", source=str(d))
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ModelCorrupt(f"{name} does not match its SHA-256 in metadata.json "
                                "(modified or truncated)", source=str(d))
 

@@ -11,7 +11,6 @@ check passed, so a failed export never leaves a half-written model behind.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import shutil
@@ -24,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from service.models import sha256_file
 from service.preprocess import DEFAULT_PERCENTILE, PREPROCESS_VERSION, prepare
 from training.export.iqnet_graphs import (
     STRIP_MIN_SIZE,
@@ -41,15 +41,6 @@ OPSET = 17
 CONTRAST_FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
 #: provisional QA threshold: the model's score of its phantom with this much white noise
 PROVISIONAL_NOISE = 0.05
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def to_onnx(module: nn.Module, example: torch.Tensor, outputs: list[str], *,

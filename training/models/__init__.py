@@ -3,4 +3,14 @@
 from training.models.classifier import CLASSES, RankClassifier
 from training.models.iqnet import IQNet, count_parameters
 
-__all__ = ["CLASSES", "IQNet", "RankClassifier", "count_parameters"]
+
+def __getattr__(name: str):
+    # EfficientNetScorer imports efficientnet_pytorch: only on first use
+    if name == "EfficientNetScorer":
+        from training.models.efficientnet import EfficientNetScorer
+
+        return EfficientNetScorer
+    raise AttributeError(name)
+
+
+__all__ = ["CLASSES", "EfficientNetScorer", "IQNet", "RankClassifier", "count_parameters"]

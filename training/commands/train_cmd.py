@@ -1,0 +1,205 @@
+"""``rankiq train``, ``rankiq evaluate`` and ``rankiq bench train``.
+
+Handlers import torch and the training modules lazily (``rankiq --help`` never needs torch)
+and call :func:`service.cli.require` first, so a missing torch is a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.cli import Registry
+
+MODEL_CHOICES = ("iqnet", "efficientnet", "mse", "ssim", "distill")
+
+
+def add_commands(reg: Registry) -> None:
+    """Add ``rankiq train``, ``rankiq evaluate`` and ``rankiq bench train``."""
+    t = reg.command("train", "training.commands.train_cmd:train",
+                    "train a scoring network (or a metric baseline) and its rank classifier "
+                    "with k-fold cross-validation")
+    t.add_argument("--data", required=True, help="pairs HDF5 file (`rankiq simulate`)")
+    t.add_argument("--rankings", required=True,
+                   help="consensus CSV (`rankiq agreement --consensus`) or a votes CSV")
+    t.add_argument("--model", choices=MODEL_CHOICES, default="iqnet",
+                   help="iqnet (default), efficientnet, mse, ssim, or distill (a no-reference "
+                        "student of a reference-mode --teacher run)")
+    t.add_argument("--no-reference", action="store_true",
+                   help="score the image alone (no reference subtraction)")
+    t.add_argument("--input", choices=("magnitude", "complex"), default="magnitude",
+                   help="network input: magnitude (1 channel, default) or complex (real/imag)")
+    t.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    t.add_argument("--fold", type=int, action="append",
+                   help="train only this fold (repeatable; default all)")
+    t.add_argument("--epochs", type=int, default=30, help="epochs per fold (default 30)")
+    t.add_argument("--out", required=True, help="run directory (runs/NAME)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    t.add_argument("--seed", type=int, default=0, help="seed (folds, init, batches; default 0)")
+    t.add_argument("--grid", default=None,
+                   help="training grid S or HxW (default: the pairs file's size)")
+    t.add_argument("--batch-size", type=int, default=24, help="default 24")
+    t.add_argument("--lr", type=float, default=1e-4, help="scoring network lr (default 1e-4)")
+    t.add_argument("--lr-classifier", type=float, default=1e-3,
+                   help="classifier lr (default 1e-3)")
+    t.add_argument("--lr-decay", type=float, default=0.999,
+                   help="lr multiplier per epoch (default 0.999)")
+    t.add_argument("--weight-decay", type=float, default=1e-5, help="default 1e-5")
+    t.add_argument("--classifier-warmup", type=int, default=300,
+                   help="full-batch steps fitting the classifier to the initial scores before "
+                        "epoch 1 (default 300; 0 = off, as in the paper)")
+    t.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    t.add_argument("--activation", choices=("identity", "relu", "leaky_relu"),
+                   default="identity", help="IQ-Net activation (default identity, as run)")
+    t.add_argument("--dropout", type=float, default=0.5,
+                   help="IQ-Net dropout (channels after every block and the features; "
+                        "default 0.5 as in the reference)")
+    t.add_argument("--effnet-size", type=int, default=224,
+                   help="EfficientNet input side after resizing (default 224)")
+    t.add_argument("--teacher", help="distill: the reference-mode run to reproduce")
+    t.add_argument("--student", choices=("iqnet-relu", "efficientnet"), default="iqnet-relu",
+                   help="distill: student architecture (default iqnet-relu)")
+    t.add_argument("--distill-epochs", type=int, default=None,
+                   help="distill: regression epochs (default --epochs)")
+    t.add_argument("--fresh-fraction", type=float, default=1.0,
+                   help="distill: fresh simulated corruptions per epoch, as a fraction of the "
+                        "training images (default 1)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    e = reg.command("evaluate", "training.commands.train_cmd:evaluate",
+                    "compare trained runs: accuracy table (Markdown+JSON), repeated-measures "
+                    "ANOVA, paired t-tests vs MSE/SSIM, Figure 6 plots")
+    e.add_argument("runs", nargs="+", help="run directories")
+    e.add_argument("--out", required=True, help="report directory")
+    e.add_argument("--no-figures", action="store_true", help="table and statistics only")
+    e.add_argument("--figure-slices", type=int, default=4,
+                   help="held-out slices per fold corrupted for Figure 6 (default 4)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the Figure 6 corruptions")
+    e.add_argument("--threads", type=int, default=None, help="torch threads")
+
+    b = reg.bench("train", "training.commands.train_cmd:bench_train",
+                  "seconds per epoch and pairs per second of each model's training step")
+    b.add_argument("--size", type=int, default=396, help="image side (default 396)")
+    b.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    b.add_argument("--batch-size", type=int, default=24, help="default 24")
+    b.add_argument("--steps", type=int, default=3, help="timed steps per model (default 3)")
+    b.add_argument("--pairs", type=int, default=2333,
+                   help="training pairs per epoch for the projection (default 2333 = 80 %% "
+                        "of the paper's 2916)")
+    b.add_argument("--models", default="iqnet,iqnet-complex,efficientnet,distill-student,mse",
+                   help="comma-separated subset of iqnet, iqnet-complex, efficientnet, "
+                        "distill-student, mse")
+
+
+def _grid(value: str | None) -> tuple[int, int] | None:
+    from training.runs import RunError
+
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.lower().split("x")]
+    except ValueError:
+        raise RunError(f"--grid {value!r}: expected S or HxW") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 16:
+        raise RunError(f"--grid {value!r}: expected S or HxW with sides >= 16")
+    return parts[0], parts[1]
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    from training.pairs import PairsFileError
+    from training.rankings import RankingsFormatError
+    from training.runs import RunError
+
+    if not Path(args.data).is_file():
+        raise PairsFileError("no such pairs file", source=args.data)
+    if not Path(args.rankings).is_file():
+        raise RankingsFormatError("no such rankings file", source=args.rankings)
+    if args.epochs < 1 or args.folds < 2 or args.batch_size < 1:
+        raise RunError("--epochs and --batch-size must be >= 1 and --folds >= 2")
+    if args.model == "distill" and not args.teacher:
+        raise RunError("--model distill needs --teacher RUN_DIR (a reference-mode run)")
+    if args.model in ("mse", "ssim") and args.no_reference:
+        raise RunError(f"--model {args.model} compares with the reference; "
+                       "--no-reference does not apply")
+
+
+def train(args: argparse.Namespace) -> int:
+    """``rankiq train``."""
+    from service.cli import require
+
+    require("torch", "train")
+    _check_inputs(args)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = {
+        "model": args.model,
+        "mode": "no-reference" if (args.no_reference or args.model == "distill") else "reference",
+        "input_kind": "magnitude" if args.model in ("mse", "ssim") else args.input,
+        "grid": _grid(args.grid), "folds": args.folds, "seed": args.seed,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "lr_classifier": args.lr_classifier, "lr_decay": args.lr_decay,
+        "weight_decay": args.weight_decay, "augment": not args.no_augment,
+        "activation": args.activation, "dropout": args.dropout,
+        "effnet_size": args.effnet_size,
+        "classifier_warmup": args.classifier_warmup,
+        "created_by": "rankiq train",
+    }
+    progress = not args.quiet and sys.stderr.isatty()
+    log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if args.model == "distill":
+        from training.distill import distill_run
+
+        config.update(student=args.student, fresh_fraction=args.fresh_fraction,
+                      distill_epochs=args.distill_epochs or args.epochs)
+        summary = distill_run(args.data, args.rankings, args.out, config, args.teacher,
+                              only=args.fold, resume=args.resume, progress=progress, log=log)
+    else:
+        from training.train import train_run
+
+        summary = train_run(args.data, args.rankings, args.out, config, only=args.fold,
+                            resume=args.resume, progress=progress, log=log)
+    accs = " ".join(f"{a:.3f}" for a in summary["val_acc"])
+    sd = "" if summary["sd"] is None else f" +- {summary['sd']:.3f}"
+    print(f"{args.out}: {config['model']} ({config['mode']}) validation accuracy per fold "
+          f"[{accs}], mean {summary['mean']:.3f}{sd}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``rankiq evaluate``."""
+    from service.cli import require
+
+    require("torch", "evaluate")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from training.evaluate import evaluate_runs
+
+    report = evaluate_runs(args.runs, args.out, figures=not args.no_figures,
+                           figure_slices=args.figure_slices, seed=args.seed)
+    print(report["markdown"])
+    return 0
+
+
+def bench_train(args: argparse.Namespace) -> int:
+    """``rankiq bench train``."""
+    from service.cli import require
+
+    require("torch", "bench train")
+    from training.bench import bench_training, format_bench
+
+    rows = bench_training(size=args.size, threads=args.threads, batch=args.batch_size,
+                          steps=args.steps, pairs=args.pairs,
+                          models=[m.strip() for m in args.models.split(",") if m.strip()])
+    print(format_bench(rows, size=args.size, threads=args.threads, batch=args.batch_size,
+                       pairs=args.pairs))
+    return 0

@@ -1,0 +1,202 @@
+"""``rankiq evaluate``: the paper's comparison of trained runs.
+
+Writes to the report directory:
+
+* ``table.md`` / ``results.json``: validation ranking accuracy (best epoch per fold) mean ± sd
+  (ddof=1) over the folds for every run, per-fold values; a repeated-measures ANOVA over the
+  runs (folds are the repeated "subjects"; implemented with numpy, p from scipy's F
+  distribution); paired t-tests (``scipy.stats.ttest_rel``) of every run against the MSE and
+  SSIM runs; for no-reference runs, the Spearman correlation of their held-out scores with a
+  reference-mode run's scores of the same images (a distilled run's own teacher, else the
+  first reference-mode IQ-Net run).
+* ``fig6_<run>.png``: the paper's Figure 6: mean score vs corruption level for each corruption
+  type, on held-out references (each fold's validation slices, scored by that fold's model),
+  with MSE and 1 - SSIM; every curve divided by its maximum.
+* ``scatter_<run>.png``: held-out scores against the pairs file's MSE and SSIM, Pearson r.
+
+Statistics need every run to use the same folds (``folds.json``); runs whose folds differ
+from the first run's are reported but left out of the tests.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from training.runs import METRIC_MODELS, RunError, read_config, read_json, read_summary, write_json
+
+NAMES = {"iqnet": "IQ-Net", "efficientnet": "EfficientNet", "mse": "MSE", "ssim": "SSIM"}
+
+
+def run_label(cfg: dict) -> str:
+    """Human name of a run, e.g. ``IQ-Net (reference, magnitude)``."""
+    if cfg["model"] in METRIC_MODELS:
+        return NAMES[cfg["model"]]
+    if cfg["model"] == "distill":
+        return f"Distilled {cfg.get('student')} (no reference, {cfg['input_kind']})"
+    mode = "reference" if cfg["mode"] == "reference" else "no reference"
+    act = "" if cfg.get("activation", "identity") == "identity" else f", {cfg['activation']}"
+    return f"{NAMES[cfg['model']]} ({mode}, {cfg['input_kind']}{act})"
+
+
+def rm_anova(y: np.ndarray) -> dict:
+    """One-way repeated-measures ANOVA.
+
+    Args:
+        y: ``(n_subjects, k_conditions)`` (here folds x runs).
+
+    Returns:
+        ``{"F", "df1", "df2", "p"}`` (F = MS_conditions / MS_error).
+    """
+    from scipy.stats import f as f_dist
+
+    n, k = y.shape
+    grand = y.mean()
+    ss_cond = n * np.sum((y.mean(axis=0) - grand) ** 2)
+    ss_subj = k * np.sum((y.mean(axis=1) - grand) ** 2)
+    ss_err = np.sum((y - grand) ** 2) - ss_cond - ss_subj
+    df1, df2 = k - 1, (k - 1) * (n - 1)
+    ms_err = ss_err / df2 if df2 else float("nan")
+    F = (ss_cond / df1) / ms_err if ms_err > 0 else float("inf")
+    p = float(f_dist.sf(F, df1, df2)) if np.isfinite(F) else 0.0
+    return {"F": float(F), "df1": int(df1), "df2": int(df2), "p": p}
+
+
+def read_predictions(run: str | Path) -> dict[int, tuple[float, float, int, int]]:
+    """``{pair_id: (score1, score2, label, pred)}`` over all folds' predictions.csv."""
+    out = {}
+    for p in sorted(Path(run).glob("fold*/predictions.csv")):
+        with p.open(newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                out[int(r["pair_id"])] = (float(r["score1"]), float(r["score2"]),
+                                          int(r["label"]), int(r["pred"]))
+    return out
+
+
+def spearman_with(a: dict, b: dict) -> dict:
+    """Spearman rho of the image scores of two runs over their common pairs."""
+    from scipy.stats import spearmanr
+
+    common = sorted(set(a) & set(b))
+    if len(common) < 3:
+        return {"rho": None, "n_images": 0}
+    x = np.array([[a[p][0], a[p][1]] for p in common]).ravel()
+    y = np.array([[b[p][0], b[p][1]] for p in common]).ravel()
+    return {"rho": float(spearmanr(x, y).statistic), "n_images": int(len(x))}
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if pct else f"{v:.3g}"
+
+
+def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
+                  figure_slices: int = 4, seed: int = 0) -> dict:
+    """Compare runs; writes table.md, results.json and figures into ``out``."""
+    from scipy.stats import ttest_rel
+
+    out = Path(out)
+    runs = []
+    for r in run_dirs:
+        p = Path(r)
+        cfg, summ = read_config(p), read_summary(p)
+        if not summ.get("val_acc"):
+            raise RunError("has no finished fold (summary.json missing)", source=str(p))
+        folds = read_json(p / "folds.json") if (p / "folds.json").exists() else {}
+        runs.append({"dir": p, "name": p.name, "config": cfg, "summary": summ, "folds": folds,
+                     "label": run_label(cfg),
+                     "acc": np.array(summ["val_acc"], dtype=np.float64)})
+    out.mkdir(parents=True, exist_ok=True)
+    ref_folds = runs[0]["folds"]
+    same = [r for r in runs if r["folds"] == ref_folds and r["summary"].get("complete")]
+    result: dict = {"runs": [], "anova": None, "ttests": {}, "spearman": {}, "notes": []}
+    for r in runs:
+        result["runs"].append({
+            "run": str(r["dir"]), "label": r["label"], "model": r["config"]["model"],
+            "mode": r["config"]["mode"], "input_kind": r["config"]["input_kind"],
+            "grid": r["config"].get("grid"), "epochs": r["config"].get("epochs"),
+            "val_acc": r["acc"].tolist(), "mean": float(r["acc"].mean()),
+            "sd": float(r["acc"].std(ddof=1)) if len(r["acc"]) > 1 else None,
+            "same_folds": r in same})
+    left_out = [r["name"] for r in runs if r not in same]
+    if left_out:
+        result["notes"].append(f"left out of the tests (incomplete or different folds): "
+                               f"{', '.join(left_out)}")
+    if len(same) >= 2 and len(same[0]["acc"]) >= 2:
+        result["anova"] = rm_anova(np.stack([r["acc"] for r in same], axis=1))
+        result["anova"]["runs"] = [r["name"] for r in same]
+    for base in ("mse", "ssim"):
+        b = next((r for r in same if r["config"]["model"] == base), None)
+        if b is None:
+            continue
+        for r in same:
+            if r is b:
+                continue
+            t = ttest_rel(r["acc"], b["acc"])
+            result["ttests"][f"{r['name']} vs {b['name']}"] = {
+                "mean_diff": float((r["acc"] - b["acc"]).mean()), "t": float(t.statistic),
+                "p": float(t.pvalue), "baseline": base}
+    # no-reference runs vs a reference-mode run: a distilled run's own teacher, else the first
+    # reference-mode IQ-Net run given
+    ref = next((r for r in runs if r["config"]["model"] == "iqnet"
+                and r["config"]["mode"] == "reference"), None)
+    for r in runs:
+        if r["config"]["mode"] != "no-reference":
+            continue
+        teacher = Path(r["config"].get("teacher", {}).get("run", ""))
+        if r["config"]["model"] == "distill" and (teacher / "folds.json").exists():
+            other, name = teacher, teacher.name
+        elif ref is not None:
+            other, name = ref["dir"], ref["name"]
+        else:
+            continue
+        result["spearman"][r["name"]] = {"reference_run": name,
+                                         **spearman_with(read_predictions(r["dir"]),
+                                                         read_predictions(other))}
+    md = format_markdown(result)
+    result["markdown"] = md
+    result["figures"] = []
+    if figures:
+        from training.figures import figure6, scatter
+
+        for r in runs:
+            if r["config"]["model"] in METRIC_MODELS:
+                continue
+            result["figures"].append(str(figure6(r["dir"], out / f"fig6_{r['name']}.png",
+                                                 slices=figure_slices, seed=seed)))
+            result["figures"].append(str(scatter(r["dir"], out / f"scatter_{r['name']}.png")))
+    (out / "table.md").write_text(md + "\n", encoding="utf-8")
+    write_json(out / "results.json", result)
+    return result
+
+
+def format_markdown(res: dict) -> str:
+    """The comparison table and statistics as Markdown."""
+    lines = ["| model | run | grid | epochs | accuracy % (mean ± sd) | per fold % |",
+             "|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        sd = "" if r["sd"] is None else f" ± {100 * r['sd']:.1f}"
+        grid = "x".join(str(g) for g in r["grid"]) if r["grid"] else "-"
+        per = ", ".join(f"{100 * a:.1f}" for a in r["val_acc"])
+        lines.append(f"| {r['label']} | {Path(r['run']).name} | {grid} | {r['epochs']} | "
+                     f"{100 * r['mean']:.1f}{sd} | {per} |")
+    a = res.get("anova")
+    if a:
+        lines += ["", f"Repeated-measures ANOVA over {len(a['runs'])} runs (folds as subjects): "
+                      f"F({a['df1']}, {a['df2']}) = {a['F']:.2f}, p = {a['p']:.3g}"]
+    if res["ttests"]:
+        lines += ["", "| paired t-test | mean difference (points) | t | p |", "|---|---|---|---|"]
+        for k, t in res["ttests"].items():
+            lines.append(f"| {k} | {100 * t['mean_diff']:+.1f} | {t['t']:.2f} | {t['p']:.3g} |")
+    if res["spearman"]:
+        lines += ["", "| no-reference run | Spearman rho with the reference run's scores | "
+                      "images |", "|---|---|---|"]
+        for k, s in res["spearman"].items():
+            rho = "-" if s["rho"] is None else f"{s['rho']:.3f}"
+            lines.append(f"| {k} (vs {s['reference_run']}) | {rho} | {s['n_images']} |")
+    for n in res.get("notes", []):
+        lines += ["", f"Note: {n}"]
+    return "\n".join(lines)
