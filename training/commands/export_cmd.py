@@ -21,6 +21,9 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--fold", type=int, default=None,
                    help="fold to export (default: final/ model or the best fold)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default 0)")
+    p.add_argument("--calibrate", metavar="PAIRS",
+                   help="calibrate the QA thresholds per contrast family on this pairs file "
+                        "(default: provisional thresholds)")
 
     b = reg.bench("score", "training.commands.export_cmd:bench",
                   "IQ-Net scoring speed: torch eager vs naive vs optimised ONNX, with and "
@@ -44,7 +47,7 @@ def export(args: argparse.Namespace) -> int:
 
     # a failed parity check raises ParityError (a RankIQError): one line on stderr, exit 2
     meta = export_run(args.run, args.out, name=args.name, version=args.version,
-                      fold=args.fold, parity_seed=args.seed)
+                      fold=args.fold, parity_seed=args.seed, calibrate=args.calibrate)
     worst = max(v["score_rel_err"] for v in meta["parity"].values())
     print(f"exported {meta['name']} {meta['version']} ({meta['mode']}, {meta['input_kind']}, "
           f"grid {meta['grid'][0]}x{meta['grid'][1]}) to {args.out}: "

@@ -7,11 +7,14 @@ __all__ = ["ParityError", "check_parity", "export_model", "export_run", "parity_
            "sha256_file"]
 
 
-def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parity_seed=0):
+def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parity_seed=0,
+               calibrate=None):
     """Export a training run (``runs/NAME/``, CONTRACTS.md section 3) to ``out_dir``.
 
     Loads the run with :func:`training.runs.load_run` and passes its config, data fingerprint,
-    seed and cross-validated accuracy into the metadata. Returns the metadata written.
+    seed and cross-validated accuracy into the metadata. With ``calibrate`` (a pairs file) the
+    QA thresholds are calibrated on it (:mod:`training.export.calibrate`); otherwise they are
+    the provisional defaults. Returns the metadata written.
     """
     from pathlib import Path
 
@@ -33,6 +36,13 @@ def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parit
     grid = cfg.get("grid", (396, 396))
     if isinstance(grid, int):
         grid = (grid, grid)
+    if calibrate is not None:
+        from training.export.calibrate import calibrate_thresholds
+
+        extra.update(calibrate_thresholds(run.scorer, run.classifier, calibrate,
+                                          mode=cfg.get("mode", "reference"),
+                                          input_kind=cfg.get("input_kind", "magnitude"),
+                                          grid=tuple(grid)))
     return export_model(run.scorer, run.classifier, out_dir,
                         name=name or Path(out_dir).name, version=version,
                         mode=cfg.get("mode", "reference"),
