@@ -47,6 +47,8 @@ FORMS = {
     "/score": FormSpec(required_files=("image",), optional_files=("reference",),
                        bool_values=("saliency",)),
     "/compare": FormSpec(required_files=("image_a", "image_b"), optional_files=("reference",)),
+    # batch QA upload: one or more zips / DICOM files in the repeated field "files"
+    "/qa/submit": FormSpec(required_files=("files",), repeated_files=("files",)),
 }
 
 

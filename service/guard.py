@@ -49,6 +49,7 @@ class FormSpec:
     required_files: tuple[str, ...]
     optional_files: tuple[str, ...] = ()
     bool_values: tuple[str, ...] = ()
+    repeated_files: tuple[str, ...] = ()  # file fields that may be given more than once
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -130,7 +131,7 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
             allowed = ", ".join(spec.files + spec.bool_values)
             raise RequestRejected(400, "bad_request",
                                   f"unknown field {part.name[:40]!r} (fields: {allowed})")
-        if part.name in seen:
+        if part.name in seen and part.name not in spec.repeated_files:
             raise RequestRejected(400, "bad_request", f"field {part.name!r} given twice")
         seen.add(part.name)
         if part.name in spec.files and not part.is_file:

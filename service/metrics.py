@@ -57,9 +57,33 @@ class ServiceMetrics:
                                provider=provider, sha256=sha256[:16]).set(1)
 
 
+def rejection_reasons() -> tuple[str, ...]:
+    """Every bounded rejection reason: the request-level ones and those of every
+    :class:`service.errors.RankIQError` subclass defined so far."""
+    from service.errors import RankIQError
+
+    reasons, todo = set(REQUEST_REASONS), [RankIQError]
+    while todo:
+        cls = todo.pop()
+        reasons.add(cls.reason)
+        todo.extend(cls.__subclasses__())
+    return tuple(sorted(reasons))
+
+
 @functools.cache
 def service_metrics() -> ServiceMetrics:
-    """Create (once per process) the metrics on prometheus_client's default registry."""
+    """Create (once per process) the metrics on prometheus_client's default registry.
+
+    Every rejection reason starts at 0, so a first burst of refusals shows up in ``rate()``
+    (a series born with its burst already counted has no visible increase).
+    """
+    metrics = _create()
+    for reason in rejection_reasons():
+        metrics.rejected.labels(reason=reason)
+    return metrics
+
+
+def _create() -> ServiceMetrics:
     return ServiceMetrics(
         score=Histogram("rankiq_score", "IQ-Net score per scored slice (lower is better)",
                         ["model", "mode", "contrast", "input_kind"], buckets=SCORE_BUCKETS),

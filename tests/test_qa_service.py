@@ -247,3 +247,15 @@ def test_promtool_accepts_the_shipped_config_and_rules():
     for args in (["check", "config", str(cfg)], ["check", "rules", str(RULES)]):
         out = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_qa_submit_goes_through_the_request_guard(server):
+    url = server["url"]
+    # a text value where a file belongs, and a truncated multipart body: 400 with a JSON reason
+    r = requests.post(url + "/qa/submit", files={"files": (None, "not a file")}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    assert "must be a file upload" in r.json()["detail"]
+    r = requests.post(url + "/qa/submit", data=b"--xyz\r\nContent-Disposition: form-data; "
+                      b"name=\"files\"; filename=\"a.zip\"\r\n\r\nPK",
+                      headers={"Content-Type": "multipart/form-data; boundary=xyz"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
