@@ -55,6 +55,9 @@ MODEL_SEED  ?= 2025
 MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
 MODEL_VERSION ?= 1.0.0
+# the no-reference model shipped: the distilled student (its score rises with every corruption
+# type; the plain no-reference IQ-Net ranks pairs but is flat in corruption level: README)
+NOREF_RUN   ?= distill
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 

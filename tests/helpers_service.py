@@ -34,6 +34,18 @@ def mr_small() -> np.ndarray:
     return pydicom.dcmread(path).pixel_array.astype(np.float64)
 
 
+def brain_slice(size: int = 256) -> np.ndarray:
+    """A clean synthetic axial brain slice ``(size, size)``, max 2000: the simulator's truth image
+    (`rankiq simulate --source brain`), i.e. the anatomy the shipped models were trained on.
+    MR_small's 64x64 crop and the smooth MNI template itself are out of that distribution."""
+    from training.simulate import SimConfig, prepare_slice
+    from training.sources import BrainSource
+
+    cfg = SimConfig()
+    truth = np.abs(prepare_slice(BrainSource(cfg.source), 0, 0, size, cfg).truth)
+    return (truth / truth.max() * 2000).astype(np.float64)
+
+
 def noisy(image: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """``|image + N(0, (sigma * max)^2)|`` (magnitude images stay non-negative)."""
     rng = np.random.default_rng(seed)

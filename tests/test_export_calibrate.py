@@ -54,16 +54,28 @@ def test_reference_mode_threshold_is_the_margin(pairs):
     d = out["qa_calibration"]["d_star"]
     assert set(out["qa_thresholds"]) == {"T1", "T1post", "T2", "FLAIR", "other"}
     assert all(v == pytest.approx(d, abs=1e-6) for v in out["qa_thresholds"].values())
-    assert set(out["qa_calibration"]["reference_score_median"].values()) == {0.0}
+    assert set(out["qa_calibration"]["reference_score"].values()) == {0.0}
 
 
 def test_no_reference_thresholds_sit_above_clean_scores(pairs):
     clf = monotone_classifier(1.0)
     out = calibrate_thresholds(_net(), clf, pairs, mode="no-reference", input_kind="magnitude",
                                grid=(32, 32))
-    med = out["qa_calibration"]["reference_score_median"]
+    med = out["qa_calibration"]["reference_score"]
     d = out["qa_calibration"]["d_star"]
     assert med and all(v > 0 for v in med.values())
+    # clean reference images of a family score below its threshold (95th percentile + margin)
+    from service.preprocess import prepare
+    from training.pairs import PairsFile
+
+    with PairsFile(pairs) as pf:
+        meta = pf.meta()
+        refs = np.stack([pf.images(i)[0] for i in range(len(pf))])
+    with torch.no_grad():
+        clean = _net()(torch.from_numpy(prepare(refs, grid=(32, 32)).network_input)).numpy()
+    below = [c <= out["qa_thresholds"][str(f)] for c, f in zip(clean, meta["contrast"],
+                                                                 strict=True)]
+    assert np.mean(below) >= 0.9
     for fam, m in med.items():
         assert out["qa_thresholds"][fam] == pytest.approx(m + d, rel=1e-5)
     # families without data get the pooled value, never nothing

@@ -17,6 +17,7 @@ from helpers_io import PHI, _base, assert_no_phi, bundled, dicom_bytes
 from helpers_service import (
     AUTH,
     TOKEN,
+    brain_slice,
     fastmri_file,
     mr_small,
     noisy,
@@ -120,7 +121,7 @@ def test_no_reference_more_noise_higher_when_trained(server):
     noref = next(m for m in info["models"] if m["mode"] == "no-reference")
     if not noref["metadata"].get("trained", True):
         pytest.skip("shipped no-reference model is the untrained interim export")
-    base = mr_small()
+    base = brain_slice()
     s = [score(server, slice_dicom(noisy(base, sg, seed=3)))["summary"]["median"]
          for sg in (0.0, 0.05, 0.2)]
     assert s[0] < s[1] < s[2]

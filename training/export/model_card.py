@@ -49,14 +49,23 @@ def model_card(meta: dict[str, Any]) -> str:
     ]
     tr = meta.get("training") or {}
     if trained:
-        lines += ["Trained on a *simulated* reader panel's rankings of simulated corrupted "
-                  "fastMRI-style brain images (see docs/readme); no real radiologist votes.",
+        lines += ["Trained on a *simulated* reader panel's rankings (`rankiq panel`, calibrated "
+                  "to the paper's reader agreement) of simulated corrupted multi-coil brain "
+                  "slices (`rankiq simulate`; by default synthetic subjects built from nilearn's "
+                  "MNI152 template). **No real radiologist votes and no patient data: the model "
+                  "has learned the simulated observer, not radiologists.** Cross-validation "
+                  "folds are grouped by subject.",
                   "", "```json", json.dumps(tr, indent=2), "```"]
     else:
         lines += ["None (untrained)."]
     lines += ["", "## Measured accuracy", *_accuracy_lines(meta.get("accuracy") or {}), "",
               "## QA thresholds", ]
     th = meta.get("qa_thresholds", {})
+    if meta.get("qa_calibration"):
+        cal = meta["qa_calibration"]
+        lines += [f"Calibrated on simulated data: {cal.get('rule', '')} (d* = "
+                  f"{cal.get('d_star')}). A series is flagged when its median slice score is "
+                  "above its family's threshold; tune per site with `rankiq qa --thresholds`."]
     if meta.get("qa_thresholds_provisional", False):
         lines += ["PROVISIONAL defaults (identical for every contrast family): the model's own "
                   "score of a phantom with 5 % white Gaussian noise. Not calibrated on any "
@@ -71,6 +80,8 @@ def model_card(meta: dict[str, Any]) -> str:
         "is normally unavailable, so use the no-reference model there.",
         "- The network is small (IQ-Net, 5,562 parameters in the paper's configuration); "
         "agreement with readers was ~75 % in the paper on its data.",
+        "- No-reference scores also depend on anatomy and slice position: compare them within "
+        "a contrast family, and calibrate site thresholds on accepted series.",
         "", "## Export",
         "ONNX graphs checked against torch at export: "
         f"`{json.dumps(meta.get('parity', {}))}`. The SHA-256 of every file is in "
