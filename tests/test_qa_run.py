@@ -200,3 +200,15 @@ def test_resume_after_sigkill_rescores_nothing_and_loses_nothing(tmp_path):
         runs = dict(db.execute("SELECT run, COUNT(*) FROM series GROUP BY run"))
     assert after == before  # the first run's results are untouched
     assert runs == {1: len(before), 2: 10 - len(before)}
+
+
+def test_bench_qa_reports_rates_and_flag_counts(capsys):
+    """`rankiq bench qa` in its own temporary archive: throughput, stage split, flag counts."""
+    from service.cli import main
+
+    assert main(["bench", "qa", "--series", "3", "--size", "64", "--slices", "3", "4",
+                 "--workers", "1", "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["series"] == 3 and out["slices"] >= 9 and out["slices_per_s"] > 0
+    assert set(out["stage_s"]) == {"decode", "preprocess", "score", "report"}
+    assert sum(v["series"] for v in out["flag_rate"].values()) == 3

@@ -130,7 +130,7 @@ def bench_qa(args: argparse.Namespace) -> int:
         cpu0 = _cpu_seconds()
         res = run_qa([archive], Path(tmp) / "out", opts)
         cpu = _cpu_seconds() - cpu0
-    flags = _flag_rates(truth, res.doc)
+        flags = _flag_rates(truth, res.doc)  # reads the archive: before it is removed
     t = res.timings
     work = {k: t[k] for k in ("decode", "preprocess", "score")}
     work["report"] = t["render"] + t["report"]
