@@ -41,7 +41,7 @@ SEVERITY_NAMES: tuple[str, ...] = (
 @dataclass(frozen=True)
 class CorruptionConfig:
     """Ranges of the random corruptions (all configurable; defaults and their reasons in
-    docs/readme/simulate.md).
+    README, "Simulated training pairs").
 
     Attributes:
         max_corruptions: each image gets ``k ~ U{0..max}`` distinct corruption types.

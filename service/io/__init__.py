@@ -7,8 +7,8 @@ for s in series_list: s.pixels                            # float32 (slices, row
 for f in series_list.failures: print(f)                   # "source: reason" per unreadable file
 ```
 
-See docs/readme/io.md for supported inputs, limits and ordering rules. Nothing returned or raised
-carries a patient identifier; ``series_key`` is a hash.
+See the README ("Reading images") for supported inputs, limits and ordering rules. Nothing
+returned or raised carries a patient identifier; ``series_key`` is a hash.
 """
 
 from __future__ import annotations

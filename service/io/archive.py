@@ -5,7 +5,7 @@ Nothing is extracted to disk and nothing is loaded whole: a directory is walked 
 is read from its central directory, each member streamed when it is opened. That keeps
 :func:`service.io.scan_instances` streaming over archives of millions of files.
 
-Policy (also in docs/readme/io.md):
+Policy (also in the README, "Reading images"):
 
 * A zip is checked before any member is read: entry count, every declared uncompressed size,
   their total, the compression ratio of large entries, and every member name (absolute paths,
