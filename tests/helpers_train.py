@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers_pairs import write_synthetic_pairs
 
 
@@ -41,3 +42,15 @@ def rng_images(n: int, size: int, seed: int = 0, channels: int = 1) -> np.ndarra
     """float32 ``(n, channels, size, size)`` standard normal images."""
     return np.random.default_rng(seed).standard_normal((n, channels, size, size)).astype(
         np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions run fastest on one thread (and the machine is shared); restored.
+    Import it into a test module to apply it there (autouse, module scope)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers_train import easy_data, write_consensus  # noqa: E402
+from helpers_train import easy_data, one_torch_thread, write_consensus  # noqa: E402, F401 (autouse)
 
 from training.data import DataError, load_ranking_data, read_labels  # noqa: E402
 from training.runs import load_run  # noqa: E402
@@ -19,15 +19,6 @@ from training.train import train_run  # noqa: E402
 
 TINY = {"model": "iqnet", "mode": "reference", "input_kind": "magnitude", "folds": 2,
         "seed": 0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest on one thread (and the machine is shared); restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

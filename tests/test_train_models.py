@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from helpers_pairs import phantom  # noqa: E402
+from helpers_train import one_torch_thread  # noqa: E402, F401 (autouse: one torch thread)
 
 from service.preprocess import prepare  # noqa: E402
 from training.augment import apply, draw  # noqa: E402
@@ -15,15 +16,6 @@ from training.distill import NoRefStudent  # noqa: E402
 from training.folds import FoldError, assign_folds, split  # noqa: E402
 from training.models import IQNet, RankClassifier, count_parameters  # noqa: E402
 from training.train import rank_probabilities  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest on one thread (and the machine is shared); restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_parameter_counts() -> None:
