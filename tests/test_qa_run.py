@@ -212,3 +212,39 @@ def test_bench_qa_reports_rates_and_flag_counts(capsys):
     assert out["series"] == 3 and out["slices"] >= 9 and out["slices_per_s"] > 0
     assert set(out["stage_s"]) == {"decode", "preprocess", "score", "report"}
     assert sum(v["series"] for v in out["flag_rate"].values()) == 3
+
+
+def test_mapped_reference_series_use_the_reference_model(tmp_path):
+    """`--references`: a series mapped to a reference is scored against it by iqnet-ref (itself
+    as reference: score 0, not flagged); unmapped series keep the no-reference model; a
+    reference of another geometry fails that series with a reason, never the run."""
+    truth = build(tmp_path, 3, seed=5, slices=(4, 6), clean_fraction=1.0)
+    dirs = [Path(t["files"][0]).parent for t in truth]
+    assert len(truth[0]["files"]) != len(truth[1]["files"])  # seed 5: 4 and 6 slices
+    # series 0 by its folder, to itself; series 1 by its key, to series 0 (other geometry)
+    refs = {str(dirs[0]): str(dirs[0]), truth[1]["key"]: str(dirs[0])}
+    mapping = tmp_path / "refs.json"
+    mapping.write_text(json.dumps({"references": refs}))
+    res = rankiq("qa", str(tmp_path / "archive"), "--out", str(tmp_path / "out"),
+                 "--references", str(mapping), "--no-progress", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    rows = {r["series_key"]: r for r in read_json(tmp_path / "out" / "qa.json")["series"]}
+    mapped = rows[truth[0]["key"]]
+    assert mapped["model"] == "iqnet-ref" and mapped["mode"] == "reference"
+    # identical to its reference: ~0 (the norms' 1e-6 offset), far below the threshold
+    assert 0 <= mapped["median"] < 0.05 * mapped["threshold"] and mapped["flagged"] is False
+    assert rows[truth[2]["key"]]["model"] == "iqnet-noref"
+    failed = read_json(tmp_path / "out" / "qa.json")["failed"]
+    assert [f["reason"] for f in failed] == ["geometry_mismatch"]
+    csv_rows = {r["series_key"]: r for r in read_csv(tmp_path / "out" / "qa.csv")}
+    assert csv_rows[truth[0]["key"]]["mode"] == "reference"
+
+
+def test_reference_map_errors_are_one_line(tmp_path):
+    build(tmp_path, 1, seed=6, slices=(3, 4))
+    bad = tmp_path / "refs.json"
+    bad.write_text(json.dumps({"/somewhere": str(tmp_path / "does-not-exist")}))
+    res = rankiq("qa", str(tmp_path / "archive"), "--out", str(tmp_path / "out"),
+                 "--references", str(bad), "--no-progress")
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    assert res.stderr.strip().count("\n") == 0

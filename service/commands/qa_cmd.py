@@ -40,6 +40,12 @@ def add_commands(reg: Registry) -> None:
                    help="continue an interrupted run in --out (nothing is rescored)")
     p.add_argument("--model", type=Path, default=None, metavar="DIR",
                    help="no-reference model directory (default: models/iqnet-noref)")
+    p.add_argument("--references", type=Path, metavar="FILE",
+                   help="map series (series key or path) to reference series (JSON/YAML): "
+                        "those are scored against their reference by the reference model")
+    p.add_argument("--reference-model", type=Path, default=None, metavar="DIR",
+                   help="reference-mode model for mapped series (default: iqnet-ref beside "
+                        "--model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -91,7 +97,8 @@ def qa(args: argparse.Namespace) -> int:
     opts = QAOptions(model_dir=args.model or default_model_dir(),
                      thresholds_file=args.thresholds, rules_file=args.rules,
                      workers=args.workers, threads=args.threads, resume=args.resume,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, references_file=args.references,
+                     reference_model_dir=args.reference_model)
     res = run_qa(args.paths, args.out, opts)
     s = res.doc["summary"]
     summary = {**s, "scored_now": res.scored_now, "scored_before": res.scored_before,

@@ -22,7 +22,7 @@ import numpy as np
 
 QA_COLUMNS = ("series_key", "description", "contrast", "slices", "blank_slices", "median",
               "p90", "mean", "worst", "worst_slices", "statistic", "threshold", "flagged",
-              "reason", "model", "model_version")
+              "reason", "model", "model_version", "mode")
 FAILED_COLUMNS = ("source", "reason", "message")
 SKIPPED_COLUMNS = ("series_key", "description", "modality", "instances", "reason", "source")
 
@@ -94,6 +94,7 @@ def qa_row(row: dict[str, Any]) -> dict[str, Any]:
         "reason": res["reason"],
         "model": res["model"],
         "model_version": res["model_version"],
+        "mode": res.get("mode", "no-reference"),  # "reference" for series mapped to a reference
     }
 
 

@@ -37,7 +37,8 @@ import numpy as np
 
 from service.qa.aggregate import Thresholds, aggregate, flag, load_thresholds
 from service.qa.journal import Journal
-from service.qa.selection import SeriesSelector, load_selector
+from service.qa.references import ReferenceMap, load_reference_map
+from service.qa.selection import RulesError, SeriesSelector, load_selector
 
 DEFAULT_MODEL = "iqnet-noref"
 SCAN_BATCH = 500  # instances per journal transaction during the walk
@@ -62,6 +63,10 @@ class QAOptions:
         textfile: write ``rankiq_qa.prom`` for node_exporter's textfile collector (off in the
             service: its metrics go to ``/metrics``, and in prometheus_client's multiprocess
             mode every metric object writes to the shared files, whatever its registry).
+        references_file: series -> reference map (:mod:`service.qa.references`); mapped
+            series are scored against their reference with ``reference_model_dir``.
+        reference_model_dir: the reference-mode model (default: ``iqnet-ref`` beside
+            ``model_dir``); its own ``qa_thresholds`` flag the mapped series.
     """
 
     model_dir: Path
@@ -73,6 +78,12 @@ class QAOptions:
     progress: bool = True
     worst_k: int = WORST_K
     textfile: bool = True
+    references_file: Path | None = None
+    reference_model_dir: Path | None = None
+
+    def reference_model(self) -> Path:
+        """The reference-mode model directory used for mapped series."""
+        return self.reference_model_dir or Path(self.model_dir).parent / "iqnet-ref"
 
 
 @dataclass
@@ -109,14 +120,19 @@ def _die_with_parent() -> None:
 
 
 def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: SeriesSelector,
-                worst_k: int, in_pool: bool = True) -> None:
-    """Load the model once per worker process (ONNX Runtime session with ``threads``)."""
+                worst_k: int, in_pool: bool = True, reference_model_dir: str | None = None,
+                reference_thresholds: Thresholds | None = None) -> None:
+    """Load the model(s) once per worker process (ONNX Runtime sessions with ``threads``); the
+    reference model only when series are mapped to references."""
     if in_pool:
         _die_with_parent()
     from service.models import ScoringModel
 
     _WORKER.update(model=ScoringModel.load(model_dir, threads=threads), thresholds=thresholds,
-                   selector=selector, worst_k=worst_k)
+                   selector=selector, worst_k=worst_k, reference_model=None,
+                   reference_thresholds=reference_thresholds)
+    if reference_model_dir is not None:
+        _WORKER["reference_model"] = ScoringModel.load(reference_model_dir, threads=threads)
 
 
 def loaded_attributes(series: Any) -> dict[str, Any]:
@@ -145,8 +161,26 @@ def _open_zips(refs: list[bytes]) -> dict[str, Any]:
     return cache
 
 
-def process_series(key: str, refs: list[bytes]) -> dict[str, Any]:
+def _read_reference(path: str) -> Any:
+    """The one image series at ``path`` (a mapped reference)."""
+    from service.errors import UnreadableInput
+    from service.io import read_series
+
+    found = read_series(path)
+    if len(found) != 1:
+        why = (f"holds {len(found)} series" if found else
+               (found.failures[0].message if found.failures else "holds no image series"))
+        raise UnreadableInput(f"mapped reference must hold exactly one series: {why}",
+                              source=path)
+    return found[0]
+
+
+def process_series(key: str, refs: list[bytes], reference: str | None = None
+                   ) -> dict[str, Any]:
     """Decode, score, aggregate and flag one series (runs in a worker).
+
+    With ``reference`` (a mapped reference path) the series is scored against it by the
+    reference model and flagged by that model's thresholds.
 
     Returns a dict with ``status`` (``done``/``skipped``/``failed``), ``result``, ``assets``,
     ``info`` (description, contrast...), ``timings`` (seconds per stage) and for skips and
@@ -158,6 +192,8 @@ def process_series(key: str, refs: list[bytes]) -> dict[str, Any]:
 
     model = _WORKER["model"]
     thresholds: Thresholds = _WORKER["thresholds"]
+    if reference is not None:
+        model, thresholds = _WORKER["reference_model"], _WORKER["reference_thresholds"]
     timings = dict.fromkeys(("decode", "preprocess", "score", "render"), 0.0)
     t0 = time.perf_counter()
     try:
@@ -174,11 +210,16 @@ def process_series(key: str, refs: list[bytes]) -> dict[str, Any]:
         return {"status": "skipped", "reason": decision.reason, "info": info,
                 "timings": timings}
     try:
-        image = series.pixels
-        if model.input_kind == "complex" and series.complex_pixels is not None:
-            image = series.complex_pixels
+        ref_series = None if reference is None else _read_reference(reference)
+
+        def pixels(s: Any) -> np.ndarray:
+            if model.input_kind == "complex" and s.complex_pixels is not None:
+                return s.complex_pixels
+            return s.pixels
+
         percentile = float(model.metadata.get("percentile", 99.5))
-        prep = prepare(image, grid=tuple(model.grid), input_kind=model.input_kind,
+        prep = prepare(pixels(series), None if ref_series is None else pixels(ref_series),
+                       grid=tuple(model.grid), input_kind=model.input_kind,
                        percentile=percentile)
     except RankIQError as exc:
         return {"status": "failed", "reason": exc.reason, "message": str(exc), "info": info,
@@ -219,6 +260,7 @@ def process_series(key: str, refs: list[bytes]) -> dict[str, Any]:
         "model_version": str(model.version),
         "mode": model.mode,
         "input_kind": model.input_kind,
+        "reference_mapped": reference is not None,
     }
     return {"status": "done", "result": result, "assets": assets, "info": info,
             "timings": timings}
@@ -374,6 +416,7 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
     meta = read_model_metadata(options.model_dir)
     thresholds = load_thresholds(meta, options.thresholds_file)
     selector = load_selector(options.rules_file)
+    refmap = load_reference_map(options.references_file)
     settings = {
         "model": meta.get("name"),
         "model_files": _fingerprint(meta.get("files", {})),
@@ -381,6 +424,15 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         "rules": _fingerprint(selector.document),
         "inputs": sorted(str(Path(p).resolve()) for p in paths),
     }
+    reference_setup = None
+    if refmap is not None:
+        ref_meta = read_model_metadata(options.reference_model())
+        if ref_meta.get("mode") != "reference":
+            raise RulesError(f"{options.reference_model()}: not a reference-mode model "
+                             "(needed for series mapped to references)")
+        reference_setup = (refmap, load_thresholds(ref_meta, None))
+        settings.update(references=refmap.fingerprint(), reference_model=_fingerprint(
+            ref_meta.get("files", {})))
     journal = Journal(out, settings, resume=options.resume)
     timings = dict.fromkeys(("scan", "decode", "preprocess", "score", "render", "report"), 0.0)
     try:
@@ -390,7 +442,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
             scan_into(journal, paths)
         select_pending(journal, selector)
         timings["scan"] = time.perf_counter() - t0
-        slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series)
+        slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series,
+                                    reference_setup)
         t0 = time.perf_counter()
         doc, assets = build_doc(journal, meta, thresholds, selector)
         write_reports(out, doc, assets)
@@ -407,7 +460,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
 
 def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
                    selector: SeriesSelector, timings: dict[str, float],
-                   on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None) -> int:
+                   on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None,
+                   reference_setup: tuple[ReferenceMap, Thresholds] | None = None) -> int:
     """Score every pending (selected) series; returns slices scored."""
     sizes = journal.series_sizes()
     todo = [key for key, _ in journal.pending()]
@@ -418,6 +472,14 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
     threads = options.threads or max(1, (os.cpu_count() or 1) // workers)
     bar = _progress(total, options.progress)
     slices = 0
+    refmap, ref_thresholds = reference_setup or (None, None)
+
+    def reference_of(key: str) -> str | None:
+        if refmap is None:
+            return None
+        refs = journal.refs(key)
+        first = str(pickle.loads(refs[0]).source) if refs else None
+        return refmap.lookup(key, first)
 
     def record(key: str, out: dict[str, Any]) -> None:
         nonlocal slices
@@ -448,14 +510,16 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
         bar.update(n)
 
     try:
+        ref_model = None if refmap is None else str(options.reference_model())
         if workers == 1:
             init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
-                        in_pool=False)
+                        False, ref_model, ref_thresholds)
             for key in todo:
-                record(key, process_series(key, journal.refs(key)))
+                record(key, process_series(key, journal.refs(key), reference_of(key)))
         else:
             _run_pool(journal, todo, options, (str(options.model_dir), threads, thresholds,
-                                               selector, options.worst_k), record)
+                                               selector, options.worst_k, True, ref_model,
+                                               ref_thresholds), record, reference_of)
     finally:
         bar.close()
     return slices
@@ -467,7 +531,8 @@ def _info(journal: Journal, key: str) -> dict[str, Any]:
 
 
 def _run_pool(journal: Journal, todo: Iterable[str], options: QAOptions, initargs: tuple,
-              record: Callable[[str, dict[str, Any]], None]) -> None:
+              record: Callable[[str, dict[str, Any]], None],
+              reference_of: Callable[[str], str | None]) -> None:
     """Score series in ``options.workers`` processes, at most 2 per worker in flight."""
     import multiprocessing as mp
 
@@ -482,7 +547,8 @@ def _run_pool(journal: Journal, todo: Iterable[str], options: QAOptions, initarg
                 key = next(it, None)
                 if key is None:
                     break
-                pending[pool.submit(process_series, key, journal.refs(key))] = key
+                pending[pool.submit(process_series, key, journal.refs(key),
+                                    reference_of(key))] = key
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
