@@ -20,6 +20,7 @@ from helpers_io import (
 
 from service.errors import InputTooLarge, InvalidImage, NonImageInput, UnreadableInput
 from service.io import (
+    ReadFailure,
     group_instances,
     load_series,
     read_series,
@@ -346,3 +347,15 @@ def test_malformed_identifiers_are_never_echoed_by_warnings_or_logs(tmp_path, re
     assert result[0].series_key == refs[0].series_key
     emitted = " ".join(str(w.message) for w in recwarn) + caplog.text
     assert_no_phi(emitted, extra=[leaky_uid])
+
+
+def test_copies_of_one_instance_are_read_once(tmp_path):
+    """The same instance twice (a copied file, another encoding of it) adds no slice."""
+    for i, name in enumerate(("MR_small.dcm", "MR_small_RLE.dcm", "MR_small.dcm")):
+        shutil.copy(bundled(name), tmp_path / f"copy{i}.dcm")
+    (series,) = read_series(tmp_path)
+    assert series.shape[0] == 1 and not read_series(tmp_path).failures
+    refs = [r for r in scan_instances(tmp_path) if not isinstance(r, ReadFailure)]
+    assert len(refs) == 3 and len({r.instance_key for r in refs}) == 1
+    (group,) = group_instances(refs).values()
+    assert len(group) == 1

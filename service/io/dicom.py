@@ -83,6 +83,13 @@ def uid_of(ds: Dataset) -> str:
     return _text(ds, "SeriesInstanceUID")
 
 
+def instance_key_of(ds: Dataset) -> str:
+    """Anonymised instance key (16 hex digits of SHA-256 of the SOPInstanceUID), ``""`` when
+    the UID is missing. Two files with one key are copies of one instance (read once)."""
+    uid = _text(ds, "SOPInstanceUID").strip()
+    return hashlib.sha256(uid.encode()).hexdigest()[:16] if uid else ""
+
+
 def shape_key(series_key: str, rows: int, cols: int) -> str:
     """Key of the part of a series with one matrix size (when a series mixes sizes)."""
     return hashlib.sha256(f"{series_key}|{rows}x{cols}".encode()).hexdigest()[:16]
@@ -219,7 +226,7 @@ def instance_ref(ds: Dataset, source: str, path: str | None, member: str | None,
         frames=frames, rows=int(ds.Rows), cols=int(ds.Columns),
         position=_vec(_fg(ds, 0, "PlanePositionSequence", "ImagePositionPatient"), 3),
         orientation=_vec(_fg(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
-        transfer_syntax=_transfer_syntax(ds), size=size,
+        transfer_syntax=_transfer_syntax(ds), size=size, instance_key=instance_key_of(ds),
     )
 
 

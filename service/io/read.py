@@ -27,6 +27,7 @@ from service.io.dicom import (
     Frame,
     assemble,
     decode_instance,
+    instance_key_of,
     instance_ref,
     read_dataset,
     series_key_of,
@@ -61,6 +62,7 @@ class _Collector:
         self.limits = limits
         self.groups: dict[str, list[Frame] | ImageSeries] = {}
         self.failures: list[ReadFailure] = []
+        self.instances: set[str] = set()  # instance keys read: copies are read once
 
     def add_frames(self, key: str, frames: list[Frame]) -> None:
         group = self.groups.setdefault(key, [])
@@ -91,8 +93,13 @@ class _Collector:
             else:
                 data = entry.read_bytes(self.limits.max_entry_uncompressed)
                 ds = read_dataset(io.BytesIO(data), entry.source, header_only=False)
-            frames = decode_instance(ds, entry.source, self.limits)
+            frames = decode_instance(ds, entry.source, self.limits)  # a broken copy still fails
+            instance = instance_key_of(ds)
+            if instance and instance in self.instances:
+                return  # a copy of an instance already read (same file twice, re-encoded)
             self.add_frames(series_key_of(uid_of(ds), entry.source), frames)
+            if instance:
+                self.instances.add(instance)
         except SeriesTooLarge:
             raise
         except RankIQError as exc:
@@ -227,7 +234,11 @@ def group_instances(refs: Iterable[InstanceRef]) -> dict[str, list[InstanceRef]]
         :func:`load_series` (``key=``) to get the same ``series_key``.
     """
     groups: dict[str, list[InstanceRef]] = {}
+    seen: set[str] = set()
     for ref in refs:
+        if ref.instance_key and ref.instance_key in seen:
+            continue  # a copy of an instance already listed: read once, as read_series does
+        seen.add(ref.instance_key)
         groups.setdefault(ref.series_key, []).append(ref)
     out: dict[str, list[InstanceRef]] = {}
     for key, group in groups.items():

@@ -108,6 +108,8 @@ class InstanceRef:
         orientation: ImageOrientationPatient (6 cosines) of the first frame, or ``None``.
         transfer_syntax: transfer syntax name, or ``None``.
         size: bytes on disk (uncompressed size for archive members).
+        instance_key: hash of the SOPInstanceUID (``""`` when absent): copies of one instance
+            (the same file twice, or two encodings of it) share it and are read once.
     """
 
     source: str
@@ -126,3 +128,4 @@ class InstanceRef:
     orientation: tuple[float, ...] | None = None
     transfer_syntax: str | None = None
     size: int = 0
+    instance_key: str = ""
