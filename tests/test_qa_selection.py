@@ -91,3 +91,18 @@ def test_unreadable_rules_file(tmp_path):
     bad.write_text("require: [unclosed\n")
     with pytest.raises(RulesError):
         load_selector(bad)
+
+
+def test_localiser_and_derived_series_are_skipped_from_headers(tmp_path):
+    """ImageType travels in the header-only scan, so no pixels are decoded to skip them."""
+    from service.io import ReadFailure, group_instances, scan_instances
+    from service.qa.runner import series_attributes
+    from service.qa.synth import build_archive
+
+    build_archive(tmp_path / "a", 1, size=32, slices=(2, 3), seed=1, extras=True)
+    refs = [r for r in scan_instances(tmp_path / "a") if not isinstance(r, ReadFailure)]
+    selector = load_selector()
+    reasons = {group[0].image_type[-1]: selector.decide(series_attributes(group[0])).reason
+               for group in group_instances(refs).values() if group[0].image_type}
+    assert reasons.get("LOCALIZER") == "localizer"
+    assert "derived" in reasons.values()

@@ -227,7 +227,18 @@ def instance_ref(ds: Dataset, source: str, path: str | None, member: str | None,
         position=_vec(_fg(ds, 0, "PlanePositionSequence", "ImagePositionPatient"), 3),
         orientation=_vec(_fg(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
         transfer_syntax=_transfer_syntax(ds), size=size, instance_key=instance_key_of(ds),
+        image_type=_image_type(ds),
     )
+
+
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    """ImageType values (``("ORIGINAL", "PRIMARY", "LOCALIZER")``...), ``()`` when absent."""
+    value = ds.get("ImageType")
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(v for v in value.split("\\") if v)
+    return tuple(str(v) for v in value)
 
 
 @dataclass

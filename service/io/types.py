@@ -110,6 +110,8 @@ class InstanceRef:
         size: bytes on disk (uncompressed size for archive members).
         instance_key: hash of the SOPInstanceUID (``""`` when absent): copies of one instance
             (the same file twice, or two encodings of it) share it and are read once.
+        image_type: ImageType values (e.g. ``("DERIVED", "SECONDARY")``), ``()`` when absent,
+            so selection rules can skip localisers and derived series from headers alone.
     """
 
     source: str
@@ -129,3 +131,4 @@ class InstanceRef:
     transfer_syntax: str | None = None
     size: int = 0
     instance_key: str = ""
+    image_type: tuple[str, ...] = ()
