@@ -185,21 +185,11 @@ def render_html(doc: dict[str, Any], assets: dict[str, dict[str, Any]]) -> str:
                         f"src='data:image/png;base64,{sl[kind]}'><figcaption>slice "
                         f"{sl['index']} {label}, score {_fmt(sl['score'])}</figcaption></figure>")
         parts.append("</section>")
-    if doc["skipped"]:
-        parts.append("<h2>Skipped series</h2><table><tr><th>series</th><th>description</th>"
-                     "<th>instances</th><th>reason</th></tr>")
-        for r in doc["skipped"]:
-            parts.append(f"<tr><td>{e(r['series_key'] or r.get('source', ''))}</td>"
-                         f"<td>{e(r['description'])}</td>"
-                         f"<td>{r['instances']}</td><td>{e(r['reason'])}</td></tr>")
-        parts.append("</table>")
-    if doc["failed"]:
-        parts.append("<h2>Unreadable inputs</h2><table><tr><th>source</th><th>reason</th>"
-                     "<th>message</th></tr>")
-        for r in doc["failed"]:
-            parts.append(f"<tr><td>{e(r['source'])}</td><td>{e(r['reason'])}</td>"
-                         f"<td>{e(r['message'])}</td></tr>")
-        parts.append("</table>")
+    parts += _html_table("Skipped series", ("series", "description", "instances", "reason"),
+                         [(r["series_key"] or r.get("source", ""), r["description"],
+                           r["instances"], r["reason"]) for r in doc["skipped"]])
+    parts += _html_table("Unreadable inputs", ("source", "reason", "message"),
+                         [(r["source"], r["reason"], r["message"]) for r in doc["failed"]])
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -217,3 +207,15 @@ def write_reports(out_dir: Path, doc: dict[str, Any], assets: dict[str, dict[str
     tmp = out_dir / "report.html.tmp"
     tmp.write_text(render_html(doc, assets))
     tmp.replace(out_dir / "report.html")
+
+
+def _html_table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    """An escaped ``<h2>`` + ``<table>`` of ``rows`` (nothing when there are none)."""
+    if not rows:
+        return []
+    e = html.escape
+    out = [f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+           + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+    out.append("</table>")
+    return out
