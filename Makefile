@@ -44,10 +44,11 @@ format: venv
 	$(BIN)/ruff format .
 
 ## make models: rebuild the shipped models from nothing (simulate -> panel -> consensus -> train
-## -> evaluate -> export), deterministic for the seeds below; ~40 min on 2 cores. Training runs on
+## -> evaluate -> export), deterministic for the seeds below; about an hour on 2 cores (training
+## and evaluation measured 44 min, simulation 12-20 min). Training runs on
 ## a 128x128 grid (the paper's 396 costs ~10x more per epoch on CPU: see README "Training").
 DATA        ?= data
-RUNS        ?= runs
+RUNS        ?= runs/make-models
 REPORT      ?= report
 MODEL_PAIRS ?= 1000
 MODEL_SIZE  ?= 396
@@ -62,6 +63,7 @@ TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 
 models: venv
+	rm -rf $(RUNS) $(REPORT)  # runs are rebuilt from the data (a pairs file is resumed/reused)
 	mkdir -p $(DATA) $(RUNS)
 	$(BIN)/rankiq simulate --source brain --pairs $(MODEL_PAIRS) --size $(MODEL_SIZE) \
 	  --seed $(MODEL_SEED) --workers 2 --out $(DATA)/pairs.h5 --json > $(DATA)/simulate.json
