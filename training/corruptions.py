@@ -21,9 +21,11 @@ acquired, and lines/points that were never acquired hold neither signal nor nois
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+
+from training.config import JsonConfig
 
 CORRUPTIONS: tuple[str, ...] = ("blur", "undersample_1d", "undersample_2d", "noise", "motion")
 APPLY_ORDER: tuple[str, ...] = ("motion", "noise", "blur", "undersample_1d", "undersample_2d")
@@ -39,7 +41,7 @@ SEVERITY_NAMES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class CorruptionConfig:
+class CorruptionConfig(JsonConfig):
     """Ranges of the random corruptions (all configurable; defaults and their reasons in
     README, "Simulated training pairs").
 
@@ -71,15 +73,6 @@ class CorruptionConfig:
     motion_two_axes_prob: float = 0.5
     motion_start_std: float = 0.2
     motion_center_exclusion: float = 0.10
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CorruptionConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def frequencies(n: int) -> np.ndarray:

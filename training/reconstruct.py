@@ -31,19 +31,20 @@ then fixed instead of estimated by power iterations).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
 from scipy.ndimage import map_coordinates
 
 from service.fft import center_crop, center_pad, coil_combine, fft2c, ifft2c, rss
+from training.config import JsonConfig
 
 RECON_METHODS: tuple[str, ...] = ("rss", "combine", "sense", "cs_l1", "cs_tv")
 
 
 @dataclass(frozen=True)
-class ReconConfig:
+class ReconConfig(JsonConfig):
     """Reconstruction choices and parameter ranges.
 
     Attributes:
@@ -73,15 +74,6 @@ class ReconConfig:
     espirit_crop: float = 0.8
     espirit_grid: int = 64
     espirit_power_iters: int = 50
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ReconConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -33,7 +33,7 @@ axis -1 phase encoding, centred. Images ``(S, S)`` with rows anterior -> posteri
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinat
 
 from service.errors import RankIQError, UnreadableInput, UnsupportedInput
 from service.fft import center_crop, center_pad, fft2c
+from training.config import JsonConfig
 
 CONTRASTS: tuple[str, ...] = ("T1", "T1post", "T2", "FLAIR")
 #: relative intensities (wm, gm, csf, csf ring / dura, skull, scalp) per contrast
@@ -63,7 +64,7 @@ class SourceError(RankIQError):
 
 
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(JsonConfig):
     """Multi-coil simulation and subject variation.
 
     Attributes:
@@ -93,15 +94,6 @@ class SourceConfig:
     shift: float = 0.03
     bias: float = 0.15
     phase: float = 1.5
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SourceConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass
