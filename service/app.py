@@ -8,11 +8,13 @@ Serve with ``rankiq serve`` (or ``bentoml serve service.app:RankIQ``). Routes:
 * ``GET /livez``, ``GET /readyz`` (ready after the models loaded and passed the self-check),
   ``GET /metrics`` (BentoML's request metrics + ``rankiq_*``, all workers aggregated).
 
-Settings come from ``RANKIQ_*`` environment variables (:mod:`service.settings`). Each worker
+Settings come from ``RANKIQ_*`` environment variables (:mod:`rankiq.service.settings`). Each worker
 process loads one ONNX Runtime session per model with ``RANKIQ_ORT_THREADS`` intra-op threads.
 Errors are JSON ``{"error": reason, "detail": message}`` with the status of the
-:class:`service.errors.RankIQError` subclass (415, 422, 413; 503 when not ready); request-level
-problems (auth, size, malformed multipart) are answered by :mod:`service.guard` before BentoML
+:class:`rankiq.service.errors.RankIQError` subclass (415, 422, 413; 503 when not ready);
+request-level
+problems (auth, size, malformed multipart) are answered by :mod:`rankiq.service.guard` before
+BentoML
 parses anything. Logs and errors carry form field names and bounded reasons, never the client's
 file names or any DICOM identifier.
 """
@@ -26,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from rankiq.service.settings import ServiceSettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()
 # one core's worth of native threads per worker unless told otherwise (read by service.fft at
@@ -39,7 +40,7 @@ SETTINGS = ServiceSettings.from_env()
 os.environ.setdefault("RANKIQ_FFT_WORKERS", str(SETTINGS.ort_threads))
 os.environ.setdefault("OMP_NUM_THREADS", str(SETTINGS.ort_threads))
 
-from service.guard import FormSpec, RequestGuard  # noqa: E402
+from rankiq.service.guard import FormSpec, RequestGuard  # noqa: E402
 
 logger = logging.getLogger("rankiq.service")
 
@@ -53,7 +54,7 @@ FORMS = {
 
 
 def _reject_metric(reason: str) -> None:
-    from service.metrics import service_metrics
+    from rankiq.service.metrics import service_metrics
 
     service_metrics().reject(reason)
 
@@ -92,8 +93,8 @@ class RankIQ:
     """Scores MR images with the shipped models (one ONNX Runtime session per model)."""
 
     def __init__(self) -> None:
-        from service.io.limits import ReadLimits
-        from service.metrics import service_metrics
+        from rankiq.service.io.limits import ReadLimits
+        from rankiq.service.metrics import service_metrics
 
         self.settings = SETTINGS
         self.read_limits = ReadLimits(max_bytes=SETTINGS.max_upload_bytes,
@@ -110,8 +111,8 @@ class RankIQ:
             logger.error("models not ready: %s", self.load_error)
 
     def _load(self) -> None:
-        from service.models import load_models
-        from service.selfcheck import self_check
+        from rankiq.service.models import load_models
+        from rankiq.service.selfcheck import self_check
 
         models = load_models(self.settings.models_dir, threads=self.settings.ort_threads)
         for m in models.values():
@@ -131,8 +132,7 @@ class RankIQ:
     def models_info(self) -> dict[str, Any]:
         """The body of GET /models."""
         from bentoml._internal.context import server_context
-
-        from service.scoring import model_info
+        from rankiq.service.scoring import model_info
 
         return {
             "ready": self.ready,
@@ -149,9 +149,9 @@ class RankIQ:
         """Read one uploaded file into a single :class:`ImageSeries` (None stays None)."""
         if path is None:
             return None
-        from service.errors import RankIQError, UnreadableInput
-        from service.io import read_upload
-        from service.scoring import MultipleSeries
+        from rankiq.service.errors import RankIQError, UnreadableInput
+        from rankiq.service.io import read_upload
+        from rankiq.service.scoring import MultipleSeries
 
         data = Path(path).read_bytes()
         try:
@@ -169,7 +169,7 @@ class RankIQ:
 
     def _guarded(self, route: str, work: Any) -> dict[str, Any] | JSONResponse:
         """Run ``work()``; map RankIQError to its status and count the rejection."""
-        from service.errors import RankIQError
+        from rankiq.service.errors import RankIQError
 
         if not self.ready:
             self.metrics.reject("not_ready")
@@ -200,7 +200,7 @@ class RankIQ:
         k-space file); with ``reference`` the reference model scores ``image`` against it."""
 
         def work() -> dict[str, Any]:
-            from service.scoring import score_series, select_model, series_json
+            from rankiq.service.scoring import score_series, select_model, series_json
 
             t0 = time.perf_counter()
             img = self._read(image, "image")
@@ -225,7 +225,7 @@ class RankIQ:
         (a better, similar, b better)."""
 
         def work() -> dict[str, Any]:
-            from service.scoring import compare_series, comparison_json, select_model
+            from rankiq.service.scoring import compare_series, comparison_json, select_model
 
             t0 = time.perf_counter()
             a = self._read(image_a, "image_a")
@@ -247,7 +247,7 @@ class RankIQ:
     @bentoml.on_startup
     def _qa_recover_jobs(self) -> None:
         """Resume QA jobs whose worker died (background thread; see service.qa.jobs)."""
-        from service.qa.route import start_job_recovery
+        from rankiq.service.qa.route import start_job_recovery
 
         start_job_recovery()
 
@@ -255,7 +255,7 @@ class RankIQ:
     def qa(self, files: list[Path], ctx: bentoml.Context) -> dict[str, Any]:
         """Batch QA of uploaded zips / DICOM files as a background task (``/qa/submit``,
         ``/qa/status``, ``/qa/get``): the per-series table of ``rankiq qa``."""
-        from service.qa.route import run_task
+        from rankiq.service.qa.route import run_task
 
         return run_task(files, getattr(ctx.request.state, "task_id", None))
 

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from service.errors import MissingDependency, RankIQError
+from rankiq.service.errors import MissingDependency, RankIQError
 
 EXIT_USAGE = 1
 EXIT_INPUT = 2
@@ -56,7 +56,7 @@ class Registry:
 
 
 def _providers() -> list[Callable[[Registry], None]]:
-    from service.commands import register as service_register
+    from rankiq.service.commands import register as service_register
 
     providers: list[Callable[[Registry], None]] = [service_register]
     for ep in entry_points(group="rankiq.commands"):
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rankiq",
         description="RankIQ: a learned MRI image-quality metric from radiologists' rankings.",
     )
-    from service import __version__
+    from rankiq.service import __version__
 
     parser.add_argument("--version", action="version", version=f"rankiq {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

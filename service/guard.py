@@ -5,7 +5,7 @@ parser as 500s (a broken multipart body, a text field where a file is expected, 
 would even try to download as a URL). This guard answers those before BentoML sees them, with the
 service's error shape ``{"error": reason, "detail": message}``:
 
-* 401 ``unauthorized``: token required (see :mod:`service.auth`) and missing or wrong;
+* 401 ``unauthorized``: token required (see :mod:`rankiq.service.auth`) and missing or wrong;
 * 415 ``unsupported_request``: a scoring route called without ``multipart/form-data``;
 * 413 ``too_large``: body above ``max_body`` bytes (from Content-Length, or counted while
   streaming a chunked body), refused before it is parsed;
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-
-from service.auth import needs_auth, token_matches
+from rankiq.service.auth import needs_auth, token_matches
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

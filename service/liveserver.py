@@ -72,7 +72,7 @@ class LiveServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LiveServer:
-        cmd = [sys.executable, "-m", "bentoml", "serve", "service.app:RankIQ",
+        cmd = [sys.executable, "-m", "bentoml", "serve", "rankiq.service.app:RankIQ",
                "--host", "127.0.0.1", "--port", str(self.port), "--working-dir", str(REPO)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._log,

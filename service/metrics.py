@@ -10,7 +10,7 @@ are created lazily (first call of :func:`service_metrics`), never at import, so 
 registered in processes that only import the service (``bentoml build``, the serve supervisor).
 
 Labels are bounded: model name, mode, contrast family, input kind, rejection reason (the ``reason``
-of a :mod:`service.errors` class, or a few request-level reasons). Never UIDs, file names or
+of a :mod:`rankiq.service.errors` class, or a few request-level reasons). Never UIDs, file names or
 patient data.
 """
 
@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 SCORE_BUCKETS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100,
                                     200, 500, 1000)
 
-#: Request-level rejection reasons besides :class:`service.errors.RankIQError` reasons.
+#: Request-level rejection reasons besides :class:`rankiq.service.errors.RankIQError` reasons.
 REQUEST_REASONS = ("bad_request", "unsupported_request", "too_large", "unauthorized", "not_ready")
 
 
@@ -59,8 +59,8 @@ class ServiceMetrics:
 
 def rejection_reasons() -> tuple[str, ...]:
     """Every bounded rejection reason: the request-level ones and those of every
-    :class:`service.errors.RankIQError` subclass defined so far."""
-    from service.errors import RankIQError
+    :class:`rankiq.service.errors.RankIQError` subclass defined so far."""
+    from rankiq.service.errors import RankIQError
 
     reasons, todo = set(REQUEST_REASONS), [RankIQError]
     while todo:

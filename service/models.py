@@ -6,7 +6,7 @@ the SHA-256 of every file listed in the metadata and the preprocessing contract 
 any graph is opened, and picks the execution provider once: CUDA when requested/available and it
 initialises, otherwise CPU (reported in ``.provider``).
 
-Arrays: network inputs are float32 ``(N, C, H, W)`` (``service.preprocess.Prepared
+Arrays: network inputs are float32 ``(N, C, H, W)`` (``rankiq.service.preprocess.Prepared
 .network_input``), scores float32 ``(N,)`` (lower is better), saliency maps float32
 ``(N, C, H, W)`` (d score / d input), rank probabilities float64 ``(N, 3)`` in the order
 (image 1 better, similar, image 2 better).
@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
-from service.errors import InvalidImage, RankIQError
-from service.preprocess import PREPROCESS_VERSION
+from rankiq.service.errors import InvalidImage, RankIQError
+from rankiq.service.preprocess import PREPROCESS_VERSION
 
 DEFAULT_BATCH = 8  # slices per ONNX call: bounds the saliency graph's memory
 _REQUIRED_META = ("name", "version", "mode", "input_kind", "grid", "preprocess_version", "files")
@@ -123,7 +122,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RankClassifierNP:
-    """numpy twin of ``training.models.RankClassifier`` read from classifier.json."""
+    """numpy twin of ``rankiq.training.models.RankClassifier`` read from classifier.json."""
 
     f: dict[str, np.ndarray]
     g: dict[str, np.ndarray]

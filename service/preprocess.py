@@ -37,9 +37,8 @@ from typing import Literal
 
 import numpy as np
 import scipy.fft
-
-from service.errors import GeometryMismatch, InvalidImage
-from service.fft import FFT_WORKERS, center_pad
+from rankiq.service.errors import GeometryMismatch, InvalidImage
+from rankiq.service.fft import FFT_WORKERS, center_pad
 
 PREPROCESS_VERSION = "1"
 DEFAULT_GRID: tuple[int, int] = (396, 396)

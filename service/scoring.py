@@ -1,14 +1,15 @@
 """Scoring a series with a loaded model: the one scorer behind the CLI, the HTTP service and QA.
 
 ```python
-from service.models import load_models
-from service.scoring import score_series, compare_series, select_model
+from rankiq.service.models import load_models
+from rankiq.service.scoring import score_series, compare_series, select_model
 models = load_models("models")
 result = score_series(select_model(models, reference=True), series, reference_series)
 result.scores, result.median, result.worst, result.worst_slice
 ```
 
-Each slice is prepared by :func:`service.preprocess.prepare` with the model's grid, input kind
+Each slice is prepared by :func:`rankiq.service.preprocess.prepare` with the model's grid, input
+kind
 and percentile, slices are run through ONNX Runtime in batches (``ScoringModel.batch_size``),
 and the series is summarised by the median and the worst (highest: lower is better) score of its
 non-blank slices. Volumes above ``max_slices`` are refused (:class:`InputTooLarge`, HTTP 413),
@@ -22,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from service.errors import InputTooLarge, InvalidImage, RankIQError
-from service.preprocess import DEFAULT_PERCENTILE, prepare
+from rankiq.service.errors import InputTooLarge, InvalidImage, RankIQError
+from rankiq.service.preprocess import DEFAULT_PERCENTILE, prepare
 
 if TYPE_CHECKING:
-    from service.io.types import ImageSeries
-    from service.models import ScoringModel
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.models import ScoringModel
 
 #: Most slices scored in one call unless the caller says otherwise (HTTP: RANKIQ_MAX_SLICES).
 DEFAULT_MAX_SLICES = 512
@@ -169,7 +169,7 @@ def score_series(
     """Score every slice of ``series`` (against ``reference`` for a reference-mode model).
 
     Args:
-        model: a loaded :class:`service.models.ScoringModel`; its mode must match whether a
+        model: a loaded :class:`rankiq.service.models.ScoringModel`; its mode must match whether a
             reference is given.
         series: the image series, ``pixels`` float32 ``(S, rows, cols)``.
         reference: same geometry as ``series`` (reference mode), or ``None``.
@@ -265,7 +265,7 @@ def series_json(result: SeriesScore, *, png: bool = True, raw: bool = True) -> d
                                                              "byte_order"}}}],
          "timings_ms": {"prepare", "inference", "total", ...}}
     """
-    from service.overlay import encode_array, overlay_png
+    from rankiq.service.overlay import encode_array, overlay_png
 
     slices: list[dict[str, Any]] = []
     for i, s in enumerate(result.scores):

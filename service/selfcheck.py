@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from service.io.types import ImageSeries
+from rankiq.service.io.types import ImageSeries
 
 if TYPE_CHECKING:
-    from service.models import ScoringModel
+    from rankiq.service.models import ScoringModel
 
 
 def phantom(n: int = 96, *, seed: int = 0) -> np.ndarray:
@@ -46,7 +45,7 @@ def self_check(model: ScoringModel) -> None:
     Raises:
         RuntimeError: naming the first failed check.
     """
-    from service.scoring import score_series
+    from rankiq.service.scoring import score_series
 
     clean = phantom()
     rng = np.random.default_rng(1)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from training.export import export_model
-from training.models import IQNet, RankClassifier
+from rankiq.training.export import export_model
+from rankiq.training.models import IQNet, RankClassifier
 
 GRID = (48, 48)
 

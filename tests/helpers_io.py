@@ -16,8 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from service.fft import center_pad, fft2c
+from rankiq.service.fft import center_pad, fft2c
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-98765"

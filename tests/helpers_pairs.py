@@ -21,10 +21,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from rankiq.service.fft import fft2c, ifft2c
+from rankiq.service.preprocess import least_squares_scale
 from scipy import ndimage
-
-from service.fft import fft2c, ifft2c
-from service.preprocess import least_squares_scale
 
 SEVERITY_NAMES = ("blur_sigma", "undersample_1d_fraction", "undersample_2d_fraction",
                   "noise_level", "motion_shift_px", "motion_start_fraction")

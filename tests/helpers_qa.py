@@ -17,7 +17,7 @@ def build(root: Path, n: int, *, seed: int = 0, size: int = 64, slices=(6, 10),
           extras: bool = False, clean_fraction: float = 0.5) -> list[dict]:
     """Write a small archive under ``root/archive`` and return its ground truth (dicts, each
     with its io series key)."""
-    from service.qa.synth import build_archive, series_key_of
+    from rankiq.service.qa.synth import build_archive, series_key_of
 
     truth = build_archive(root / "archive", n, size=size, slices=slices, seed=seed,
                           extras=extras, clean_fraction=clean_fraction)

@@ -21,8 +21,7 @@ from helpers_io import (
     write_fastmri,
 )
 from helpers_io import phantom as kspace_phantom
-
-from service.liveserver import LiveServer
+from rankiq.service.liveserver import LiveServer
 
 TOKEN = "test-token-6f1c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,8 +37,8 @@ def brain_slice(size: int = 256) -> np.ndarray:
     """A clean synthetic axial brain slice ``(size, size)``, max 2000: the simulator's truth image
     (`rankiq simulate --source brain`), i.e. the anatomy the shipped models were trained on.
     MR_small's 64x64 crop and the smooth MNI template itself are out of that distribution."""
-    from training.simulate import SimConfig, prepare_slice
-    from training.sources import BrainSource
+    from rankiq.training.simulate import SimConfig, prepare_slice
+    from rankiq.training.sources import BrainSource
 
     cfg = SimConfig()
     truth = np.abs(prepare_slice(BrainSource(cfg.source), 0, 0, size, cfg).truth)

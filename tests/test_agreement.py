@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-
-from training.agreement import (
+from rankiq.training.agreement import (
     Consensus,
     agreement_tables,
     agreement_with_labels,
@@ -30,7 +29,7 @@ from training.agreement import (
     weighted_kappa_se,
     write_consensus,
 )
-from training.rankings import LikertScore, Vote
+from rankiq.training.rankings import LikertScore, Vote
 
 
 def vt(reader: str, pid: int, outcome: str) -> Vote:

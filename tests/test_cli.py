@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
-from service.cli import EXIT_DEPENDENCY, EXIT_USAGE, build_parser, main, require
-from service.errors import MissingDependency
+from rankiq.service.cli import EXIT_DEPENDENCY, EXIT_USAGE, build_parser, main, require
+from rankiq.service.errors import MissingDependency
 
 
 def _subcommands(parser) -> set[str]:
@@ -53,7 +52,7 @@ def test_require_names_the_missing_module_and_the_fix():
 
 
 def test_missing_dependency_exit_code(monkeypatch, capsys):
-    import service.cli as cli
+    import rankiq.service.cli as cli
 
     def handler(args):
         require("surely_not_an_installed_module_xyz", "demo")
@@ -68,7 +67,7 @@ def test_service_package_never_imports_torch():
     code = (
         "import sys, importlib, pkgutil, service\n"
         "for m in pkgutil.walk_packages(service.__path__, 'service.'):\n"
-        "    if m.name == 'service.app':\n"
+        "    if m.name == 'rankiq.service.app':\n"
         "        continue  # BentoML service definition: imported by the server tests\n"
         "    importlib.import_module(m.name)\n"
         "bad = sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from service.cli import main
-from training.build_models import monotone_classifier
-from training.export.calibrate import calibrate_thresholds, preference_margin
-from training.models import IQNet
+from rankiq.service.cli import main
+from rankiq.training.build_models import monotone_classifier
+from rankiq.training.export.calibrate import calibrate_thresholds, preference_margin
+from rankiq.training.models import IQNet
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +64,8 @@ def test_no_reference_thresholds_sit_above_clean_scores(pairs):
     d = out["qa_calibration"]["d_star"]
     assert med and all(v > 0 for v in med.values())
     # clean reference images of a family score below its threshold (95th percentile + margin)
-    from service.preprocess import prepare
-    from training.pairs import PairsFile
+    from rankiq.service.preprocess import prepare
+    from rankiq.training.pairs import PairsFile
 
     with PairsFile(pairs) as pf:
         meta = pf.meta()

@@ -9,9 +9,8 @@ import subprocess
 import pytest
 import torch
 from helpers_export import random_classifier, random_iqnet
-
-from service.models import ScoringModel
-from training.export.bench import bench_score, format_table
+from rankiq.service.models import ScoringModel
+from rankiq.training.export.bench import bench_score, format_table
 
 pytestmark = pytest.mark.torch
 

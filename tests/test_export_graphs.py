@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 from helpers_export import export_small, random_iqnet, torch_saliency, torch_scores
-
-from training.export import ParityError, export_model, parity_inputs, sha256_file
-from training.export.iqnet_graphs import (
+from rankiq.training.export import ParityError, export_model, parity_inputs, sha256_file
+from rankiq.training.export.iqnet_graphs import (
     FoldedBlock,
     FoldedSaliency,
     FoldedScore,
     NaiveSaliency,
     PartialFoldBlock,
 )
-from training.models import RankClassifier
+from rankiq.training.models import RankClassifier
 
 pytestmark = pytest.mark.torch
 
@@ -115,7 +114,7 @@ def test_export_fails_loudly_and_writes_nothing_on_parity_error(tmp_path) -> Non
 
 
 def test_distilled_student_exports_with_saliency(tmp_path) -> None:
-    from training.distill import NoRefStudent
+    from rankiq.training.distill import NoRefStudent
 
     torch.manual_seed(0)
     st = NoRefStudent("magnitude").eval()
@@ -129,8 +128,8 @@ def test_distilled_student_exports_with_saliency(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_efficientnet_exports_without_saliency(tmp_path) -> None:
-    from training.distill import ExpScorer
-    from training.models.efficientnet import EfficientNetScorer
+    from rankiq.training.distill import ExpScorer
+    from rankiq.training.models.efficientnet import EfficientNetScorer
 
     torch.manual_seed(0)
     eff = ExpScorer(EfficientNetScorer("magnitude", size=32)).eval()
@@ -138,7 +137,7 @@ def test_efficientnet_exports_without_saliency(tmp_path) -> None:
                         mode="no-reference", input_kind="magnitude", grid=(48, 48))
     assert meta["saliency"] is False and "saliency.onnx" not in meta["files"]
     assert meta["parity"]["score.onnx"]["score_rel_err"] <= 1e-4
-    from service.models import SaliencyUnavailable, ScoringModel
+    from rankiq.service.models import SaliencyUnavailable, ScoringModel
 
     m = ScoringModel.load(tmp_path / "ef")
     with pytest.raises(SaliencyUnavailable):

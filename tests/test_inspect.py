@@ -10,8 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from helpers_io import assert_no_phi, bundled, mr_dataset, write, write_zip
-
-from service.cli import EXIT_INPUT, EXIT_USAGE, main
+from rankiq.service.cli import EXIT_INPUT, EXIT_USAGE, main
 
 VARIANTS = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm",
             "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm")

@@ -1,4 +1,5 @@
-"""service.io on zips and directories: partial failures, hostile archives, limits, sniffing."""
+"""rankiq.service.io on zips and directories: partial failures, hostile archives, limits,
+sniffing."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ import zipfile
 import numpy as np
 import pytest
 from helpers_io import assert_no_phi, bundled, dicom_bytes, mr_dataset, write, write_zip
-
-from service.errors import (
+from rankiq.service.errors import (
     HostileArchive,
     InputTooLarge,
     NonImageInput,
     UnreadableInput,
     UnsupportedInput,
 )
-from service.io import ReadLimits, load_series, read_series, read_upload, scan_instances
+from rankiq.service.io import ReadLimits, load_series, read_series, read_upload, scan_instances
 
 
 def _series_members(n: int = 3) -> dict[str, bytes]:

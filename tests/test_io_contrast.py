@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers_io import mr_dataset, write
-
-from service.io import CONTRAST_FAMILIES, read_series
-from service.io.contrast import guess_contrast
+from rankiq.service.io import CONTRAST_FAMILIES, read_series
+from rankiq.service.io.contrast import guess_contrast
 
 
 @pytest.mark.parametrize("description, expected", [

@@ -1,4 +1,4 @@
-"""service.io on DICOM: decoding, rescale, grouping, slice order, multi-frame, bad input."""
+"""rankiq.service.io on DICOM: decoding, rescale, grouping, slice order, multi-frame, bad input."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from helpers_io import (
     uid,
     write,
 )
-
-from service.errors import InputTooLarge, InvalidImage, NonImageInput, UnreadableInput
-from service.io import (
+from rankiq.service.errors import InputTooLarge, InvalidImage, NonImageInput, UnreadableInput
+from rankiq.service.io import (
     ReadFailure,
     group_instances,
     load_series,
@@ -326,7 +325,7 @@ def test_pixel_data_shorter_than_declared_is_unreadable():
 
 
 def test_too_many_frames_is_refused(tmp_path):
-    from service.io import ReadLimits
+    from rankiq.service.io import ReadLimits
 
     ds = enhanced_mr_dataset(np.ones((3, 8, 8)), [(0, 0, i) for i in range(3)])
     path = write(ds, tmp_path / "mf.dcm")

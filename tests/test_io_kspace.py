@@ -1,4 +1,4 @@
-"""service.io on raw k-space: fastMRI and ISMRMRD HDF5 from a Shepp-Logan phantom."""
+"""rankiq.service.io on raw k-space: fastMRI and ISMRMRD HDF5 from a Shepp-Logan phantom."""
 
 from __future__ import annotations
 
@@ -18,16 +18,15 @@ from helpers_io import (
     write_ismrmrd,
     write_zip,
 )
-
-from service.errors import (
+from rankiq.service.errors import (
     GeometryMismatch,
     InputTooLarge,
     InvalidImage,
     UnreadableInput,
     UnsupportedInput,
 )
-from service.fft import fft2c
-from service.io import (
+from rankiq.service.fft import fft2c
+from rankiq.service.io import (
     ReadLimits,
     load_series,
     read_kspace,
@@ -84,7 +83,7 @@ def test_rss_phase_is_smooth_and_tracks_the_object(tmp_path, data):
 def test_sensitivity_weighted_combination(tmp_path, data, at):
     image, maps, kspace = data
     if at == "kspace":  # maps given on the oversampled grid: cropped with the images
-        from service.fft import center_pad
+        from rankiq.service.fft import center_pad
         maps = center_pad(maps, (2 * N, N))
         maps[:, : N // 2] = maps[:, N // 2 : N // 2 + 1]  # anything outside the FOV
     series = read_kspace(write_fastmri(tmp_path / "f.h5", kspace), maps=maps)
@@ -103,7 +102,7 @@ def test_maps_of_wrong_geometry_are_refused(tmp_path, data):
 
 def test_single_coil_and_oversampling_without_header(tmp_path, data):
     image, _, _ = data
-    from service.fft import center_pad
+    from rankiq.service.fft import center_pad
     k = fft2c(center_pad(image, (2 * N, N))).astype(np.complex64)  # (slices, kx, ky)
     path = write_fastmri(tmp_path / "sc.h5", k, header=False)
     full = read_kspace(path)
@@ -139,7 +138,7 @@ def test_ismrmrd_cartesian_file(tmp_path, data):
 
 
 def test_header_is_parsed_by_the_ismrmrd_schema():
-    from service.io.kspace import _parse_with_ismrmrd
+    from rankiq.service.io.kspace import _parse_with_ismrmrd
 
     hdr = _parse_with_ismrmrd(ismrmrd_header_xml(64, 32, rx=32, ry=32, slices=2).encode())
     assert hdr.encoded == (64, 32, 1) and hdr.recon == (32, 32, 1)
@@ -223,8 +222,8 @@ def test_other_hdf5_is_unsupported(tmp_path):
 @pytest.mark.parametrize("shape, target", [((3, 64, 32), (32, 32)), ((2, 33, 21), (15, 20)),
                                            ((1, 40, 40), (40, 40))])
 def test_axis_by_axis_reconstruction_equals_ifft2c_then_crop(shape, target):
-    from service.fft import center_crop, ifft2c
-    from service.io.kspace import coil_images
+    from rankiq.service.fft import center_crop, ifft2c
+    from rankiq.service.io.kspace import coil_images
 
     rng = np.random.default_rng(3)
     k = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)

@@ -1,4 +1,4 @@
-"""training.losses.IQNetLoss: the shipped metric as a differentiable training loss."""
+"""rankiq.training.losses.IQNetLoss: the shipped metric as a differentiable training loss."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 from helpers_export import export_small
-
-from service.models import ScoringModel
-from training.export.parity import corrupt, phantom
-from training.losses import IQNetLoss
+from rankiq.service.models import ScoringModel
+from rankiq.training.export.parity import corrupt, phantom
+from rankiq.training.losses import IQNetLoss
 
 pytestmark = pytest.mark.torch
 

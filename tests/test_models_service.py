@@ -1,4 +1,4 @@
-"""service.models: the torch-free ONNX Runtime loader of shipped model directories."""
+"""rankiq.service.models: the torch-free ONNX Runtime loader of shipped model directories."""
 
 from __future__ import annotations
 
@@ -12,18 +12,17 @@ import numpy as np
 import pytest
 import torch
 from helpers_export import export_small, torch_saliency, torch_scores
-
-from service.errors import InvalidImage, RankIQError
-from service.models import (
+from rankiq.service.errors import InvalidImage, RankIQError
+from rankiq.service.models import (
     ModelCorrupt,
     ModelIncompatible,
     ModelNotFound,
     ScoringModel,
     load_models,
 )
-from service.preprocess import prepare
-from training.export import parity_inputs
-from training.export.parity import corrupt, phantom
+from rankiq.service.preprocess import prepare
+from rankiq.training.export import parity_inputs
+from rankiq.training.export.parity import corrupt, phantom
 
 pytestmark = pytest.mark.torch
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 from helpers_pairs import phantom, write_synthetic_pairs
-
-from service.cli import EXIT_INPUT, main
-from training.agreement import summarize
-from training.panel import (
+from rankiq.service.cli import EXIT_INPUT, main
+from rankiq.training.agreement import summarize
+from rankiq.training.panel import (
     ARTIFACTS,
     FEATURES,
     Panel,
@@ -21,7 +20,7 @@ from training.panel import (
     outcome_probs,
     reader_quality,
 )
-from training.rankings import OUTCOMES, SKIP, read_likert, read_rankings
+from rankiq.training.rankings import OUTCOMES, SKIP, read_likert, read_rankings
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers_io import mr_dataset, uid, write
-
-from service.errors import GeometryMismatch, InvalidImage
-from service.fft import center_pad, fft2c, ifft2c
-from service.io import read_series
-from service.preprocess import prepare
+from rankiq.service.errors import GeometryMismatch, InvalidImage
+from rankiq.service.fft import center_pad, fft2c, ifft2c
+from rankiq.service.io import read_series
+from rankiq.service.preprocess import prepare
 
 GRID = (64, 64)
 # prepare() documents round-off-level changes (~1e-6 relative); arrays are normalised to ~1

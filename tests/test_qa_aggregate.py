@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
-from service.qa.aggregate import aggregate, flag, load_thresholds
-from service.qa.selection import RulesError
+from rankiq.service.qa.aggregate import aggregate, flag, load_thresholds
+from rankiq.service.qa.selection import RulesError
 
 META = {"qa_thresholds": {"T1": 1.0, "T1post": 1.2, "T2": 2.0, "FLAIR": 1.5, "other": 2.5}}
 

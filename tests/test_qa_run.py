@@ -50,7 +50,7 @@ class _Checker(html.parser.HTMLParser):
 
 
 def _run_inprocess(archive: Path, out: Path, **kw):
-    from service.qa.runner import QAOptions, run_qa
+    from rankiq.service.qa.runner import QAOptions, run_qa
 
     return run_qa([archive], out, QAOptions(model_dir=MODEL_DIR, progress=False, threads=1, **kw))
 
@@ -204,7 +204,7 @@ def test_resume_after_sigkill_rescores_nothing_and_loses_nothing(tmp_path):
 
 def test_bench_qa_reports_rates_and_flag_counts(capsys):
     """`rankiq bench qa` in its own temporary archive: throughput, stage split, flag counts."""
-    from service.cli import main
+    from rankiq.service.cli import main
 
     assert main(["bench", "qa", "--series", "3", "--size", "64", "--slices", "3", "4",
                  "--workers", "1", "--threads", "1", "--json"]) == 0

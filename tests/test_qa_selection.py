@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from service.qa.selection import RulesError, load_selector, selector_from_dict
+from rankiq.service.qa.selection import RulesError, load_selector, selector_from_dict
 
 MR = {"Modality": "MR", "SOPClass": "MR Image Storage", "SeriesDescription": "AX T2 TSE",
       "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"], "Rows": 256, "Columns": 256,
@@ -95,9 +94,9 @@ def test_unreadable_rules_file(tmp_path):
 
 def test_localiser_and_derived_series_are_skipped_from_headers(tmp_path):
     """ImageType travels in the header-only scan, so no pixels are decoded to skip them."""
-    from service.io import ReadFailure, group_instances, scan_instances
-    from service.qa.runner import series_attributes
-    from service.qa.synth import build_archive
+    from rankiq.service.io import ReadFailure, group_instances, scan_instances
+    from rankiq.service.qa.runner import series_attributes
+    from rankiq.service.qa.synth import build_archive
 
     build_archive(tmp_path / "a", 1, size=32, slices=(2, 3), seed=1, extras=True)
     refs = [r for r in scan_instances(tmp_path / "a") if not isinstance(r, ReadFailure)]

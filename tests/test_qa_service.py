@@ -82,7 +82,8 @@ def server(work):
     env.pop("RANKIQ_API_TOKEN", None)
     log = (work / "server.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                             "service.app:RankIQ", "--host", "127.0.0.1", "--port", str(port)],
+                             "rankiq.service.app:RankIQ", "--host", "127.0.0.1", "--port",
+                             str(port)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from service.cli import EXIT_INPUT, main
-from service.errors import RankIQError
-from training.rankings import (
+from rankiq.service.cli import EXIT_INPUT, main
+from rankiq.service.errors import RankIQError
+from rankiq.training.rankings import (
     LikertScore,
     RankingsFormatError,
     Vote,

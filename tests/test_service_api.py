@@ -27,8 +27,7 @@ from helpers_service import (
     volume_with_bad_slice,
 )
 from PIL import Image
-
-from service.overlay import decode_array
+from rankiq.service.overlay import decode_array
 
 MAX_SLICES = 8
 MAX_BYTES = 1024 * 1024

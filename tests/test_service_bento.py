@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from service.auth import bearer_token, needs_auth, token_matches
-from service.guard import FormSpec, RequestRejected, check_multipart
+from rankiq.service.auth import bearer_token, needs_auth, token_matches
+from rankiq.service.guard import FormSpec, RequestRejected, check_multipart
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +25,7 @@ def test_bentoml_build_packages_service_and_models(tmp_path):
     name, version = tag.split(":")
     bento = tmp_path / "home" / "bentos" / name / version
     meta = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert meta["service"] == "service.app:RankIQ" and name == "rankiq"
+    assert meta["service"] == "rankiq.service.app:RankIQ" and name == "rankiq"
     assert {a["route"] for a in meta["schema"]["routes"]} >= {"/score", "/compare"}
     src = bento / "src"
     assert (src / "service" / "app.py").is_file() and (src / "constraints.txt").is_file()
@@ -34,7 +33,7 @@ def test_bentoml_build_packages_service_and_models(tmp_path):
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in reqs and "torch" not in reqs
     # the packaged models pass the same checks (SHA-256 of every file) the service runs
-    from service.models import load_models
+    from rankiq.service.models import load_models
 
     models = load_models(src / "models")
     assert {m.mode for m in models.values()} == {"reference", "no-reference"}
@@ -95,8 +94,7 @@ def test_rankiq_serve_starts_the_service(rankiq_exe, tmp_path):
     import time
 
     import requests
-
-    from service.liveserver import free_port, http_status
+    from rankiq.service.liveserver import free_port, http_status
 
     port = free_port()
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}

@@ -12,8 +12,7 @@ import time
 import pytest
 import requests
 from helpers_service import AUTH, TOKEN, mr_small, noisy, series_zip, slice_dicom, start_server
-
-from service.liveserver import free_port
+from rankiq.service.liveserver import free_port
 
 
 @pytest.fixture(scope="module")

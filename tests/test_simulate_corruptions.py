@@ -10,9 +10,8 @@ import pytest
 pytest.importorskip("sigpy")
 
 from helpers_simulate import combine_fit, prepared_phantom  # noqa: E402
-
-from training import corruptions as C  # noqa: E402
-from training.ssim import mse, ssim, ssim_batch  # noqa: E402
+from rankiq.training import corruptions as C  # noqa: E402
+from rankiq.training.ssim import mse, ssim, ssim_batch  # noqa: E402
 
 
 def _hf_energy(k: np.ndarray) -> float:

@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("sigpy")
 h5py = pytest.importorskip("h5py")
 
-from service.cli import main  # noqa: E402
-from training.corruptions import SEVERITY_NAMES  # noqa: E402
-from training.pairs import PairsFile, load_pairs  # noqa: E402
-from training.simulate import run  # noqa: E402
+from rankiq.service.cli import main  # noqa: E402
+from rankiq.training.corruptions import SEVERITY_NAMES  # noqa: E402
+from rankiq.training.pairs import PairsFile, load_pairs  # noqa: E402
+from rankiq.training.simulate import run  # noqa: E402
 
 SIZE = 32
 
@@ -91,7 +91,7 @@ def test_layout_matches_the_contract(six_pairs):
     assert set(d["recon"].ravel()) <= {"rss", "combine", "sense", "cs_l1", "cs_tv"}
     assert np.allclose(np.abs(d["reference"]).max(axis=(1, 2)), 1.0, atol=1e-6)
     # stored metrics agree with the stored images; the pair constraint holds
-    from training.ssim import mse, ssim_batch
+    from rankiq.training.ssim import mse, ssim_batch
 
     for k, key in ((0, "image1"), (1, "image2")):
         assert np.allclose(d["ssim"][:, k], ssim_batch(d[key], d["reference"]), atol=1e-5)
@@ -224,7 +224,7 @@ def test_nifti_and_fastmri_sources(tmp_path):
     assert set(d["slice_index"]) <= set(range(4))
 
     # a fake fastMRI multicoil file: (slices, coils, readout 2x oversampled, phase)
-    from service.fft import center_pad, fft2c
+    from rankiq.service.fft import center_pad, fft2c
 
     maps = sigpy.mri.birdcage_maps((4, SIZE, SIZE)).astype(np.complex64)
     img = np.abs(sigpy.shepp_logan((SIZE, SIZE))).astype(np.complex64)
@@ -243,7 +243,7 @@ def test_nifti_and_fastmri_sources(tmp_path):
 
 
 def test_brain_source_gives_plausible_contrasts(tmp_path):
-    from training.sources import CONTRASTS, BrainSource, SourceConfig
+    from rankiq.training.sources import CONTRASTS, BrainSource, SourceConfig
 
     src = BrainSource(SourceConfig())
     seen = set()

@@ -8,11 +8,10 @@ import pytest
 pytest.importorskip("sigpy")
 
 from helpers_simulate import prepared_phantom  # noqa: E402
-
-from service.fft import center_pad, fft2c, ifft2c  # noqa: E402
-from training import corruptions as C  # noqa: E402
-from training import reconstruct as R  # noqa: E402
-from training.ssim import mse  # noqa: E402
+from rankiq.service.fft import center_pad, fft2c, ifft2c  # noqa: E402
+from rankiq.training import corruptions as C  # noqa: E402
+from rankiq.training import reconstruct as R  # noqa: E402
+from rankiq.training.ssim import mse  # noqa: E402
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (64, 32), (30, 34)])
@@ -53,7 +52,7 @@ def test_maps_are_normalised():
 
 @pytest.mark.parametrize("method", R.RECON_METHODS)
 def test_every_method_returns_a_faithful_image_of_clean_data(method):
-    from training.simulate import fit_to_truth
+    from rankiq.training.simulate import fit_to_truth
 
     ps = prepared_phantom()
     mask = np.ones(ps.kspace.shape[-2:], bool)
@@ -74,7 +73,7 @@ def test_sense_and_cs_beat_zero_filling_on_undersampled_data():
     # must remove (with noise, the SENSE g-factor could outweigh it at this tiny size)
     clean = fft2c(ps.maps * ps.truth).astype(np.complex64)
     k, _, mask = C.undersample_1d(clean, 0.6, 0.2, np.random.default_rng(3))
-    from training.simulate import fit_to_truth
+    from rankiq.training.simulate import fit_to_truth
 
     def err(method, **kw):
         img, _ = R.reconstruct(k, mask, ps.maps, {"method": method, **kw})

@@ -10,8 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from helpers_train import easy_data, write_consensus  # noqa: E402
-
-from service.cli import main  # noqa: E402
+from rankiq.service.cli import main  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from helpers_train import easy_data, one_torch_thread, write_consensus  # noqa: E402, F401 (autouse)
-
-from training.data import DataError, load_ranking_data, read_labels  # noqa: E402
-from training.runs import load_run  # noqa: E402
-from training.train import train_run  # noqa: E402
+from rankiq.training.data import DataError, load_ranking_data, read_labels  # noqa: E402
+from rankiq.training.runs import load_run  # noqa: E402
+from rankiq.training.train import train_run  # noqa: E402
 
 TINY = {"model": "iqnet", "mode": "reference", "input_kind": "magnitude", "folds": 2,
         "seed": 0}
@@ -59,7 +58,7 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path) -> None:
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
     # a second run into the same directory without --resume is refused
-    from training.runs import RunError
+    from rankiq.training.runs import RunError
 
     with pytest.raises(RunError, match="resume"):
         train_run(*data, tmp_path / "part", {**cfg, "epochs": 3}, only=[0])
@@ -92,7 +91,7 @@ def test_metric_baselines_train(data, tmp_path) -> None:
 
 
 def test_distilled_no_reference_run(ref_run, data, tmp_path) -> None:
-    from training.distill import distill_run
+    from rankiq.training.distill import distill_run
 
     cfg = {**TINY, "input_kind": "magnitude", "student": "iqnet-relu", "epochs": 1,
            "distill_epochs": 2, "fresh_fraction": 0.5}

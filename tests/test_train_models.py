@@ -9,13 +9,12 @@ torch = pytest.importorskip("torch")
 
 from helpers_pairs import phantom  # noqa: E402
 from helpers_train import one_torch_thread  # noqa: E402, F401 (autouse: one torch thread)
-
-from service.preprocess import prepare  # noqa: E402
-from training.augment import apply, draw  # noqa: E402
-from training.distill import NoRefStudent  # noqa: E402
-from training.folds import FoldError, assign_folds, split  # noqa: E402
-from training.models import IQNet, RankClassifier, count_parameters  # noqa: E402
-from training.train import rank_probabilities  # noqa: E402
+from rankiq.service.preprocess import prepare  # noqa: E402
+from rankiq.training.augment import apply, draw  # noqa: E402
+from rankiq.training.distill import NoRefStudent  # noqa: E402
+from rankiq.training.folds import FoldError, assign_folds, split  # noqa: E402
+from rankiq.training.models import IQNet, RankClassifier, count_parameters  # noqa: E402
+from rankiq.training.train import rank_probabilities  # noqa: E402
 
 
 def test_parameter_counts() -> None:
@@ -79,7 +78,7 @@ def test_gradients_reach_every_parameter(make) -> None:
 
 
 def test_efficientnet_builds_offline_and_learns() -> None:
-    from training.models.efficientnet import EfficientNetScorer
+    from rankiq.training.models.efficientnet import EfficientNetScorer
 
     torch.manual_seed(0)
     net = EfficientNetScorer("complex", size=32)

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from training.rankings import OUTCOME_INDEX, OUTCOMES, SKIP, LikertScore, Vote
+from rankiq.training.rankings import OUTCOME_INDEX, OUTCOMES, SKIP, LikertScore, Vote
 
 Counts = dict[str, dict[int, np.ndarray]]  # reader -> pair_id -> int (3,) outcome counts
 LIKERT_LEVELS = 5

@@ -1,8 +1,8 @@
 """The paper's baselines: MSE and SSIM of each image to the reference, each fed to its own
-trained :class:`training.models.RankClassifier`.
+trained :class:`rankiq.training.models.RankClassifier`.
 
 The metric is computed once per image on the prepared magnitude images (the same
-:func:`service.preprocess.prepare` path as the networks: reference scaled to a unit robust
+:func:`rankiq.service.preprocess.prepare` path as the networks: reference scaled to a unit robust
 maximum, image least-squares fitted to it), so ``data_range = 1`` for SSIM. A
 :class:`MetricScorer` turns the metric into a score with the RankIQ direction (lower = better:
 ``mse`` itself, ``1 - ssim``) divided by a fixed scale (the standard deviation of the training
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from rankiq.training.ssim import mse, ssim_batch
 from torch import nn
-
-from training.ssim import mse, ssim_batch
 
 METRICS = ("mse", "ssim")
 

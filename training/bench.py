@@ -20,11 +20,11 @@ BENCH_MODELS = ("iqnet", "iqnet-complex", "efficientnet", "distill-student", "ms
 
 
 def _step_fn(name: str, size: int, batch: int):
-    from training.augment import apply, draw
-    from training.baselines import MetricScorer
-    from training.distill import NoRefStudent
-    from training.models import IQNet, RankClassifier
-    from training.models.efficientnet import EfficientNetScorer
+    from rankiq.training.augment import apply, draw
+    from rankiq.training.baselines import MetricScorer
+    from rankiq.training.distill import NoRefStudent
+    from rankiq.training.models import IQNet, RankClassifier
+    from rankiq.training.models.efficientnet import EfficientNetScorer
 
     gen = torch.Generator().manual_seed(0)
     clf = RankClassifier()

@@ -6,7 +6,7 @@ service can be built and tested before training finishes. They say so in metadat
 (``"trained": false``) and in their model cards. The trained models replace them through
 ``rankiq export RUN --out models/NAME/`` (``make models``).
 
-Run: ``.venv/bin/python -m training.build_models --interim [--out models] [--grid 396]``.
+Run: ``.venv/bin/python -m rankiq.training.build_models --interim [--out models] [--grid 396]``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from training.export import export_model
-from training.export.writer import provisional_thresholds
-from training.models import IQNet, RankClassifier
+from rankiq.training.export import export_model
+from rankiq.training.export.writer import provisional_thresholds
+from rankiq.training.models import IQNet, RankClassifier
 
 INTERIM_VERSION = "0.1.0-untrained"
 

@@ -1,6 +1,6 @@
 """k-space corruptions of the paper's "Images for Ranking" section, as pure functions.
 
-Array conventions (those of :mod:`service.fft`): multi-coil k-space is complex
+Array conventions (those of :mod:`rankiq.service.fft`): multi-coil k-space is complex
 ``(coils, kx, ky)``, centred (DC at index ``N // 2`` of each axis). ``kx`` (axis -2) is the
 readout; ``ky`` (axis -1) is the phase-encode (PE) direction, so a "PE line" is
 ``kspace[..., :, j]`` and lines are acquired in order ``j = 0 .. Ny - 1``. Spatial frequencies
@@ -24,8 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from training.config import JsonConfig
+from rankiq.training.config import JsonConfig
 
 CORRUPTIONS: tuple[str, ...] = ("blur", "undersample_1d", "undersample_2d", "noise", "motion")
 APPLY_ORDER: tuple[str, ...] = ("motion", "noise", "blur", "undersample_1d", "undersample_2d")

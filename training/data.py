@@ -1,10 +1,10 @@
 """Labelled pairs for training: pairs file + consensus (or votes) -> network inputs.
 
-Every image goes through :func:`service.preprocess.prepare`, the one normaliser shared with
+Every image goes through :func:`rankiq.service.preprocess.prepare`, the one normaliser shared with
 serving, on the training grid. Labels come from a consensus CSV
 (``pair_id,outcome,...`` as written by ``rankiq agreement --consensus``) or from a raw rankings
 CSV (``reader,pair_id,outcome``), whose consensus is computed with
-:func:`training.agreement.consensus`. Skipped votes never reach training: ``skip`` votes are
+:func:`rankiq.training.agreement.consensus`. Skipped votes never reach training: ``skip`` votes are
 dropped before the consensus, a ``skip`` outcome in a consensus file drops the row, and pairs
 without a consensus (ties) are left out.
 
@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from service.errors import RankIQError
-from training.rankings import OUTCOME_INDEX, SKIP, RankingsFormatError
+from rankiq.service.errors import RankIQError
+from rankiq.training.rankings import OUTCOME_INDEX, SKIP, RankingsFormatError
 
 CHUNK = 32  # pairs prepared at a time (bounds temporary memory)
 
@@ -52,8 +51,8 @@ def read_labels(path: str | Path) -> dict[int, int]:
     path = Path(path)
     header = _header(path)
     if "reader" in header:  # raw votes: consensus of the readers' own majority votes
-        from training.agreement import consensus, vote_counts
-        from training.rankings import read_rankings
+        from rankiq.training.agreement import consensus, vote_counts
+        from rankiq.training.rankings import read_rankings
 
         rows = consensus(vote_counts(read_rankings(path)))
         return {r.pair_id: OUTCOME_INDEX[r.outcome] for r in rows if r.outcome is not None}
@@ -144,7 +143,7 @@ def match_labels(labels: dict[int, int], pair_ids: np.ndarray, rankings: str, pa
 
 def prepare_pairs(ref: np.ndarray, img1: np.ndarray, img2: np.ndarray, *, mode: str,
                   input_kind: str, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs of a chunk of pairs through :func:`service.preprocess.prepare`.
+    """Network inputs of a chunk of pairs through :func:`rankiq.service.preprocess.prepare`.
 
     Args:
         ref, img1, img2: complex ``(n, S, S)``.
@@ -152,7 +151,7 @@ def prepare_pairs(ref: np.ndarray, img1: np.ndarray, img2: np.ndarray, *, mode: 
     Returns:
         float32 ``(n, C, H, W)`` twice (image 1, image 2).
     """
-    from service.preprocess import prepare
+    from rankiq.service.preprocess import prepare
 
     use_ref = ref if mode == "reference" else None
     a = prepare(img1, use_ref, grid=grid, input_kind=input_kind).network_input  # type: ignore[arg-type]
@@ -164,8 +163,8 @@ def prepared_metrics(ref: np.ndarray, img1: np.ndarray, img2: np.ndarray,
                      grid: tuple[int, int]) -> dict[str, np.ndarray]:
     """MSE and SSIM ``(n, 2)`` of the prepared magnitude images against the prepared
     reference (the baselines' inputs)."""
-    from service.preprocess import prepare
-    from training.baselines import metric_values
+    from rankiq.service.preprocess import prepare
+    from rankiq.training.baselines import metric_values
 
     out = {"mse": np.zeros((len(ref), 2)), "ssim": np.zeros((len(ref), 2))}
     for j, img in enumerate((img1, img2)):
@@ -178,12 +177,11 @@ def prepared_metrics(ref: np.ndarray, img1: np.ndarray, img2: np.ndarray,
 
 class _Pairs:
     """Minimal reader of the pairs-file datasets training needs (the layout of
-    :mod:`training.pairs`; tolerant of files without ``config_json``, e.g. test fixtures)."""
+    :mod:`rankiq.training.pairs`; tolerant of files without ``config_json``, e.g. test fixtures)."""
 
     def __init__(self, path: str | Path) -> None:
         import h5py
-
-        from training.pairs import FORMAT, PairsFileError
+        from rankiq.training.pairs import FORMAT, PairsFileError
 
         p = Path(path)
         if not p.is_file():
@@ -217,7 +215,8 @@ class _Pairs:
 
 
 def open_pairs(path: str | Path) -> _Pairs:
-    """Open a pairs file for training (:class:`training.pairs.PairsFileError` if unusable)."""
+    """Open a pairs file for training (:class:`rankiq.training.pairs.PairsFileError` if
+    unusable)."""
     return _Pairs(path)
 
 
@@ -235,7 +234,7 @@ def load_ranking_data(pairs: str | Path, rankings: str | Path, *, mode: str = "r
         metric: ``"mse"``/``"ssim"``: ``x1``/``x2`` hold that metric ``(N, 1)`` instead of images.
         with_metrics: also fill ``metrics`` (MSE and SSIM of both images).
     """
-    from training.corruptions import SEVERITY_NAMES
+    from rankiq.training.corruptions import SEVERITY_NAMES
 
     labels = read_labels(rankings)
     with open_pairs(pairs) as pf:

@@ -9,17 +9,17 @@ fold's reference-mode teacher run (``log`` of its score: the scores span orders 
 
 * both images of every training pair (teacher input ``prepare(image, reference)``), and
 * as many fresh random corruptions of the training references per epoch
-  (:func:`training.synthetic.random_corruption`, the simulator's corruption ranges),
+  (:func:`rankiq.training.synthetic.random_corruption`, the simulator's corruption ranges),
 
 with the same augmentation drawn for the teacher's and the student's inputs. Validation pairs
 are never seen (the teacher of fold K was trained without them too). Stage 2 trains a rank
 classifier (initialised from the teacher's) on the frozen student's scores with the consensus
-labels, so the run directory and :func:`training.runs.load_run` work as for any run (config
+labels, so the run directory and :func:`rankiq.training.runs.load_run` work as for any run (config
 ``model: "distill"``, ``mode: "no-reference"``, ``student``: the architecture).
 
 Students: ``iqnet-relu`` (:class:`NoRefStudent`: IQ-Net's 5 blocks with ReLU, no dropout, its 41
 L2-norm features, ``log`` then a signed ``Linear(41, 1)``, output ``exp`` so the score is in the
-teacher's units; 5,563 parameters) or ``efficientnet`` (:class:`training.models.efficientnet.
+teacher's units; 5,563 parameters) or ``efficientnet`` (:class:`rankiq.training.models.efficientnet.
 EfficientNetScorer` regressing the log score, ``exp`` on output).
 """
 
@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rankiq.training.augment import AugmentConfig, apply, draw
+from rankiq.training.runs import RunError, fold_dir, load_checkpoint, load_run, read_config
 from torch import nn
-
-from training.augment import AugmentConfig, apply, draw
-from training.runs import RunError, fold_dir, load_checkpoint, load_run, read_config
 
 LOG_EPS = 1e-3  # relative to the median teacher score: keeps log finite for near-perfect images
 
@@ -49,7 +48,7 @@ class NoRefStudent(nn.Module):
     def __init__(self, input_kind: str = "magnitude", channels: int = 8, blocks: int = 5
                  ) -> None:
         super().__init__()
-        from training.models.iqnet import IQNet
+        from rankiq.training.models.iqnet import IQNet
 
         self.body = IQNet(input_kind, channels=channels, blocks=blocks,  # type: ignore[arg-type]
                           activation="relu", dropout=0.0)
@@ -84,7 +83,7 @@ def build_student(config: dict) -> nn.Module:
     if config.get("student") == "iqnet-relu":
         return NoRefStudent(kind, int(config.get("channels", 8)), int(config.get("blocks", 5)))
     if config.get("student") == "efficientnet":
-        from training.models.efficientnet import EfficientNetScorer
+        from rankiq.training.models.efficientnet import EfficientNetScorer
 
         return ExpScorer(EfficientNetScorer(kind, size=int(config.get("effnet_size", 224))))
     raise RunError(f"unknown student {config.get('student')!r} (iqnet-relu or efficientnet)")
@@ -111,8 +110,8 @@ def fresh_inputs(references: np.ndarray, n: int, rng: np.random.Generator, *, gr
                  teacher_kind) -> tuple[np.ndarray, np.ndarray]:
     """``n`` fresh corruptions of randomly chosen ``references`` (complex ``(M, S, S)``):
     (teacher inputs, student inputs), float32 ``(n, C, H, W)`` each, via ``prepare``."""
-    from service.preprocess import prepare
-    from training.synthetic import random_corruption
+    from rankiq.service.preprocess import prepare
+    from rankiq.training.synthetic import random_corruption
 
     pick = rng.integers(0, len(references), n)
     refs = references[pick]
@@ -137,9 +136,8 @@ def distill_fold(teacher: nn.Module, t_x: np.ndarray, s_x: np.ndarray, reference
     Returns:
         (student state dict, stats: per-epoch loss, Spearman on the training images).
     """
+    from rankiq.training.train import derived_seed
     from scipy.stats import spearmanr
-
-    from training.train import derived_seed
 
     seed = int(config["seed"])
     torch.manual_seed(derived_seed(seed, fold, 0, 7))
@@ -208,11 +206,11 @@ def distill_run(pairs: str | Path, rankings: str | Path, out: str | Path, config
                 teacher: str | Path, *, only: list[int] | None = None, resume: bool = False,
                 progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """``rankiq train --model distill``: stage 1 (distillation) and stage 2 (classifier) per
-    fold. ``config`` as for :func:`training.train.train_run` plus ``student``."""
-    from training.data import load_ranking_data, open_pairs
-    from training.folds import assign_folds
-    from training.runs import CONFIG, sha256_files, write_json
-    from training.train import DEFAULTS, check_resume, run_folds
+    fold. ``config`` as for :func:`rankiq.training.train.train_run` plus ``student``."""
+    from rankiq.training.data import load_ranking_data, open_pairs
+    from rankiq.training.folds import assign_folds
+    from rankiq.training.runs import CONFIG, sha256_files, write_json
+    from rankiq.training.train import DEFAULTS, check_resume, run_folds
 
     out, teacher = Path(out), Path(teacher)
     config = {**DEFAULTS, **config, "model": "distill", "mode": "no-reference"}

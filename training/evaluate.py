@@ -24,8 +24,14 @@ import csv
 from pathlib import Path
 
 import numpy as np
-
-from training.runs import METRIC_MODELS, RunError, read_config, read_json, read_summary, write_json
+from rankiq.training.runs import (
+    METRIC_MODELS,
+    RunError,
+    read_config,
+    read_json,
+    read_summary,
+    write_json,
+)
 
 NAMES = {"iqnet": "IQ-Net", "efficientnet": "EfficientNet", "mse": "MSE", "ssim": "SSIM"}
 
@@ -160,7 +166,7 @@ def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
     result["markdown"] = md
     result["figures"] = []
     if figures:
-        from training.figures import figure6, scatter
+        from rankiq.training.figures import figure6, scatter
 
         for r in runs:
             if r["config"]["model"] in METRIC_MODELS:

@@ -2,8 +2,8 @@
 
 ``figure6``: for each fold, up to ``slices`` distinct held-out references (the fold's
 validation slices) get one corruption type at a time at the levels of
-:data:`training.synthetic.LEVELS`; each image is scored by that fold's best model (through
-``service.preprocess.prepare`` on the run's grid), and by MSE and 1 - SSIM of the prepared
+:data:`rankiq.training.synthetic.LEVELS`; each image is scored by that fold's best model (through
+``rankiq.service.preprocess.prepare`` on the run's grid), and by MSE and 1 - SSIM of the prepared
 magnitudes. Curves are means over slices, each divided by its maximum over the levels (the
 units differ).
 
@@ -30,12 +30,11 @@ def _plt():
 def corruption_curves(run_dir: Path, *, slices: int = 4, seed: int = 0) -> dict:
     """``{kind: {"levels", "score", "mse", "one_minus_ssim"}}`` (raw means over slices)."""
     import torch
-
-    from service.preprocess import prepare
-    from training.baselines import metric_values
-    from training.data import open_pairs
-    from training.runs import available_folds, load_run, read_config, read_json
-    from training.synthetic import LEVELS, single_corruption
+    from rankiq.service.preprocess import prepare
+    from rankiq.training.baselines import metric_values
+    from rankiq.training.data import open_pairs
+    from rankiq.training.runs import available_folds, load_run, read_config, read_json
+    from rankiq.training.synthetic import LEVELS, single_corruption
 
     cfg = read_config(run_dir)
     folds = read_json(run_dir / "folds.json")
@@ -81,9 +80,9 @@ def corruption_curves(run_dir: Path, *, slices: int = 4, seed: int = 0) -> dict:
 
 def figure6(run_dir: Path, out: Path, *, slices: int = 4, seed: int = 0) -> Path:
     """Write the Figure 6 PNG of a run; returns ``out``."""
-    from training.evaluate import run_label
-    from training.runs import read_config
-    from training.synthetic import UNITS
+    from rankiq.training.evaluate import run_label
+    from rankiq.training.runs import read_config
+    from rankiq.training.synthetic import UNITS
 
     curves = corruption_curves(run_dir, slices=slices, seed=seed)
     plt = _plt()
@@ -109,11 +108,10 @@ def figure6(run_dir: Path, out: Path, *, slices: int = 4, seed: int = 0) -> Path
 
 def scatter(run_dir: Path, out: Path) -> Path:
     """Held-out scores vs MSE and SSIM (pairs file values) with Pearson r; returns ``out``."""
+    from rankiq.training.data import open_pairs
+    from rankiq.training.evaluate import read_predictions, run_label
+    from rankiq.training.runs import read_config
     from scipy.stats import pearsonr
-
-    from training.data import open_pairs
-    from training.evaluate import read_predictions, run_label
-    from training.runs import read_config
 
     cfg = read_config(run_dir)
     pred = read_predictions(run_dir)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from service.errors import RankIQError
+from rankiq.service.errors import RankIQError
 
 
 class FoldError(RankIQError):

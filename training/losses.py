@@ -10,7 +10,7 @@ network the service scores with. No downloads.
 mode). Inputs are float ``(N, C, H, W)`` network-layout tensors (``C`` = 1 magnitude, 2
 real/imag) or complex ``(N, H, W)`` tensors, which are converted to the model's input kind
 (``|x|`` for magnitude models, so the gradient flows through the magnitude). The score is
-positively homogeneous, so scale the images as the model expects (``service.preprocess``
+positively homogeneous, so scale the images as the model expects (``rankiq.service.preprocess``
 normalises references to a robust maximum of 1).
 """
 
@@ -22,10 +22,9 @@ from typing import Literal
 import onnx
 import torch
 from onnx import numpy_helper
+from rankiq.service.models import ModelIncompatible, ScoringModel
+from rankiq.training.models.iqnet import IQNet
 from torch import nn
-
-from service.models import ModelIncompatible, ScoringModel
-from training.models.iqnet import IQNet
 
 Reduction = Literal["mean", "sum", "none"]
 

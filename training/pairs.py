@@ -28,7 +28,7 @@ resume ignore it).
 
 Reading, for other workers::
 
-    from training.pairs import PairsFile, load_pairs
+    from rankiq.training.pairs import PairsFile, load_pairs
     with PairsFile("pairs.h5") as pf:          # lazy: pf.images(i) -> (ref, img1, img2)
         print(len(pf), pf.size, pf.config["corruption"])
         ref, a, b = pf.images(0)
@@ -43,9 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from service.errors import RankIQError
-from training.corruptions import SEVERITY_NAMES
+from rankiq.service.errors import RankIQError
+from rankiq.training.corruptions import SEVERITY_NAMES
 
 FORMAT = "rankiq-pairs"
 FORMAT_VERSION = 1
@@ -96,8 +95,7 @@ class PairsWriter:
         pairs_per_slice: int, overwrite: bool = False,
     ) -> None:
         import h5py
-
-        from service.preprocess import PREPROCESS_VERSION
+        from rankiq.service.preprocess import PREPROCESS_VERSION
 
         self.path = Path(path)
         self.size = size
@@ -297,8 +295,8 @@ def summarise(path: str | Path) -> dict:
     """Counts over a pairs file: pairs, max/mean |SSIM difference|, total retries, images per
     corruption type (applied ones; ``motion_skipped`` when the start fell in the centre) and
     per reconstruction method."""
-    from training.corruptions import CORRUPTIONS
-    from training.reconstruct import RECON_METHODS
+    from rankiq.training.corruptions import CORRUPTIONS
+    from rankiq.training.reconstruct import RECON_METHODS
 
     with PairsFile(path) as pf:
         m = pf.meta()

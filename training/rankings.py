@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from service.errors import RankIQError
+from rankiq.service.errors import RankIQError
 
 #: Outcomes in class order: 0 = image 1 better, 1 = similar, 2 = image 2 better.
 OUTCOMES: tuple[str, str, str] = ("1", "similar", "2")

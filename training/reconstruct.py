@@ -35,10 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from rankiq.service.fft import center_crop, center_pad, coil_combine, fft2c, ifft2c, rss
+from rankiq.training.config import JsonConfig
 from scipy.ndimage import map_coordinates
-
-from service.fft import center_crop, center_pad, coil_combine, fft2c, ifft2c, rss
-from training.config import JsonConfig
 
 RECON_METHODS: tuple[str, ...] = ("rss", "combine", "sense", "cs_l1", "cs_tv")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import RankIQError
+from rankiq.service.errors import RankIQError
 
 MODELS = ("iqnet", "efficientnet", "mse", "ssim", "distill")
 METRIC_MODELS = ("mse", "ssim")
@@ -54,7 +54,7 @@ class LoadedRun:
     Attributes:
         scorer: ``nn.Module`` in eval mode; ``(N, C, H, W)`` network input -> ``(N,)`` scores,
             lower = better (metric baselines: ``(N,)`` metric values -> scores).
-        classifier: :class:`training.models.RankClassifier` in eval mode (logits).
+        classifier: :class:`rankiq.training.models.RankClassifier` in eval mode (logits).
         config: the run's config.json.
         summary: the run's summary.json (``{}`` when absent).
         fold: the fold loaded (an int, or ``"final"``).
@@ -127,23 +127,23 @@ def build_scorer(config: dict):
     model = config["model"]
     kind = config.get("input_kind", "magnitude")
     if model in METRIC_MODELS:
-        from training.baselines import MetricScorer
+        from rankiq.training.baselines import MetricScorer
 
         return MetricScorer(model)
     if model == "distill":
-        from training.distill import build_student
+        from rankiq.training.distill import build_student
 
         return build_student(config)
     arch = model
     if arch == "iqnet":
-        from training.models.iqnet import IQNet
+        from rankiq.training.models.iqnet import IQNet
 
         act = config.get("activation", "identity")
         return IQNet(kind, channels=int(config.get("channels", 8)),
                      blocks=int(config.get("blocks", 5)), activation=act,
                      dropout=float(config.get("dropout", 0.5)))
     if arch == "efficientnet":
-        from training.models.efficientnet import EfficientNetScorer
+        from rankiq.training.models.efficientnet import EfficientNetScorer
 
         return EfficientNetScorer(kind, size=int(config.get("effnet_size", 224)))
     raise RunError(f"unknown model/student {arch!r}")
@@ -193,7 +193,7 @@ def load_run(run_dir: str | Path, fold: int | str | None = None) -> LoadedRun:
     Returns:
         :class:`LoadedRun` with modules in eval mode on the CPU.
     """
-    from training.models.classifier import RankClassifier
+    from rankiq.training.models.classifier import RankClassifier
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)

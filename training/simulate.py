@@ -2,7 +2,7 @@
 
 Per work unit (one slice, ``pairs_per_slice`` consecutive pairs):
 
-1. the source gives fully sampled multi-coil k-space (:mod:`training.sources`);
+1. the source gives fully sampled multi-coil k-space (:mod:`rankiq.training.sources`);
 2. :func:`prepare_slice` estimates the per-coil noise sigma from the raw k-space edges, removes
    the 2x readout oversampling (everything after works on S x S), computes ESPIRiT maps and
    the truth (SENSE, lambda 0.005, 20 iterations), and scales the k-space so the truth's
@@ -14,9 +14,9 @@ Per work unit (one slice, ``pairs_per_slice`` consecutive pairs):
    are tried first as image 2 by the next pairs of the same slice (they are independent draws
    of that slice), which cuts the reconstructions per pair by about a fifth.
 
-Each image (:func:`make_image`): random corruptions (:mod:`training.corruptions`), a random
-reconstruction (:mod:`training.reconstruct`), divided by its max and fitted to the truth by
-least squares (:func:`service.preprocess.least_squares_scale`; complex for phase-carrying
+Each image (:func:`make_image`): random corruptions (:mod:`rankiq.training.corruptions`), a random
+reconstruction (:mod:`rankiq.training.reconstruct`), divided by its max and fitted to the truth by
+least squares (:func:`rankiq.service.preprocess.least_squares_scale`; complex for phase-carrying
 reconstructions, real against ``|truth|`` for root-sum-of-squares, which has no phase), then
 MSE and SSIM of magnitudes against the truth.
 
@@ -40,9 +40,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
-from service.errors import RankIQError
-from training.corruptions import (
+from rankiq.service.errors import RankIQError
+from rankiq.training.corruptions import (
     APPLY_ORDER,
     CorruptionConfig,
     apply_plan,
@@ -50,8 +49,8 @@ from training.corruptions import (
     estimate_noise_sigma,
     severity,
 )
-from training.pairs import PairRecord, PairsWriter, summarise
-from training.reconstruct import (
+from rankiq.training.pairs import PairRecord, PairsWriter, summarise
+from rankiq.training.reconstruct import (
     ReconConfig,
     draw_method,
     draw_params,
@@ -60,8 +59,8 @@ from training.reconstruct import (
     remove_readout_oversampling,
     truth,
 )
-from training.sources import SourceConfig, open_source
-from training.ssim import mse, ssim
+from rankiq.training.sources import SourceConfig, open_source
+from rankiq.training.ssim import mse, ssim
 
 MIN_SIZE, MAX_SIZE = 32, 1024
 
@@ -213,7 +212,7 @@ def fit_to_truth(image: np.ndarray, ref: np.ndarray, method: str) -> tuple[np.nd
     phase) a real scale against ``|truth|`` (a complex fit to a phase-varying truth would
     shrink them). Returns ``(fitted complex64 (S, S), [re, im] of the total scale)``.
     """
-    from service.preprocess import least_squares_scale
+    from rankiq.service.preprocess import least_squares_scale
 
     peak = float(np.abs(image).max())
     img = image / np.float32(peak) if peak > 0 else image
@@ -416,7 +415,7 @@ def run(
             appended (benchmark).
 
     Returns:
-        :func:`training.pairs.summarise` of the file plus ``new_pairs``, ``seconds``,
+        :func:`rankiq.training.pairs.summarise` of the file plus ``new_pairs``, ``seconds``,
         ``resumed_from``.
     """
     cfg = cfg or SimConfig()

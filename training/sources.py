@@ -38,11 +38,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from rankiq.service.errors import RankIQError, UnreadableInput, UnsupportedInput
+from rankiq.service.fft import center_crop, center_pad, fft2c
+from rankiq.training.config import JsonConfig
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates, rotate
-
-from service.errors import RankIQError, UnreadableInput, UnsupportedInput
-from service.fft import center_crop, center_pad, fft2c
-from training.config import JsonConfig
 
 CONTRASTS: tuple[str, ...] = ("T1", "T1post", "T2", "FLAIR")
 #: relative intensities (wm, gm, csf, csf ring / dura, skull, scalp) per contrast

@@ -2,7 +2,7 @@
 
 The simulator corrupts multi-coil k-space and reconstructs with SigPy (seconds per image at
 396 px). Here the reference image itself is the "acquisition": its centred 2D FFT is corrupted
-with the simulator's own functions (:mod:`training.corruptions`, same order and ranges) and
+with the simulator's own functions (:mod:`rankiq.training.corruptions`, same order and ranges) and
 inverse transformed (a zero-filled single-coil reconstruction), milliseconds per image. The
 noise level ``n`` multiplies the noise sigma estimated from the reference's k-space edges, with
 a floor of ``NOISE_FLOOR`` times the k-space RMS for noise-free references.
@@ -11,9 +11,8 @@ a floor of ``NOISE_FLOOR`` times the k-space RMS for noise-free references.
 from __future__ import annotations
 
 import numpy as np
-
-from service.fft import fft2c, ifft2c
-from training.corruptions import (
+from rankiq.service.fft import fft2c, ifft2c
+from rankiq.training.corruptions import (
     CorruptionConfig,
     add_noise,
     apply_plan,

@@ -3,7 +3,7 @@
 Per fold: Adam with two parameter groups (scoring network ``lr`` 1e-4, classifier
 ``lr_classifier`` 1e-3), weight decay 1e-5, the learning rates multiplied by ``lr_decay``
 (0.999) every epoch; cross-entropy on the classifier's logits; batch 24; dropout in the scorer
-during training only; augmentation (``training.augment``) drawn per pair and applied to both
+during training only; augmentation (``rankiq.training.augment``) drawn per pair and applied to both
 network inputs. The epoch with the best validation accuracy is kept as ``best.pt``; ``last.pt``
 holds everything needed to continue (model, optimiser, history, best so far).
 
@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-from training.augment import AugmentConfig, apply, draw
-from training.data import RankingData
-from training.folds import split
-from training.runs import (
+from rankiq.training.augment import AugmentConfig, apply, draw
+from rankiq.training.data import RankingData
+from rankiq.training.folds import split
+from rankiq.training.runs import (
     FOLDS,
     METRIC_MODELS,
     SUMMARY,
@@ -37,6 +35,7 @@ from training.runs import (
     load_checkpoint,
     write_json,
 )
+from torch import nn
 
 HISTORY_FIELDS = ("epoch", "lr", "lr_classifier", "train_loss", "train_acc", "val_loss",
                   "val_acc", "seconds")
@@ -168,14 +167,14 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, co
     seed, epochs, bs = int(cfg["seed"]), int(cfg["epochs"]), int(cfg["batch_size"])
     d = fold_dir(out, fold)
     d.mkdir(parents=True, exist_ok=True)
-    from training.models.classifier import RankClassifier
+    from rankiq.training.models.classifier import RankClassifier
 
     torch.manual_seed(derived_seed(seed, fold, 0))
     scorer = build_scorer(cfg)
     classifier = RankClassifier()
     is_metric = cfg["model"] in METRIC_MODELS
     if is_metric:
-        from training.baselines import fit_scale
+        from rankiq.training.baselines import fit_scale
 
         vals = np.concatenate([data.x1[train_idx, 0], data.x2[train_idx, 0]])
         scorer.scale.fill_(fit_scale(cfg["model"], vals))
@@ -304,7 +303,7 @@ def run_folds(data: RankingData, fold_of: np.ndarray, config: dict, out: Path, *
                              for k in range(k_total)})
     prev = {}
     if (out / SUMMARY).exists():
-        from training.runs import read_summary
+        from rankiq.training.runs import read_summary
 
         prev = {int(k): v for k, v in read_summary(out).get("folds", {}).items()}
     results = dict(prev)
@@ -320,7 +319,7 @@ def run_folds(data: RankingData, fold_of: np.ndarray, config: dict, out: Path, *
 def check_resume(out: Path, config: dict, resume: bool) -> None:
     """Refuse to mix runs: an existing run directory needs ``resume`` and the same config
     (except ``epochs``, which may grow, and the fold list)."""
-    from training.runs import CONFIG, read_json
+    from rankiq.training.runs import CONFIG, read_json
 
     p = out / CONFIG
     if not p.exists():
@@ -352,9 +351,9 @@ def train_run(pairs: str | Path, rankings: str | Path, out: str | Path, config: 
     Returns:
         The summary dict (also in ``out/summary.json``).
     """
-    from training.data import load_ranking_data
-    from training.folds import assign_folds
-    from training.runs import CONFIG, sha256_files
+    from rankiq.training.data import load_ranking_data
+    from rankiq.training.folds import assign_folds
+    from rankiq.training.runs import CONFIG, sha256_files
 
     out = Path(out)
     config = {**DEFAULTS, **config}

@@ -10,13 +10,13 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 COMMAND_MODULES = (
-    "service.commands.inspect_cmd",  # rankiq inspect
-    "service.commands.score_cmd",  # rankiq score / compare
-    "service.commands.serve_cmd",  # rankiq serve / bench serve
-    "service.commands.qa_cmd",  # rankiq qa / bench qa
+    "rankiq.service.commands.inspect_cmd",  # rankiq inspect
+    "rankiq.service.commands.score_cmd",  # rankiq score / compare
+    "rankiq.service.commands.serve_cmd",  # rankiq serve / bench serve
+    "rankiq.service.commands.qa_cmd",  # rankiq qa / bench qa
 )
 
 

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from service.cli import Registry
-    from service.io.types import ImageSeries
+    from rankiq.service.cli import Registry
+    from rankiq.service.io.types import ImageSeries
 
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq inspect``."""
-    p = reg.command("inspect", "service.commands.inspect_cmd:run",
+    p = reg.command("inspect", "rankiq.service.commands.inspect_cmd:run",
                     "list the image series in DICOM files, folders, zips and k-space files")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="DICOM file, folder (recursive), zip, fastMRI or ISMRMRD .h5")
@@ -75,7 +74,7 @@ def _text(summary: dict[str, Any], index: int, total: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``rankiq inspect``."""
-    from service.io import read_series
+    from rankiq.service.io import read_series
 
     result = read_series(args.paths)
     summaries = [describe(s) for s in result]

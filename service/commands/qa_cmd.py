@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 
 def default_model_dir() -> Path:
@@ -24,7 +24,7 @@ def default_model_dir() -> Path:
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq qa`` and ``rankiq bench qa``."""
-    p = reg.command("qa", "service.commands.qa_cmd:qa",
+    p = reg.command("qa", "rankiq.service.commands.qa_cmd:qa",
                     "batch QA of scan archives: flag low-quality MR series, write reports")
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files, directories, zips")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -49,7 +49,7 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    b = reg.bench("qa", "service.commands.qa_cmd:bench_qa",
+    b = reg.bench("qa", "rankiq.service.commands.qa_cmd:bench_qa",
                   "end-to-end QA throughput on a synthetic DICOM archive (slices/s, stage split)")
     b.add_argument("--series", type=int, default=24, metavar="N", help="series in the archive")
     b.add_argument("--size", type=int, default=256, help="matrix size (pixels)")
@@ -67,7 +67,7 @@ def add_commands(reg: Registry) -> None:
 def _check_workers(n: int, threads: int = 0) -> None:
     """Validate ``--workers`` and size native thread pools (FFT, OpenMP) to cores / workers
     before anything reads them, so N workers do not oversubscribe the cores."""
-    from service.errors import RankIQError
+    from rankiq.service.errors import RankIQError
 
     if n < 1 or n > 256:
         raise RankIQError(f"--workers must be between 1 and 256, not {n}")
@@ -87,8 +87,8 @@ def _cpu_seconds() -> float:
 
 def qa(args: argparse.Namespace) -> int:
     """Handler of ``rankiq qa``."""
-    from service.errors import RankIQError
-    from service.qa.runner import QAOptions, run_qa
+    from rankiq.service.errors import RankIQError
+    from rankiq.service.qa.runner import QAOptions, run_qa
 
     _check_workers(args.workers, args.threads)
     for p in args.paths:
@@ -117,8 +117,8 @@ def qa(args: argparse.Namespace) -> int:
 
 def bench_qa(args: argparse.Namespace) -> int:
     """Handler of ``rankiq bench qa``: build a synthetic archive, run QA, print a table."""
-    from service.qa.runner import QAOptions, run_qa
-    from service.qa.synth import build_archive
+    from rankiq.service.qa.runner import QAOptions, run_qa
+    from rankiq.service.qa.synth import build_archive
 
     _check_workers(args.workers, args.threads)
     with tempfile.TemporaryDirectory(prefix="rankiq-bench-qa-") as tmp:
@@ -185,7 +185,7 @@ def bench_qa(args: argparse.Namespace) -> int:
 def _flag_rates(truth: list[dict], doc: dict) -> dict[str, dict[str, int]]:
     """Flagged/total per true corruption, matching series by their first file's directory."""
     by_key = {r["series_key"]: r for r in doc["series"]}
-    from service.qa.synth import series_key_of
+    from rankiq.service.qa.synth import series_key_of
 
     rates: dict[str, dict[str, int]] = {}
     for t in truth:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.cli import Registry
-    from service.io.types import ImageSeries
-    from service.models import ScoringModel
+    from rankiq.service.cli import Registry
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.models import ScoringModel
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,14 +33,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq score`` and ``rankiq compare``."""
-    p = reg.command("score", "service.commands.score_cmd:run_score",
+    p = reg.command("score", "rankiq.service.commands.score_cmd:run_score",
                     "score an MR image or series in-process (same scorer as POST /score)")
     p.add_argument("image", metavar="IMAGE",
                    help="DICOM file, folder or zip of one series, fastMRI/ISMRMRD .h5")
     _common(p)
     p.add_argument("--saliency", metavar="OUT.png", default=None,
                    help="write saliency overlays (one slice: OUT.png; a series: OUT_000.png, ...)")
-    c = reg.command("compare", "service.commands.score_cmd:run_compare",
+    c = reg.command("compare", "rankiq.service.commands.score_cmd:run_compare",
                     "compare two images with the rank classifier (same as POST /compare)")
     c.add_argument("image_a", metavar="A")
     c.add_argument("image_b", metavar="B")
@@ -49,10 +49,10 @@ def add_commands(reg: Registry) -> None:
 
 def read_one(path: str, role: str) -> ImageSeries:
     """Read ``path`` as exactly one series (k-space, DICOM file, folder or zip)."""
-    from service.errors import UnreadableInput
-    from service.io import read_series
-    from service.io.read import error_of
-    from service.scoring import MultipleSeries
+    from rankiq.service.errors import UnreadableInput
+    from rankiq.service.io import read_series
+    from rankiq.service.io.read import error_of
+    from rankiq.service.scoring import MultipleSeries
 
     found = read_series([path])
     if not found:
@@ -66,9 +66,9 @@ def read_one(path: str, role: str) -> ImageSeries:
 
 def load_for(args: argparse.Namespace, *, reference: bool) -> tuple[ScoringModel, int]:
     """The model serving this request's mode, and the slice limit."""
-    from service.models import load_models
-    from service.scoring import select_model
-    from service.settings import ServiceSettings
+    from rankiq.service.models import load_models
+    from rankiq.service.scoring import select_model
+    from rankiq.service.settings import ServiceSettings
 
     settings = ServiceSettings.from_env()
     models = load_models(args.models or settings.models_dir, threads=settings.ort_threads)
@@ -85,8 +85,8 @@ def saliency_paths(out: str, n: int) -> list[Path]:
 
 def run_score(args: argparse.Namespace) -> int:
     """Handler of ``rankiq score``."""
-    from service.overlay import overlay_png
-    from service.scoring import score_series, series_json
+    from rankiq.service.overlay import overlay_png
+    from rankiq.service.scoring import score_series, series_json
 
     image = read_one(args.image, "image")
     reference = read_one(args.reference, "reference") if args.reference else None
@@ -126,7 +126,7 @@ def _side(name: str, r: Any) -> str:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Handler of ``rankiq compare``."""
-    from service.scoring import OUTCOMES, compare_series, comparison_json
+    from rankiq.service.scoring import OUTCOMES, compare_series, comparison_json
 
     a = read_one(args.image_a, "A")
     b = read_one(args.image_b, "B")

@@ -17,12 +17,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq serve`` and ``rankiq bench serve``."""
-    p = reg.command("serve", "service.commands.serve_cmd:run_serve",
+    p = reg.command("serve", "rankiq.service.commands.serve_cmd:run_serve",
                     "serve the shipped models over HTTP (bentoml serve service.app:RankIQ)")
     p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
@@ -30,7 +30,7 @@ def add_commands(reg: Registry) -> None:
                    help="worker processes (default: $RANKIQ_WORKERS or 1)")
     p.add_argument("--models", metavar="DIR", default=None,
                    help="models directory (sets RANKIQ_MODELS_DIR; default: the repo's models/)")
-    b = reg.bench("serve", "service.commands.serve_cmd:run_bench",
+    b = reg.bench("serve", "rankiq.service.commands.serve_cmd:run_bench",
                   "HTTP service throughput/latency vs the in-process scorer, and memory")
     b.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     b.add_argument("--requests", type=int, default=200,
@@ -47,7 +47,7 @@ def add_commands(reg: Registry) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Handler of ``rankiq serve``: replace this process with ``bentoml serve``."""
-    from service.liveserver import REPO
+    from rankiq.service.liveserver import REPO
 
     env = dict(os.environ)
     if args.workers is not None:
@@ -57,7 +57,8 @@ def run_serve(args: argparse.Namespace) -> int:
         env["RANKIQ_WORKERS"] = str(args.workers)
     if args.models:
         env["RANKIQ_MODELS_DIR"] = os.path.abspath(args.models)
-    cmd = [sys.executable, "-m", "bentoml", "serve", "service.app:RankIQ", "--host", args.host,
+    cmd = [sys.executable, "-m", "bentoml", "serve", "rankiq.service.app:RankIQ", "--host",
+        args.host,
            "--port", str(args.port), "--working-dir", str(REPO)]
     sys.stdout.flush()
     os.execve(sys.executable, cmd, env)
@@ -74,8 +75,7 @@ def bench_inputs(rng_seed: int = 0) -> dict[str, bytes]:
     from pathlib import Path
 
     import numpy as np
-
-    from service.qa.synth import corrupt, phantom, write_series
+    from rankiq.service.qa.synth import corrupt, phantom, write_series
 
     rng = np.random.default_rng(rng_seed)
     vol = phantom(20, 256, "T2", rng)
@@ -139,8 +139,8 @@ def _in_process_rate(models: dict[str, Any], image: bytes, reference: bytes | No
     import json
     import time
 
-    from service.io import read_upload
-    from service.scoring import score_series, select_model, series_json
+    from rankiq.service.io import read_upload
+    from rankiq.service.scoring import score_series, select_model, series_json
 
     model = select_model(models, reference=reference is not None)
 
@@ -162,10 +162,9 @@ def run_bench(args: argparse.Namespace) -> int:
     import platform
 
     import requests
-
-    from service.liveserver import LiveServer
-    from service.models import load_models
-    from service.settings import ServiceSettings
+    from rankiq.service.liveserver import LiveServer
+    from rankiq.service.models import load_models
+    from rankiq.service.settings import ServiceSettings
 
     settings = ServiceSettings.from_env()
     inputs = bench_inputs()

@@ -1,7 +1,7 @@
 """Reading MR images: DICOM (files, directories, zips), fastMRI and ISMRMRD k-space.
 
 ```python
-from service.io import read_series, read_kspace, read_upload, scan_instances, load_series
+from rankiq.service.io import read_series, read_kspace, read_upload, scan_instances, load_series
 series_list = read_series(["scan.zip", "dicom_dir/"])     # SeriesList of ImageSeries
 for s in series_list: s.pixels                            # float32 (slices, rows, cols)
 for f in series_list.failures: print(f)                   # "source: reason" per unreadable file
@@ -13,16 +13,17 @@ returned or raised carries a patient identifier; ``series_key`` is a hash.
 
 from __future__ import annotations
 
-from service.io.kspace import read_kspace
-from service.io.limits import DEFAULT_LIMITS, ReadLimits
-from service.io.read import (
+from rankiq.service.io.kspace import read_kspace
+from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.read import (
+    error_of,
     group_instances,
     load_series,
     read_series,
     read_upload,
     scan_instances,
 )
-from service.io.types import (
+from rankiq.service.io.types import (
     CONTRAST_FAMILIES,
     ImageSeries,
     InstanceRef,
@@ -38,6 +39,7 @@ __all__ = [
     "ReadFailure",
     "ReadLimits",
     "SeriesList",
+    "error_of",
     "group_instances",
     "load_series",
     "read_kspace",

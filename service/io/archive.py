@@ -3,7 +3,7 @@
 Nothing is extracted to disk and nothing is loaded whole: a directory is walked lazily
 (``os.walk``, sorted per folder, symlinked folders not followed so loops cannot occur) and a zip
 is read from its central directory, each member streamed when it is opened. That keeps
-:func:`service.io.scan_instances` streaming over archives of millions of files.
+:func:`rankiq.service.io.scan_instances` streaming over archives of millions of files.
 
 Policy (also in the README, "Reading images"):
 
@@ -27,16 +27,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from service.errors import (
+from rankiq.service.errors import (
     HostileArchive,
     InputTooLarge,
     RankIQError,
     UnreadableInput,
     UnsupportedInput,
 )
-from service.io.limits import ReadLimits
-from service.io.sniff import SNIFF_BYTES, Kind, sniff
-from service.io.types import ReadFailure
+from rankiq.service.io.limits import ReadLimits
+from rankiq.service.io.sniff import SNIFF_BYTES, Kind, sniff
+from rankiq.service.io.types import ReadFailure
 
 PathLike = str | os.PathLike[str]
 _DRIVE = re.compile(r"^[A-Za-z]:")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from service.io.types import ContrastFamily
+from rankiq.service.io.types import ContrastFamily
 
 _WORD = re.compile(r"[A-Z0-9*+]+")
 _POST = re.compile(r"POST|\+C|C\+|GAD|\bGD\b|\+GD")

@@ -26,16 +26,15 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-from service.errors import (
+from rankiq.service.errors import (
     InputTooLarge,
     InvalidImage,
     NonImageInput,
     UnreadableInput,
 )
-from service.io.contrast import guess_contrast
-from service.io.limits import ReadLimits
-from service.io.types import ImageSeries, InstanceRef
+from rankiq.service.io.contrast import guess_contrast
+from rankiq.service.io.limits import ReadLimits
+from rankiq.service.io.types import ImageSeries, InstanceRef
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Modalities and SOP class name fragments of objects that hold no image to score.

@@ -1,6 +1,6 @@
 """Raw k-space (fastMRI HDF5, ISMRMRD HDF5 Cartesian) to image series.
 
-Reconstruction, per slice, with the centred orthonormal FFTs of :mod:`service.fft`:
+Reconstruction, per slice, with the centred orthonormal FFTs of :mod:`rankiq.service.fft`:
 
 1. coil images ``ifft2c(kspace)``; undersampled k-space (zero lines) is simply zero-filled;
 2. the field of view is cropped to the header's reconstruction matrix (``reconSpace``), which
@@ -31,18 +31,17 @@ from typing import Any
 import h5py
 import numpy as np
 import scipy.fft
-
-from service.errors import (
+from rankiq.service.errors import (
     GeometryMismatch,
     InputTooLarge,
     InvalidImage,
     UnreadableInput,
     UnsupportedInput,
 )
-from service.fft import FFT_WORKERS, center_crop, coil_combine, rss
-from service.io.contrast import guess_contrast
-from service.io.limits import DEFAULT_LIMITS, ReadLimits
-from service.io.types import ImageSeries, SourceKind
+from rankiq.service.fft import FFT_WORKERS, center_crop, coil_combine, rss
+from rankiq.service.io.contrast import guess_contrast
+from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.types import ImageSeries, SourceKind
 
 
 @dataclass(frozen=True)

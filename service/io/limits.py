@@ -1,4 +1,4 @@
-"""Size limits for everything :mod:`service.io` reads.
+"""Size limits for everything :mod:`rankiq.service.io` reads.
 
 Inputs above a limit are refused, never truncated. Archive-level limits guard against zip bombs
 (many entries, huge declared sizes, extreme compression ratios); image limits against absurd

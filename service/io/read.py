@@ -12,7 +12,7 @@ import io
 import zipfile
 from collections.abc import Iterable, Iterator
 
-from service.errors import (
+from rankiq.service.errors import (
     GeometryMismatch,
     HostileArchive,
     InputTooLarge,
@@ -22,8 +22,8 @@ from service.errors import (
     UnreadableInput,
     UnsupportedInput,
 )
-from service.io.archive import Entry, PathLike, failure_of, walk, walk_bytes
-from service.io.dicom import (
+from rankiq.service.io.archive import Entry, PathLike, failure_of, walk, walk_bytes
+from rankiq.service.io.dicom import (
     Frame,
     assemble,
     decode_instance,
@@ -34,10 +34,10 @@ from service.io.dicom import (
     shape_key,
     uid_of,
 )
-from service.io.kspace import content_key, kspace_from_bytes, kspace_from_file, read_kspace
-from service.io.limits import DEFAULT_LIMITS, ReadLimits
-from service.io.sniff import SNIFF_BYTES, sniff
-from service.io.types import ImageSeries, InstanceRef, ReadFailure, SeriesList
+from rankiq.service.io.kspace import content_key, kspace_from_bytes, kspace_from_file, read_kspace
+from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.sniff import SNIFF_BYTES, sniff
+from rankiq.service.io.types import ImageSeries, InstanceRef, ReadFailure, SeriesList
 
 _ERRORS_BY_REASON: dict[str, type[RankIQError]] = {
     cls.reason: cls for cls in (UnsupportedInput, UnreadableInput, NonImageInput, InvalidImage,

@@ -1,4 +1,4 @@
-"""Data types returned by :mod:`service.io`.
+"""Data types returned by :mod:`rankiq.service.io`.
 
 Units and shapes are stated per field. Nothing here holds patient identifiers: ``series_key``
 is a one-way hash of the SeriesInstanceUID, safe for logs, reports and metrics.
@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-SourceKind = Literal["dicom", "fastmri", "ismrmrd"]
+SourceKind = Literal["dicom", "fastmri", "ismrmrd", "array"]
 ContrastFamily = Literal["T1", "T1post", "T2", "FLAIR", "other"]
 CONTRAST_FAMILIES: tuple[str, ...] = ("T1", "T1post", "T2", "FLAIR", "other")
 
@@ -54,6 +54,24 @@ class ImageSeries:
     complex_pixels: np.ndarray | None = None
     attributes: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def from_array(cls, image: np.ndarray, *, pixel_spacing: tuple[float, float] | None = None,
+                   contrast: str = "other") -> ImageSeries:
+        """A series from a numpy ``(H, W)`` or ``(S, H, W)`` image, magnitude or complex.
+
+        ``series_key`` is a hash of the pixel bytes (no identifiers exist for arrays).
+        """
+        import hashlib
+
+        x = np.asarray(image)
+        if x.ndim == 2:
+            x = x[None]
+        key = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+        cplx = x.astype(np.complex64) if np.iscomplexobj(x) else None
+        mag = np.abs(x).astype(np.float32) if cplx is not None else x.astype(np.float32)
+        return cls(pixels=mag, kind="array", series_key=key, contrast=contrast,
+                   pixel_spacing=pixel_spacing, complex_pixels=cplx)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(slices, rows, cols)``."""
@@ -65,7 +83,7 @@ class ReadFailure:
     """An input that could not be read: where (path or ``zip!member``) and why (one line).
 
     ``reason`` is a bounded category (``"unreadable"``, ``"non_image"``, ``"unsupported"``...,
-    the ``reason`` of the :mod:`service.errors` class) and ``message`` the human explanation.
+    the ``reason`` of the :mod:`rankiq.service.errors` class) and ``message`` the human explanation.
     """
 
     source: str
@@ -87,11 +105,13 @@ class SeriesList(list):
 
 @dataclass(frozen=True)
 class InstanceRef:
-    """One readable input found by :func:`service.io.scan_instances` from its header alone.
+    """One readable input found by :func:`rankiq.service.io.scan_instances` from its header alone.
 
     A DICOM instance (``kind="dicom"``) or a k-space file (``kind="hdf5"``, one series per file).
-    Hand the refs of one series to :func:`service.io.load_series` for its pixels; group them with
-    :func:`service.io.group_instances` (the grouping :func:`service.io.read_series` uses).
+    Hand the refs of one series to :func:`rankiq.service.io.load_series` for its pixels; group them
+    with
+    :func:`rankiq.service.io.group_instances` (the grouping :func:`rankiq.service.io.read_series`
+    uses).
 
     Attributes:
         source: display name: the path, or ``archive.zip!member``.

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service.qa.selection import RulesError, load_document
+from rankiq.service.qa.selection import RulesError, load_document
 
 STATISTICS = ("median", "p90")
 FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.errors import RankIQError
+from rankiq.service.errors import RankIQError
 
 log = logging.getLogger("rankiq.qa.jobs")
 ORPHAN_GRACE_S = 60.0  # a task row without a job directory this old lost its worker
@@ -106,7 +106,7 @@ class Job:
 def create_job(root: Path, uploads: Sequence[Path], job_id: str | None = None) -> Job:
     """Persist a new job: copy the uploads into ``inputs/`` and write ``state.json``.
 
-    Upload names are not trusted (content is sniffed by :mod:`service.io`): files are stored
+    Upload names are not trusted (content is sniffed by :mod:`rankiq.service.io`): files are stored
     as ``upload_000`` ... in upload order.
     """
     job = Job(root, job_id or uuid.uuid4().hex)

@@ -11,7 +11,7 @@ Tables:
                                           header-only scan results (``ref`` pickled InstanceRef);
                                           ``group_key`` is the series key, or a per-matrix key
                                           for a series mixing matrix sizes (split like
-                                          :func:`service.io.group_instances`)
+                                          :func:`rankiq.service.io.group_instances`)
     failures(source PK, reason, message)  unreadable inputs
     series(series_key PK, status, reason, info, result, assets, run)
         status: pending | skipped | done | failed; ``info`` JSON (description, contrast...);
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from service.errors import RankIQError
+from rankiq.service.errors import RankIQError
 
 JOURNAL_NAME = "journal.sqlite"
 SCHEMA = """

@@ -11,7 +11,7 @@ no-reference model. The file (JSON or YAML) maps series to reference paths::
 (a flat mapping works too). A key is either an anonymised ``series_key`` (as in ``qa.csv``) or a
 path: a series matches when its first instance's source (``file`` or ``archive.zip!member``)
 lies under that path; the longest matching path wins. A reference path is anything
-:func:`service.io.read_series` reads and must hold exactly one series with the same geometry.
+:func:`rankiq.service.io.read_series` reads and must hold exactly one series with the same geometry.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.qa.selection import RulesError, load_document
+from rankiq.service.qa.selection import RulesError, load_document
 
 SERIES_KEY_LEN = 16
 

@@ -10,7 +10,7 @@ Settings (environment): ``RANKIQ_JOBS_DIR`` (job directories, default ``~/.ranki
 ``RANKIQ_QA_THRESHOLDS`` and ``RANKIQ_QA_RULES`` (site files, as ``rankiq qa --thresholds`` /
 ``--rules``), ``RANKIQ_QA_MODEL`` (model name, default ``iqnet-noref``) and the service's
 ``RANKIQ_MODELS_DIR`` / ``RANKIQ_ORT_THREADS``. Jobs survive a worker restart: see
-:mod:`service.qa.jobs`.
+:mod:`rankiq.service.qa.jobs`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.qa.jobs import create_job, jobs_dir, run_job, start_recovery
-from service.qa.metrics import QAMetrics, make_qa_metrics
-from service.qa.runner import DEFAULT_MODEL, QAOptions, run_qa
+from rankiq.service.qa.jobs import create_job, jobs_dir, run_job, start_recovery
+from rankiq.service.qa.metrics import QAMetrics, make_qa_metrics
+from rankiq.service.qa.runner import DEFAULT_MODEL, QAOptions, run_qa
 
 log = logging.getLogger("rankiq.qa.route")
 
@@ -32,12 +32,12 @@ log = logging.getLogger("rankiq.qa.route")
 @functools.cache
 def service_qa_metrics() -> QAMetrics:
     """The QA metrics on prometheus_client's default registry (once per process, lazily, like
-    :func:`service.metrics.service_metrics`, so multiprocess mode is already set up)."""
+    :func:`rankiq.service.metrics.service_metrics`, so multiprocess mode is already set up)."""
     return make_qa_metrics(None)
 
 
 def _options() -> QAOptions:
-    from service.settings import ServiceSettings
+    from rankiq.service.settings import ServiceSettings
 
     st = ServiceSettings.from_env()
     env = os.environ.get
@@ -50,7 +50,7 @@ def _options() -> QAOptions:
 
 def _on_series(row: dict[str, Any], result: dict[str, Any]) -> None:
     """Service metrics for one scored series: QA counters and the per-slice score histogram."""
-    from service.metrics import service_metrics
+    from rankiq.service.metrics import service_metrics
 
     service_qa_metrics().observe_series(row, result["statistic"])
     blank = set(result.get("blank", []))
@@ -62,7 +62,7 @@ def _on_series(row: dict[str, Any], result: dict[str, Any]) -> None:
 
 def _run(inputs: Path, out: Path, resume: bool) -> dict[str, Any]:
     """One QA run over a job's inputs; the response is the qa.json document."""
-    from service.metrics import service_metrics
+    from rankiq.service.metrics import service_metrics
 
     opts = _options()
     opts.resume = resume
@@ -90,7 +90,7 @@ def run_task(files: Sequence[Path], task_id: str | None) -> dict[str, Any]:
 def init_label_sets() -> None:
     """Create the QA series of every known label set at 0, so Prometheus sees each first
     increment (a counter series that appears at 1 loses it for ``rate``/``increase``)."""
-    from service.qa.aggregate import FAMILIES
+    from rankiq.service.qa.aggregate import FAMILIES
 
     m = service_qa_metrics()
     model = os.environ.get("RANKIQ_QA_MODEL") or DEFAULT_MODEL

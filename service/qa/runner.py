@@ -3,19 +3,20 @@
 Stages (each series goes through 3-5 in one worker process, so its pixels are read once):
 
 1. **scan**: a header-only streaming walk of files, directories and zips
-   (:func:`service.io.scan_instances`); instances and unreadable inputs go to the journal in
+   (:func:`rankiq.service.io.scan_instances`); instances and unreadable inputs go to the journal in
    batches, so memory stays flat for archives of millions of files. Skipped on resume once
    complete.
 2. **select**: :class:`~service.qa.selection.SeriesSelector` decides per series from its header
    attributes; skips are journalled with their reason.
-3. **decode**: :func:`service.io.load_series` reads the series' pixels.
-4. **preprocess + score**: :func:`service.preprocess.prepare` at the model's grid, then the
+3. **decode**: :func:`rankiq.service.io.load_series` reads the series' pixels.
+4. **preprocess + score**: :func:`rankiq.service.preprocess.prepare` at the model's grid, then the
    no-reference ONNX model on all slices of the series in batches.
 5. **aggregate + flag**; for flagged series, saliency of the worst slices and the PNGs for the
    report.
 
 Every series result is committed to the journal in one transaction, which makes a killed run
-resumable (see :mod:`service.qa.journal`). Reports are (re)written from the journal at the end.
+resumable (see :mod:`rankiq.service.qa.journal`). Reports are (re)written from the journal at the
+end.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service.qa.aggregate import Thresholds, aggregate, flag, load_thresholds
-from service.qa.journal import Journal
-from service.qa.references import ReferenceMap, load_reference_map
-from service.qa.selection import RulesError, SeriesSelector, load_selector
+from rankiq.service.qa.aggregate import Thresholds, aggregate, flag, load_thresholds
+from rankiq.service.qa.journal import Journal
+from rankiq.service.qa.references import ReferenceMap, load_reference_map
+from rankiq.service.qa.selection import RulesError, SeriesSelector, load_selector
 
 DEFAULT_MODEL = "iqnet-noref"
 SCAN_BATCH = 500  # instances per journal transaction during the walk
@@ -63,7 +63,7 @@ class QAOptions:
         textfile: write ``rankiq_qa.prom`` for node_exporter's textfile collector (off in the
             service: its metrics go to ``/metrics``, and in prometheus_client's multiprocess
             mode every metric object writes to the shared files, whatever its registry).
-        references_file: series -> reference map (:mod:`service.qa.references`); mapped
+        references_file: series -> reference map (:mod:`rankiq.service.qa.references`); mapped
             series are scored against their reference with ``reference_model_dir``.
         reference_model_dir: the reference-mode model (default: ``iqnet-ref`` beside
             ``model_dir``); its own ``qa_thresholds`` flag the mapped series.
@@ -126,7 +126,7 @@ def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: 
     reference model only when series are mapped to references."""
     if in_pool:
         _die_with_parent()
-    from service.models import ScoringModel
+    from rankiq.service.models import ScoringModel
 
     _WORKER.update(model=ScoringModel.load(model_dir, threads=threads), thresholds=thresholds,
                    selector=selector, worst_k=worst_k, reference_model=None,
@@ -163,8 +163,8 @@ def _open_zips(refs: list[bytes]) -> dict[str, Any]:
 
 def _read_reference(path: str) -> Any:
     """The one image series at ``path`` (a mapped reference)."""
-    from service.errors import UnreadableInput
-    from service.io import read_series
+    from rankiq.service.errors import UnreadableInput
+    from rankiq.service.io import read_series
 
     found = read_series(path)
     if len(found) != 1:
@@ -186,9 +186,9 @@ def process_series(key: str, refs: list[bytes], reference: str | None = None
     ``info`` (description, contrast...), ``timings`` (seconds per stage) and for skips and
     failures ``reason`` (and ``message``).
     """
-    from service.errors import RankIQError
-    from service.io import load_series
-    from service.preprocess import prepare
+    from rankiq.service.errors import RankIQError
+    from rankiq.service.io import load_series
+    from rankiq.service.preprocess import prepare
 
     model = _WORKER["model"]
     thresholds: Thresholds = _WORKER["thresholds"]
@@ -235,7 +235,7 @@ def process_series(key: str, refs: list[bytes], reference: str | None = None
     flagged, reason = flag(agg, series.contrast, thresholds)
     assets = None
     if flagged and agg.worst_slices:
-        from service.qa.report import slice_assets
+        from rankiq.service.qa.report import slice_assets
 
         idx = np.asarray(agg.worst_slices)
         sal = model.score_and_saliency(x[idx])[1] if model.has_saliency else None
@@ -273,7 +273,7 @@ def _fingerprint(obj: Any) -> str:
 
 def read_model_metadata(model_dir: Path) -> dict[str, Any]:
     """``metadata.json`` of a shipped model (no ONNX session needed)."""
-    from service.errors import RankIQError
+    from rankiq.service.errors import RankIQError
 
     try:
         return json.loads((model_dir / "metadata.json").read_text())
@@ -284,8 +284,8 @@ def read_model_metadata(model_dir: Path) -> dict[str, Any]:
 def scan_into(journal: Journal, paths: Sequence[str | Path],
               on_progress: Callable[[int], None] | None = None) -> None:
     """Walk ``paths`` (header only) and journal every instance and unreadable input."""
-    from service.io import scan_instances
-    from service.io.types import ReadFailure
+    from rankiq.service.io import scan_instances
+    from rankiq.service.io.types import ReadFailure
 
     batch: list[tuple[str, str, bytes, dict[str, Any]]] = []
     failures: list[tuple[str, str, str]] = []
@@ -306,7 +306,7 @@ def scan_into(journal: Journal, paths: Sequence[str | Path],
             if on_progress:
                 on_progress(n)
     journal.add_scanned(batch, failures)
-    from service.io.dicom import shape_key
+    from rankiq.service.io.dicom import shape_key
 
     journal.split_mixed_shapes(shape_key)
     journal.mark_scan_complete()
@@ -344,7 +344,7 @@ def select_pending(journal: Journal, selector: SeriesSelector) -> None:
 def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Thresholds,
               selector: SeriesSelector) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The qa.json document and the report assets, from the journal."""
-    from service.qa.report import qa_row
+    from rankiq.service.qa.report import qa_row
 
     sizes = journal.series_sizes()
     series, skipped, failed, assets = [], [], [], {}
@@ -408,8 +408,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         RankIQError: bad model directory, thresholds or rules file, or a journal that cannot
             be resumed.
     """
-    from service.qa.metrics import write_textfile
-    from service.qa.report import write_reports
+    from rankiq.service.qa.metrics import write_textfile
+    from rankiq.service.qa.report import write_reports
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -492,7 +492,7 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
             n = len(out["result"]["scores"])
             slices += n
             if on_series:
-                from service.qa.report import qa_row
+                from rankiq.service.qa.report import qa_row
 
                 on_series(qa_row({"series_key": key, "info": {**_info(journal, key), **info},
                                   "result": out["result"]}), out["result"])

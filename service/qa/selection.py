@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.errors import RankIQError
+from rankiq.service.errors import RankIQError
 
 # SOP classes (by name) holding MR pixel data: MR Image Storage, Enhanced MR Image Storage,
 # Legacy Converted Enhanced MR Image Storage.

@@ -266,10 +266,10 @@ def build_archive(
 
 
 def series_key_of(path: str | Path) -> str:
-    """The anonymised series key :mod:`service.io` gives the series of the DICOM file ``path``."""
+    """The anonymised series key :mod:`rankiq.service.io` gives the series of the DICOM file
+    ``path``."""
     import pydicom
-
-    from service.io.dicom import series_key_of as key_of
+    from rankiq.service.io.dicom import series_key_of as key_of
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return key_of(ds.get("SeriesInstanceUID"), str(path))

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from service.commands import register_modules
+from rankiq.service.commands import register_modules
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 COMMAND_MODULES = (
-    "training.commands.simulate_cmd",  # rankiq simulate / bench simulate
-    "training.commands.panel_cmd",  # rankiq panel / agreement
-    "training.commands.train_cmd",  # rankiq train / evaluate / bench train
-    "training.commands.export_cmd",  # rankiq export / bench score
+    "rankiq.training.commands.simulate_cmd",  # rankiq simulate / bench simulate
+    "rankiq.training.commands.panel_cmd",  # rankiq panel / agreement
+    "rankiq.training.commands.train_cmd",  # rankiq train / evaluate / bench train
+    "rankiq.training.commands.export_cmd",  # rankiq export / bench score
 )
 
 

@@ -6,12 +6,12 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq export`` and ``rankiq bench score``."""
-    p = reg.command("export", "training.commands.export_cmd:export",
+    p = reg.command("export", "rankiq.training.commands.export_cmd:export",
                     "export a training run to a shipped model directory (ONNX + metadata), "
                     "parity-checked against torch")
     p.add_argument("run", help="training run directory (runs/NAME)")
@@ -25,7 +25,7 @@ def add_commands(reg: Registry) -> None:
                    help="calibrate the QA thresholds per contrast family on this pairs file "
                         "(default: provisional thresholds)")
 
-    b = reg.bench("score", "training.commands.export_cmd:bench",
+    b = reg.bench("score", "rankiq.training.commands.export_cmd:bench",
                   "IQ-Net scoring speed: torch eager vs naive vs optimised ONNX, with and "
                   "without saliency")
     b.add_argument("--grid", type=int, default=396, help="square input size (default 396)")
@@ -39,11 +39,11 @@ def add_commands(reg: Registry) -> None:
 
 def export(args: argparse.Namespace) -> int:
     """Handler of ``rankiq export``."""
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("torch", "export")
     require("onnx", "export")
-    from training.export import export_run
+    from rankiq.training.export import export_run
 
     # a failed parity check raises ParityError (a RankIQError): one line on stderr, exit 2
     meta = export_run(args.run, args.out, name=args.name, version=args.version,
@@ -58,14 +58,14 @@ def export(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Handler of ``rankiq bench score``."""
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("torch", "bench score")
-    from training.export.bench import bench_score, format_table
+    from rankiq.training.export.bench import bench_score, format_table
 
     net = None
     if args.model:
-        from training.losses import load_iqnet
+        from rankiq.training.losses import load_iqnet
 
         net, _ = load_iqnet(args.model)
     batches = tuple(int(b) for b in args.batches.split(",") if b.strip())

@@ -10,12 +10,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq panel`` and ``rankiq agreement``."""
-    p = reg.command("panel", "training.commands.panel_cmd:panel",
+    p = reg.command("panel", "rankiq.training.commands.panel_cmd:panel",
                     "simulate a calibrated panel of reader votes on a pairs file")
     p.add_argument("--pairs", required=True, help="pairs HDF5 file (from `rankiq simulate`)")
     p.add_argument("--readers", type=int, default=7, help="number of readers (default 7)")
@@ -38,7 +38,7 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--target-similar", type=float, default=0.12,
                    help="expected fraction of 'similar' answers (default 0.12)")
 
-    a = reg.command("agreement", "training.commands.panel_cmd:agreement",
+    a = reg.command("agreement", "rankiq.training.commands.panel_cmd:agreement",
                     "reader agreement statistics of rankings (and Likert scores)")
     a.add_argument("--rankings", required=True, help="rankings CSV (reader,pair_id,outcome)")
     a.add_argument("--likert", help="Likert CSV (reader,pair_id,image,score)")
@@ -50,7 +50,7 @@ def add_commands(reg: Registry) -> None:
                         "bootstrap over pairs")
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
-    i = reg.command("import-votes", "training.commands.panel_cmd:import_votes",
+    i = reg.command("import-votes", "rankiq.training.commands.panel_cmd:import_votes",
                     "convert the paper's ranking-page CSVs (Results_<initials>_*.csv) to a "
                     "rankings CSV")
     i.add_argument("files", nargs="+", help="ranking-page CSV files")
@@ -59,14 +59,14 @@ def add_commands(reg: Registry) -> None:
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    from training.rankings import RankingsFormatError
+    from rankiq.training.rankings import RankingsFormatError
 
     if not lo <= value <= hi:
         raise RankingsFormatError(f"{name} must be in [{lo}, {hi}], got {value}")
 
 
 def _metric_report(cons: list, labels: dict[str, dict[int, str]]) -> dict[str, Any]:
-    from training.agreement import agreement_with_labels
+    from rankiq.training.agreement import agreement_with_labels
 
     return {name: agreement_with_labels(cons, lab) for name, lab in labels.items()}
 
@@ -86,10 +86,9 @@ def _format_metric_report(rep: dict[str, Any]) -> list[str]:
 def panel(args: argparse.Namespace) -> int:
     """``rankiq panel``: calibrate, simulate, write, and print the measured statistics."""
     import numpy as np
-
-    from training.agreement import consensus, summarize, vote_counts, write_consensus
-    from training.panel import Panel, load_pairs, metric_labels
-    from training.rankings import RankingsFormatError, write_likert, write_rankings
+    from rankiq.training.agreement import consensus, summarize, vote_counts, write_consensus
+    from rankiq.training.panel import Panel, load_pairs, metric_labels
+    from rankiq.training.rankings import RankingsFormatError, write_likert, write_rankings
 
     if args.readers < 1:
         raise RankingsFormatError("--readers must be >= 1")
@@ -195,21 +194,21 @@ def panel(args: argparse.Namespace) -> int:
 
 def agreement(args: argparse.Namespace) -> int:
     """``rankiq agreement``: statistics of a rankings CSV (and a Likert CSV)."""
-    from training.agreement import (
+    from rankiq.training.agreement import (
         consensus,
         format_summary,
         summarize,
         vote_counts,
         write_consensus,
     )
-    from training.rankings import read_likert, read_rankings
+    from rankiq.training.rankings import read_likert, read_rankings
 
     votes = read_rankings(args.rankings)
     scores = read_likert(args.likert) if args.likert else None
     summary = summarize(votes, scores, kappa_ci_method=args.kappa_ci, seed=args.seed)
     cons = consensus(vote_counts(votes))
     if args.pairs:
-        from training.panel import read_metric_labels
+        from rankiq.training.panel import read_metric_labels
 
         summary["metric_agreement"] = _metric_report(cons, read_metric_labels(args.pairs))
     if args.consensus:
@@ -230,7 +229,7 @@ def agreement(args: argparse.Namespace) -> int:
 
 def import_votes(args: argparse.Namespace) -> int:
     """``rankiq import-votes``: ranking-page CSVs -> one rankings CSV."""
-    from training.rankings import import_page_csv, write_rankings
+    from rankiq.training.rankings import import_page_csv, write_rankings
 
     votes = []
     for path in args.files:

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, *, size: int, pairs: int | None) -> 
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq simulate`` and ``rankiq bench simulate``."""
-    p = reg.command("simulate", "training.commands.simulate_cmd:simulate",
+    p = reg.command("simulate", "rankiq.training.commands.simulate_cmd:simulate",
                     "generate corrupted image pairs (k-space corruption + SigPy reconstruction) "
                     "into an HDF5 pairs file; an interrupted run resumes when rerun")
     _add_common(p, size=396, pairs=None)
@@ -56,7 +56,7 @@ def add_commands(reg: Registry) -> None:
                    help="replace an existing --out instead of resuming it")
     p.add_argument("--json", action="store_true", help="print one JSON summary to stdout")
 
-    b = reg.bench("simulate", "training.commands.simulate_cmd:bench",
+    b = reg.bench("simulate", "rankiq.training.commands.simulate_cmd:bench",
                   "seconds per pair, per reconstruction method and overall, with a projection "
                   "for the paper's 2,916 pairs")
     _add_common(b, size=396, pairs=8)
@@ -64,7 +64,7 @@ def add_commands(reg: Registry) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from training.simulate import SimConfig, SimulationError
+    from rankiq.training.simulate import SimConfig, SimulationError
 
     cfg = SimConfig()
     if args.config:
@@ -97,10 +97,10 @@ def _config(args: argparse.Namespace):
 
 def simulate(args: argparse.Namespace) -> int:
     """Handler of ``rankiq simulate``."""
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("sigpy", "simulate")
-    from training.simulate import default_workers, run
+    from rankiq.training.simulate import default_workers, run
 
     cfg = _config(args)
     progress = (not args.json) and sys.stderr.isatty()
@@ -109,7 +109,7 @@ def simulate(args: argparse.Namespace) -> int:
                       workers=args.workers or default_workers(), cfg=cfg,
                       overwrite=args.overwrite, progress=progress, png_dir=args.png)
     except KeyboardInterrupt:
-        from training.pairs import PairsFile
+        from rankiq.training.pairs import PairsFile
 
         try:
             with PairsFile(args.out) as pf:
@@ -138,11 +138,10 @@ def bench(args: argparse.Namespace) -> int:
     import tempfile
 
     import numpy as np
-
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("sigpy", "bench simulate")
-    from training.simulate import default_workers, projected_minutes, run
+    from rankiq.training.simulate import default_workers, projected_minutes, run
 
     cfg = _config(args)
     workers = args.workers or default_workers()

@@ -1,7 +1,7 @@
 """``rankiq train``, ``rankiq evaluate`` and ``rankiq bench train``.
 
 Handlers import torch and the training modules lazily (``rankiq --help`` never needs torch)
-and call :func:`service.cli.require` first, so a missing torch is a one-line message.
+and call :func:`rankiq.service.cli.require` first, so a missing torch is a one-line message.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.cli import Registry
+    from rankiq.service.cli import Registry
 
 MODEL_CHOICES = ("iqnet", "efficientnet", "mse", "ssim", "distill")
 
 
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq train``, ``rankiq evaluate`` and ``rankiq bench train``."""
-    t = reg.command("train", "training.commands.train_cmd:train",
+    t = reg.command("train", "rankiq.training.commands.train_cmd:train",
                     "train a scoring network (or a metric baseline) and its rank classifier "
                     "with k-fold cross-validation")
     t.add_argument("--data", required=True, help="pairs HDF5 file (`rankiq simulate`)")
@@ -70,7 +70,7 @@ def add_commands(reg: Registry) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
-    e = reg.command("evaluate", "training.commands.train_cmd:evaluate",
+    e = reg.command("evaluate", "rankiq.training.commands.train_cmd:evaluate",
                     "compare trained runs: accuracy table (Markdown+JSON), repeated-measures "
                     "ANOVA, paired t-tests vs MSE/SSIM, Figure 6 plots")
     e.add_argument("runs", nargs="+", help="run directories")
@@ -81,7 +81,7 @@ def add_commands(reg: Registry) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of the Figure 6 corruptions")
     e.add_argument("--threads", type=int, default=None, help="torch threads")
 
-    b = reg.bench("train", "training.commands.train_cmd:bench_train",
+    b = reg.bench("train", "rankiq.training.commands.train_cmd:bench_train",
                   "seconds per epoch and pairs per second of each model's training step")
     b.add_argument("--size", type=int, default=396, help="image side (default 396)")
     b.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -96,7 +96,7 @@ def add_commands(reg: Registry) -> None:
 
 
 def _grid(value: str | None) -> tuple[int, int] | None:
-    from training.runs import RunError
+    from rankiq.training.runs import RunError
 
     if value is None:
         return None
@@ -112,9 +112,9 @@ def _grid(value: str | None) -> tuple[int, int] | None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    from training.pairs import PairsFileError
-    from training.rankings import RankingsFormatError
-    from training.runs import RunError
+    from rankiq.training.pairs import PairsFileError
+    from rankiq.training.rankings import RankingsFormatError
+    from rankiq.training.runs import RunError
 
     if not Path(args.data).is_file():
         raise PairsFileError("no such pairs file", source=args.data)
@@ -131,7 +131,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """``rankiq train``."""
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("torch", "train")
     _check_inputs(args)
@@ -155,14 +155,14 @@ def train(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.model == "distill":
-        from training.distill import distill_run
+        from rankiq.training.distill import distill_run
 
         config.update(student=args.student, fresh_fraction=args.fresh_fraction,
                       distill_epochs=args.distill_epochs or args.epochs)
         summary = distill_run(args.data, args.rankings, args.out, config, args.teacher,
                               only=args.fold, resume=args.resume, progress=progress, log=log)
     else:
-        from training.train import train_run
+        from rankiq.training.train import train_run
 
         summary = train_run(args.data, args.rankings, args.out, config, only=args.fold,
                             resume=args.resume, progress=progress, log=log)
@@ -175,14 +175,14 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """``rankiq evaluate``."""
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("torch", "evaluate")
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from training.evaluate import evaluate_runs
+    from rankiq.training.evaluate import evaluate_runs
 
     report = evaluate_runs(args.runs, args.out, figures=not args.no_figures,
                            figure_slices=args.figure_slices, seed=args.seed)
@@ -192,10 +192,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def bench_train(args: argparse.Namespace) -> int:
     """``rankiq bench train``."""
-    from service.cli import require
+    from rankiq.service.cli import require
 
     require("torch", "bench train")
-    from training.bench import bench_training, format_bench
+    from rankiq.training.bench import bench_training, format_bench
 
     rows = bench_training(size=args.size, threads=args.threads, batch=args.batch_size,
                           steps=args.steps, pairs=args.pairs,

@@ -1,7 +1,7 @@
 """Export trained scorers to the shipped model directory (CONTRACTS.md section 4)."""
 
-from training.export.parity import ParityError, check_parity, parity_inputs
-from training.export.writer import export_model, sha256_file
+from rankiq.training.export.parity import ParityError, check_parity, parity_inputs
+from rankiq.training.export.writer import export_model, sha256_file
 
 __all__ = ["ParityError", "check_parity", "export_model", "export_run", "parity_inputs",
            "sha256_file"]
@@ -11,14 +11,15 @@ def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parit
                calibrate=None):
     """Export a training run (``runs/NAME/``, CONTRACTS.md section 3) to ``out_dir``.
 
-    Loads the run with :func:`training.runs.load_run` and passes its config, data fingerprint,
+    Loads the run with :func:`rankiq.training.runs.load_run` and passes its config, data
+    fingerprint,
     seed and cross-validated accuracy into the metadata. With ``calibrate`` (a pairs file) the
-    QA thresholds are calibrated on it (:mod:`training.export.calibrate`); otherwise they are
+    QA thresholds are calibrated on it (:mod:`rankiq.training.export.calibrate`); otherwise they are
     the provisional defaults. Returns the metadata written.
     """
     from pathlib import Path
 
-    from training.runs import load_run, read_config
+    from rankiq.training.runs import load_run, read_config
 
     if read_config(run_dir).get("model") in ("mse", "ssim"):
         raise ParityError(f"{run_dir}: metric baselines (mse/ssim) are not networks; nothing "
@@ -37,7 +38,7 @@ def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parit
     if isinstance(grid, int):
         grid = (grid, grid)
     if calibrate is not None:
-        from training.export.calibrate import calibrate_thresholds
+        from rankiq.training.export.calibrate import calibrate_thresholds
 
         extra.update(calibrate_thresholds(run.scorer, run.classifier, calibrate,
                                           mode=cfg.get("mode", "reference"),

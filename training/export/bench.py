@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
-from training.export.iqnet_graphs import FoldedSaliency, FoldedScore, NaiveSaliency
-from training.export.writer import to_onnx
-from training.models.iqnet import IQNet
+from rankiq.training.export.iqnet_graphs import FoldedSaliency, FoldedScore, NaiveSaliency
+from rankiq.training.export.writer import to_onnx
+from rankiq.training.models.iqnet import IQNet
 
 
 def _time(fn: Callable[[], object], min_time: float, min_reps: int,
@@ -35,7 +34,7 @@ def _time(fn: Callable[[], object], min_time: float, min_reps: int,
 
 
 def _session(data: bytes, threads: int) -> ort.InferenceSession:
-    from service.models import session_options
+    from rankiq.service.models import session_options
 
     return ort.InferenceSession(data, session_options(threads),
                                 providers=["CPUExecutionProvider"])

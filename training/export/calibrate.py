@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from rankiq.service.io.types import CONTRAST_FAMILIES
+from rankiq.service.preprocess import prepare
+from rankiq.training.models.classifier import RankClassifier
+from rankiq.training.pairs import PairsFile
 from torch import nn
-
-from service.io.types import CONTRAST_FAMILIES
-from service.preprocess import prepare
-from training.models.classifier import RankClassifier
-from training.pairs import PairsFile
 
 P_PREFER = 0.5
 REFERENCE_QUANTILE = 95.0

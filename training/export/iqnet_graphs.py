@@ -18,7 +18,7 @@ folded saliency graph) is written term by term: transposed strided convolutions 
 adjoints of the slices, pads and concatenations.
 
 All arrays are float32 ``(batch, channels, rows, cols)``; in complex mode the real and imaginary
-parts are stacked along the batch (``N * 2``) exactly as :class:`training.models.IQNet` does.
+parts are stacked along the batch (``N * 2``) exactly as :class:`rankiq.training.models.IQNet` does.
 Spatial sizes are fixed when a graph is built (the model's grid); the batch stays dynamic.
 """
 
@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from rankiq.training.models.iqnet import NORM_EPS, IQBlock, IQNet
 from torch import nn
-
-from training.models.iqnet import NORM_EPS, IQBlock, IQNet
 
 FOLD_MIN_SIZE = 6  # below this the strips overlap
 #: blocks whose input is at least this many pixels a side use the fully composed conv + strips;
@@ -403,7 +402,7 @@ class FoldedSaliency(FoldedScore):
 
 
 class StudentSaliency(nn.Module):
-    """Score and saliency of a distilled no-reference student (``training.distill
+    """Score and saliency of a distilled no-reference student (``rankiq.training.distill
     .NoRefStudent``): ``exp(head(log(features)))`` on an IQ-Net body with any activation.
 
     ``d score / d norm_k = score * w_k / norm_k`` (the input weight cancels inside the log),

@@ -37,7 +37,7 @@ def model_card(meta: dict[str, Any]) -> str:
         "## Intended use",
         f"Scores the quality of 2D MR magnitude/complex slices ({meta['input_kind']} input) "
         f"from {what}, resampled to {meta['grid'][0]}x{meta['grid'][1]} by "
-        f"`service.preprocess.prepare` (preprocess version {meta['preprocess_version']}). "
+        f"`rankiq.service.preprocess.prepare` (preprocess version {meta['preprocess_version']}). "
         "Lower score = better (closer to the reference). Intended for research, ranking "
         "reconstructions and batch QA triage; not a diagnostic device.",
         "",

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from rankiq.service.errors import RankIQError
+from rankiq.service.fft import fft2c, ifft2c
+from rankiq.service.preprocess import prepare
 from torch import nn
-
-from service.errors import RankIQError
-from service.fft import fft2c, ifft2c
-from service.preprocess import prepare
 
 SCORE_RTOL = 1e-4
 SALIENCY_RTOL = 1e-3
@@ -79,7 +78,7 @@ def parity_inputs(mode: str, input_kind: str, grid: tuple[int, int], seed: int =
                   ) -> np.ndarray:
     """Random and real-looking network inputs, float32 ``(4, C, H, W)``.
 
-    Two are white Gaussian noise; two are prepared (``service.preprocess.prepare``) phantoms
+    Two are white Gaussian noise; two are prepared (``rankiq.service.preprocess.prepare``) phantoms
     with blur and noise (against the clean phantom in reference mode).
     """
     rng = np.random.default_rng(seed)

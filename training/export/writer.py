@@ -2,7 +2,7 @@
 
 ``export_model`` exports the plain graph (``score_naive.onnx``), the exact optimised graph
 (``score.onnx``) and the explicit-backward saliency graph (``saliency.onnx``), checks all of them
-against torch (:mod:`training.export.parity`), then writes ``classifier.json``,
+against torch (:mod:`rankiq.training.export.parity`), then writes ``classifier.json``,
 ``MODEL_CARD.md`` and ``metadata.json`` (with the SHA-256 of every other file). Everything is
 written to a scratch directory next to ``out_dir`` and moved into place only when the parity
 check passed, so a failed export never leaves a half-written model behind.
@@ -21,21 +21,20 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from torch import nn
-
-from service.models import sha256_file
-from service.preprocess import DEFAULT_PERCENTILE, PREPROCESS_VERSION, prepare
-from training.export.iqnet_graphs import (
+from rankiq.service.models import sha256_file
+from rankiq.service.preprocess import DEFAULT_PERCENTILE, PREPROCESS_VERSION, prepare
+from rankiq.training.export.iqnet_graphs import (
     STRIP_MIN_SIZE,
     FoldedSaliency,
     FoldedScore,
     NaiveSaliency,
     StudentSaliency,
 )
-from training.export.model_card import model_card
-from training.export.parity import check_parity, corrupt, parity_inputs, phantom
-from training.models.classifier import CLASSES, RankClassifier
-from training.models.iqnet import IQNet
+from rankiq.training.export.model_card import model_card
+from rankiq.training.export.parity import check_parity, corrupt, parity_inputs, phantom
+from rankiq.training.models.classifier import CLASSES, RankClassifier
+from rankiq.training.models.iqnet import IQNet
+from torch import nn
 
 OPSET = 17
 CONTRAST_FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")

@@ -6,7 +6,7 @@ network access); ImageNet weights cannot be fetched here, so the network is trai
 channels (1 magnitude, or 2 real/imag) to 3, the input is resized to ``size x size`` (224), and
 the head is ``Linear(1280, 1)``.
 
-Input ``x`` float32 ``(N, C, H, W)`` (network input of :func:`service.preprocess.prepare`),
+Input ``x`` float32 ``(N, C, H, W)`` (network input of :func:`rankiq.service.preprocess.prepare`),
 output ``(N,)`` scores (lower = better once trained; the sign is learned with the classifier).
 """
 

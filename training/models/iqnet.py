@@ -1,6 +1,6 @@
 """IQ-Net: the paper's 5,562-parameter scoring network (see ../shared/design/reference-facts.md).
 
-Input ``x`` is what :func:`service.preprocess.prepare` calls the network input: the
+Input ``x`` is what :func:`rankiq.service.preprocess.prepare` calls the network input: the
 reference-subtracted difference (reference mode) or the normalised image (no-reference mode),
 float32 ``(N, C, H, W)`` with ``C = 1`` (magnitude) or ``C = 2`` (real, imag). In complex mode
 one real kernel is applied to the real and the imaginary part separately (weights shared), so
