@@ -66,6 +66,10 @@ class SeriesScore:
         display: float32 ``(S, H, W)`` normalised image on the model grid (for overlays), or
             ``None`` (kept only with saliency).
         shape: ``(slices, rows, cols)`` of the input image.
+        in_range: whether the series is inside what the model was trained on (matrix, pixel
+            spacing, modality, features); scores out of range are reported, not trusted.
+        range_reasons: why not, as short reason codes (``"matrix_too_small"``...); empty when
+            in range.
     """
 
     model: dict[str, Any]
@@ -79,6 +83,8 @@ class SeriesScore:
     shape: tuple[int, int, int]
     saliency: np.ndarray | None = None
     display: np.ndarray | None = None
+    in_range: bool = True
+    range_reasons: tuple[str, ...] = ()
 
     @property
     def mean(self) -> float:
