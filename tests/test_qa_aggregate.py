@@ -75,3 +75,89 @@ def test_bad_override_files(tmp_path, content):
     f.write_text(content)
     with pytest.raises(RulesError):
         load_thresholds(META, f)
+
+
+def test_a_statistic_equal_to_the_threshold_is_not_flagged():
+    th = load_thresholds(META)
+    assert not flag(aggregate(np.full(3, 1.0)), "T1", th)[0]  # equal: passes
+    assert flag(aggregate(np.full(3, np.nextafter(1.0, 2.0))), "T1", th)[0]  # above: flagged
+
+
+def test_each_flag_names_its_rule(tmp_path):
+    from rankiq.service.qa.aggregate import threshold_rule
+
+    th = load_thresholds(META)
+    assert threshold_rule("T1", th) == "model_threshold"
+    f = tmp_path / "site.json"
+    f.write_text(json.dumps({"thresholds": {"T2": 0.7}}))
+    site = load_thresholds(META, f)
+    assert threshold_rule("T2", site) == "site_threshold"
+    assert threshold_rule("T1", site) == "model_threshold"  # not in the site file
+    assert threshold_rule("DWI", site) == "model_threshold"  # falls back to the model's other
+
+
+def test_site_file_written_for_another_model_is_refused(tmp_path):
+    meta = {**META, "name": "iqnet-noref", "files": {"score.onnx": "a" * 64}}
+    f = tmp_path / "site.json"
+    f.write_text(json.dumps({"thresholds": {"T2": 0.7},
+                             "provenance": {"model": {"name": "iqnet-noref",
+                                                      "sha256": "b" * 64}}}))
+    with pytest.raises(RulesError, match="calibrated with another model"):
+        load_thresholds(meta, f)
+    f.write_text(json.dumps({"thresholds": {"T2": 0.7},
+                             "provenance": {"model": {"name": "iqnet-noref",
+                                                      "sha256": "a" * 64}}}))
+    assert load_thresholds(meta, f).values["T2"] == 0.7
+
+
+def test_protocol_key_is_documented_fields_without_the_description():
+    from rankiq.service.qa.aggregate import protocol_key
+
+    info = {"contrast": "T2", "rows": 256, "cols": 232, "pixel_spacing": [0.898, 0.902],
+            "description": "AX T2 TSE"}
+    key = protocol_key(info)
+    assert key.startswith("T2|256x232|0.9mm|") and "AX" not in key
+    assert protocol_key({**info, "pixel_spacing": [0.91, 0.89]}) == key  # rounded to 0.1 mm
+    assert protocol_key({**info, "description": "ax t2 tse "}) == key  # case, spaces
+    assert protocol_key({**info, "description": "COR T2 TSE"}) != key
+    assert protocol_key({**info, "rows": 512}) != key
+    assert protocol_key({**info, "pixel_spacing": None}).split("|")[2] == "?mm"
+
+
+def _rows(medians, protocol="P"):
+    return [{"series_key": f"s{i}", "protocol": protocol, "model": "m", "statistic_value": m}
+            for i, m in enumerate(medians)]
+
+
+def test_archive_outlier_robust_z():
+    from rankiq.service.qa.aggregate import archive_outliers
+
+    clean = [10.0, 11.0, 9.5, 10.5, 12.0, 9.0, 10.2]
+    rows = _rows([*clean, 60.0])
+    out = archive_outliers(rows, z_cut=3.5, min_group=5)
+    logs = np.log([*clean, 60.0])
+    med = np.median(logs)
+    scale = 1.4826 * np.median(np.abs(logs - med))
+    assert out["s7"].z == pytest.approx((np.log(60.0) - med) / scale)
+    assert out["s7"].outlier and out["s7"].n == 8
+    assert not any(out[f"s{i}"].outlier for i in range(7))
+    # better than the group is never an outlier (one-sided: lower is better)
+    assert not archive_outliers(_rows([*clean, 0.5]), z_cut=3.5, min_group=5)["s7"].outlier
+    # too few series of the protocol: no z at all
+    few = archive_outliers(_rows([10, 11, 60.0]), z_cut=3.5, min_group=5)
+    assert all(r.z is None and not r.outlier for r in few.values())
+    # 0 disables the rule
+    assert not any(r.outlier for r in archive_outliers(rows, z_cut=0, min_group=5).values())
+    # groups are per protocol and model: the same values spread over two protocols are no group
+    split = _rows(clean[:4], "A") + _rows([*clean[4:], 60.0], "B")
+    assert not any(r.outlier for r in archive_outliers(split, z_cut=3.5, min_group=5).values())
+
+
+def test_archive_outlier_cut_is_strict_and_identical_series_have_a_floor():
+    from rankiq.service.qa.aggregate import MIN_LOG_SCALE, archive_outliers
+
+    same = _rows([10.0] * 6 + [10.0 * np.exp(3.5 * MIN_LOG_SCALE)])
+    out = archive_outliers(same, z_cut=3.5, min_group=5)
+    assert out["s6"].z == pytest.approx(3.5) and not out["s6"].outlier  # equal: not above
+    more = _rows([10.0] * 6 + [10.0 * np.exp(3.6 * MIN_LOG_SCALE)])
+    assert archive_outliers(more, z_cut=3.5, min_group=5)["s6"].outlier

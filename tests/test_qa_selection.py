@@ -105,3 +105,59 @@ def test_localiser_and_derived_series_are_skipped_from_headers(tmp_path):
                for group in group_instances(refs).values() if group[0].image_type}
     assert reasons.get("LOCALIZER") == "localizer"
     assert "derived" in reasons.values()
+
+
+@pytest.mark.parametrize("image_type, reason", [
+    # ordinary images, also when a scanner or PACS marked them derived/secondary
+    (["DERIVED", "SECONDARY", "OTHER"], ""),
+    (["DERIVED", "PRIMARY", "MPR", "M", "ND"], ""),  # a reformat is still anatomy
+    (["DERIVED", "PRIMARY", "MOCO"], ""),
+    (["DERIVED", "PRIMARY", "DIXON", "WATER"], ""),
+    (["DERIVED", "SECONDARY", "MPR", "CSA MPR", "", "CSAPARALLEL", "M", "ND", "NORM"], ""),
+    (["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"], ""),  # a diffusion-weighted image
+    # maps and projections that are not images of anatomy
+    (["DERIVED", "SECONDARY", "ADC"], "derived"),
+    (["DERIVED", "PRIMARY", "DIFFUSION", "ADC"], "derived"),
+    (["DERIVED", "PRIMARY", "DIFFUSION", "FA"], "derived"),
+    (["DERIVED", "PRIMARY", "DIFFUSION", "TRACEW"], "derived"),
+    (["DERIVED", "PRIMARY", "DIFFUSION", "EADC"], "derived"),
+    (["DERIVED", "SECONDARY", "MIP"], "derived"),
+    (["DERIVED", "PRIMARY", "SUB"], "derived"),
+    (["DERIVED", "PRIMARY", "SUBTRACTION"], "derived"),
+    (["DERIVED", "PRIMARY", "T1 MAP"], "derived"),
+    (["DERIVED", "PRIMARY", "T2_MAP"], "derived"),
+    (["DERIVED", "PRIMARY", "PERFUSION", "CBF"], "derived"),
+    (["ORIGINAL", "PRIMARY", "P", "ND"], "phase"),  # a phase image: not a magnitude image
+])
+def test_derived_series_are_skipped_only_when_they_are_not_anatomy(image_type, reason):
+    decision = load_selector().decide({**MR, "ImageType": image_type})
+    assert (decision.selected, decision.reason) == (reason == "", reason)
+
+
+@pytest.mark.parametrize("description", ["AX ADC", "dwi_tra_ADC", "T1 SUB", "COR MIP",
+                                         "ep2d_diff FA"])
+def test_derived_descriptions_are_skipped_when_the_series_is_derived(description):
+    derived = {**MR, "ImageType": ["DERIVED", "PRIMARY", "OTHER"],
+               "SeriesDescription": description}
+    assert load_selector().decide(derived).reason == "derived"
+    # an original series named like that is an acquisition: scored
+    assert load_selector().decide({**MR, "SeriesDescription": description}).selected
+
+
+def test_pydicom_mr_files_are_selected_from_their_headers():
+    """pydicom's MR files (DERIVED\\SECONDARY\\OTHER slices, an MPR with an overlay) are ordinary
+    MR images: the built-in rules select every one from the header-only scan."""
+    from pydicom.data import get_testdata_file
+    from rankiq.service.io import ReadFailure, scan_instances
+    from rankiq.service.qa.runner import series_attributes
+
+    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm",
+             "MR_small_implicit.dcm", "MR_small_expb.dcm", "MR_small_padded.dcm",
+             "examples_overlay.dcm"]
+    selector = load_selector()
+    for name in names:
+        refs = [r for r in scan_instances(get_testdata_file(name))
+                if not isinstance(r, ReadFailure)]
+        assert len(refs) == 1, name
+        decision = selector.decide({**series_attributes(refs[0]), "_slices": 1})
+        assert decision.selected, (name, decision.reason)

@@ -8,7 +8,20 @@ simulated data) and can be overridden per site by a JSON/YAML file::
     {"statistic": "median", "thresholds": {"T2": 0.8, "FLAIR": 1.1}}
 
 or simply ``{"T2": 0.8, "FLAIR": 1.1}``; families not listed keep the model's value, and
-``other`` is the fallback for series whose family is unknown.
+``other`` is the fallback for series whose family is unknown. ``rankiq calibrate`` writes such a
+file with a ``provenance`` block (model name, version, sha256 of ``score.onnx``, rule, series per
+family); a file calibrated with another model is refused (scores of two models are on
+different scales).
+
+Every flag names the rule that fired:
+
+* ``model_threshold``: the model's threshold of the series' family;
+* ``site_threshold``: a threshold from the site file (``--thresholds``);
+* ``archive_outlier``: the series is an outlier among the series of its protocol in the same
+  run (:func:`archive_outliers`, as MRIQC's group reports).
+
+The comparison is strict everywhere: a statistic equal to its threshold (or a robust z equal to
+the cut) is not flagged.
 """
 
 from __future__ import annotations
@@ -25,6 +38,15 @@ from rankiq.service.qa.selection import RulesError, load_document
 
 STATISTICS = ("median", "p90")
 FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
+RULES = ("model_threshold", "site_threshold", "archive_outlier")
+#: Defaults of the archive-relative rule: robust z cut and the smallest protocol group.
+DEFAULT_OUTLIER_Z = 3.5
+MIN_GROUP = 5
+#: Floor of the robust scale of log(statistic) (natural-log units, ~1 %): a group of identical
+#: series has MAD 0, and a series 0.1 % worse must not become an infinite-z outlier.
+MIN_LOG_SCALE = 0.01
+#: Pixel spacing is rounded to this (mm) in the protocol key.
+SPACING_STEP_MM = 0.1
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,29 @@ class Thresholds:
         return asdict(self)
 
 
+def threshold_rule(family: str, thresholds: Thresholds) -> str:
+    """``site_threshold`` when the family's threshold (or the ``other`` fallback used for it)
+    came from the site file, else ``model_threshold``."""
+    fam = family if family in thresholds.values else "other"
+    return "site_threshold" if fam in thresholds.overridden else "model_threshold"
+
+
+def _check_provenance(doc: Mapping[str, Any], metadata: Mapping[str, Any], where: str) -> None:
+    """Refuse a site file calibrated with another model (name or score.onnx sha256)."""
+    prov = doc.get("provenance")
+    if not isinstance(prov, Mapping):
+        return
+    model = prov.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise RulesError(f"{where}: provenance.model must be a mapping")
+    want_name, want_sha = metadata.get("name"), (metadata.get("files") or {}).get("score.onnx")
+    name, sha = model.get("name"), model.get("sha256")
+    if (name and want_name and name != want_name) or (sha and want_sha and sha != want_sha):
+        raise RulesError(f"{where}: thresholds calibrated with another model ({name} "
+                         f"{str(sha)[:12]}), not {want_name} {str(want_sha)[:12]}: run "
+                         "rankiq calibrate again with this model")
+
+
 def _check_values(values: Any, where: str) -> dict[str, float]:
     if not isinstance(values, Mapping) or not values:
         raise RulesError(f"{where}: thresholds must be a non-empty mapping family -> number")
@@ -128,6 +173,7 @@ def load_thresholds(metadata: Mapping[str, Any], override: str | Path | None = N
         doc = load_document(override)
         where = str(override)
         if isinstance(doc, Mapping) and "thresholds" in doc:
+            _check_provenance(doc, metadata, where)
             statistic = doc.get("statistic", statistic)
             doc = doc["thresholds"]
         elif isinstance(doc, Mapping) and "statistic" in doc:
@@ -151,6 +197,7 @@ def flag(agg: SeriesAggregate, family: str, thresholds: Thresholds) -> tuple[boo
     Returns:
         ``(flagged, reason)``; the reason states the numbers (``""`` when not flagged). A series
         without any scorable slice is flagged (``no_signal``): someone should look at it.
+        Strictly above: a statistic equal to the threshold passes.
     """
     limit = thresholds.for_family(family)
     if agg.slices == 0 or not np.isfinite(agg.median):
@@ -160,3 +207,91 @@ def flag(agg: SeriesAggregate, family: str, thresholds: Thresholds) -> tuple[boo
     if value > limit:
         return True, f"{thresholds.statistic} {value:.3f} > {fam} threshold {limit:.3f}"
     return False, ""
+
+
+# -- archive-relative rule -------------------------------------------------------------------
+def protocol_key(info: Mapping[str, Any]) -> str:
+    """The protocol of a series, for the archive-relative rule: ``family|RxC|spacing|desc``.
+
+    * contrast family (``T2``...);
+    * matrix ``rows x cols``;
+    * pixel spacing rounded to :data:`SPACING_STEP_MM` (``0.9mm``; ``0.9x1.2mm`` when rows and
+      columns differ after rounding; ``?mm`` when unknown);
+    * the first 8 hex digits of SHA-256 of the SeriesDescription (case-folded, whitespace
+      collapsed): series named alike by the scanner's protocol group together, and the key
+      itself carries no free text.
+
+    Args:
+        info: a series' journal info (``contrast``, ``rows``, ``cols``, ``pixel_spacing``
+            ``[row_mm, col_mm]`` or ``None``, ``description``).
+    """
+    spacing = info.get("pixel_spacing")
+    if spacing:
+        r, c = (f"{round(float(v) / SPACING_STEP_MM) * SPACING_STEP_MM:.1f}" for v in spacing[:2])
+        sp = f"{r}mm" if r == c else f"{r}x{c}mm"
+    else:
+        sp = "?mm"
+    desc = " ".join(str(info.get("description") or "").casefold().split())
+    digest = hashlib.sha256(desc.encode()).hexdigest()[:8]
+    matrix = f"{info.get('rows', '?')}x{info.get('cols', '?')}"
+    return f"{info.get('contrast', 'other')}|{matrix}|{sp}|{digest}"
+
+
+@dataclass(frozen=True)
+class Outlier:
+    """Robust z of one series within its protocol group.
+
+    Attributes:
+        z: ``(log(statistic) - median) / scale`` over the group, or ``None`` when the group has
+            fewer than ``min_group`` series (or the rule is off).
+        n: series in the group (assessable series of the same protocol and model).
+        median: the group median of the statistic (model score units), or ``None``.
+        outlier: ``z > z_cut`` (strictly; one-sided: only worse than the group).
+    """
+
+    z: float | None
+    n: int
+    median: float | None
+    outlier: bool
+
+
+def archive_outliers(rows: list[Mapping[str, Any]], *, z_cut: float = DEFAULT_OUTLIER_Z,
+                     min_group: int = MIN_GROUP) -> dict[str, Outlier]:
+    """The archive-relative rule (as MRIQC's group reports, on log scores).
+
+    Series are grouped by ``(protocol, model)``; within a group of at least ``min_group``
+    series, ``z = (log s - median(log s)) / max(1.4826 * MAD(log s), MIN_LOG_SCALE)`` with
+    ``s`` the series statistic. Logs because scores are positive and spread multiplicatively;
+    median and MAD because the outliers must not set the scale that judges them.
+
+    Args:
+        rows: per-series dicts with ``series_key``, ``protocol``, ``model`` and
+            ``statistic_value`` (positive; non-positive or non-finite values are left out).
+        z_cut: flag when ``z > z_cut``; ``0`` (or less) turns the rule off (z still reported).
+        min_group: smallest group that gets a z.
+
+    Returns:
+        series key -> :class:`Outlier` for every row.
+    """
+    groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    out: dict[str, Outlier] = {}
+    for r in rows:
+        v = r.get("statistic_value")
+        if v is None or not np.isfinite(v) or v <= 0:
+            out[r["series_key"]] = Outlier(None, 0, None, False)
+            continue
+        groups.setdefault((str(r["protocol"]), str(r["model"])), []).append(
+            (r["series_key"], float(np.log(v))))
+    for members in groups.values():
+        n = len(members)
+        logs = np.array([v for _, v in members])
+        med = float(np.median(logs))
+        if n < min_group:
+            for key, _ in members:
+                out[key] = Outlier(None, n, float(np.exp(med)), False)
+            continue
+        scale = max(1.4826 * float(np.median(np.abs(logs - med))), MIN_LOG_SCALE)
+        for key, v in members:
+            z = (v - med) / scale
+            out[key] = Outlier(float(z), n, float(np.exp(med)), bool(z_cut > 0 and z > z_cut))
+    return out

@@ -10,7 +10,7 @@ regular expressions, read from a JSON or YAML file. A rules document::
       "exclude": [                       # the first rule that matches skips with its reason
         {"reason": "localizer", "any": {"ImageType": "(?i)^LOCALIZER$",
                                          "SeriesDescription": "(?i)locali[sz]er|scout"}},
-        {"reason": "derived", "any": {"ImageType": "(?i)^DERIVED$"}}
+        {"reason": "derived", "any": {"ImageType": "(?i)^(ADC|FA|MIP|SUB)$"}}
       ]
     }
 
@@ -44,6 +44,23 @@ from rankiq.service.errors import RankIQError
 # Legacy Converted Enhanced MR Image Storage.
 MR_IMAGE_SOP_CLASSES = r"(?i)^(Enhanced |Legacy Converted Enhanced )?MR Image Storage$"
 
+# Derived series that are not images of anatomy, by an ImageType value (vendors put the kind of
+# map in values 3 and 4): diffusion maps (ADC, exponential ADC, FA and colour FA, trace and
+# trace-weighted, mean diffusivity, tensor), perfusion maps (CBF, CBV, MTT, TTP, Tmax),
+# parametric maps (T1/T2/T2*/R2* maps, any value ending in MAP), subtractions and intensity
+# projections (MIP, MinIP). Not listed, so scored: DERIVED\SECONDARY in general (pydicom's
+# MR_small.dcm, PACS re-exports), reformats (MPR: a reformatted slice is still anatomy), motion
+# correction (MOCO), Dixon water/fat, normalised (NORM) and filtered images.
+DERIVED_MAP_TYPES = (r"(?i)^(ADC|EADC|EXP|FA|COLFA|COLOR_FA|TRACE|TRACEW|MD|TENSOR|CBF|CBV|MTT|"
+                     r"TTP|TMAX|MIP|MNIP|MINIP|MAX_IP|MIN_IP|SUB|SUBTRACT|SUBTRACTION|"
+                     r"R2\*?|R2_STAR|.*[ _]?MAP)$")
+# The same kinds named as whole words in a SeriesDescription (only for series whose ImageType
+# says DERIVED: an acquisition named "dwi_ADC" by its protocol is still an acquisition).
+DERIVED_MAP_WORDS = (r"(?i)(?<![a-z0-9])(adc|eadc|fa|colfa|tracew?|md|cbf|cbv|mtt|ttp|tmax|mip|"
+                     r"minip|mnip|sub|subtraction|t1.?map|t2\*?.?map)(?![a-z0-9])")
+# Phase images (Siemens ImageType value 3 "P", flow velocity): not magnitude images.
+PHASE_TYPES = r"(?i)^(P|PHASE|PHASE MAP|VELOCITY)$"
+
 DEFAULT_RULES: dict[str, Any] = {
     "require": [
         {"reason": "not_mr", "all": {"Modality": "^MR$"}},
@@ -60,7 +77,10 @@ DEFAULT_RULES: dict[str, Any] = {
                                      r"tri.?pilot)(?![a-z])",
             },
         },
-        {"reason": "derived", "any": {"ImageType": "(?i)^DERIVED$"}},
+        {"reason": "derived", "any": {"ImageType": DERIVED_MAP_TYPES}},
+        {"reason": "derived", "all": {"ImageType": "(?i)^DERIVED$",
+                                      "SeriesDescription": DERIVED_MAP_WORDS}},
+        {"reason": "phase", "any": {"ImageType": PHASE_TYPES}},
     ],
 }
 
