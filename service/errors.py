@@ -73,3 +73,17 @@ class MissingDependency(RankIQError):
 
     http_status = 500
     reason = "missing_dependency"
+
+
+class UnsupportedModality(InvalidImage):
+    """A readable image of a modality the models were not trained on (CT, CR, US, ...)."""
+
+    http_status = 422
+    reason = "unsupported_modality"
+
+
+class UnsupportedPhotometric(InvalidImage):
+    """A colour image (PALETTE COLOR, RGB, YBR...): MR images are greyscale."""
+
+    http_status = 422
+    reason = "unsupported_photometric"

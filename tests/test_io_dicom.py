@@ -20,6 +20,7 @@ from helpers_io import (
 from rankiq.service.errors import InputTooLarge, InvalidImage, NonImageInput, UnreadableInput
 from rankiq.service.io import (
     ReadFailure,
+    display_name,
     group_instances,
     load_series,
     read_series,
@@ -66,7 +67,7 @@ def test_series_metadata_is_read_and_holds_no_identifier(tmp_path):
     assert series.description == "AX T2 FSE" and series.contrast == "T2"
     assert series.pixel_spacing == (0.9, 0.8) and series.slice_thickness == 3.0
     assert series.orientation == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    assert series.source_files == [str(path)]
+    assert series.source_files == [display_name(str(path))]
     assert series.attributes["echo_time_ms"] == 100.0
     assert len(series.series_key) == 16 and series.series_key != uid("series")
     fields = dataclasses.asdict(series)
@@ -117,25 +118,28 @@ def test_nonparallel_dicomdir_mr_series_fall_back_to_instance_number():
     # and a single localiser
     result = read_series([DICOMDIR_MR / "MR700", DICOMDIR_MR / "MR2"])
     assert not result.failures
+    real = {display_name(str(p)): p for p in DICOMDIR_MR.rglob("*")}
     assert sorted(s.shape[0] for s in result) == [1, 3, 3, 7]
     for series in (s for s in result if s.shape[0] > 1):
         assert series.attributes["slice_order"] == "instance_number"
-        numbers = [int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber)
+        numbers = [int(pydicom.dcmread(real[f], stop_before_pixels=True).InstanceNumber)
                    for f in series.source_files]
         assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
         for i, f in enumerate(series.source_files):  # pixels follow their files
-            expected = pydicom.dcmread(f).pixel_array.astype(np.float32)
+            expected = pydicom.dcmread(real[f]).pixel_array.astype(np.float32)
             np.testing.assert_array_equal(series.pixels[i], expected)
 
 
 def test_parallel_dicomdir_series_is_ordered_by_position_against_instance_order():
     # CT5N: InstanceNumber rises while z falls; position order must reverse it
-    series = _only(read_series(bundled("dicomdirtests") / "98892001" / "CT5N"))
+    folder = bundled("dicomdirtests") / "98892001" / "CT5N"
+    series = _only(read_series(folder))
     assert series.attributes["slice_order"] == "position"
-    z = [float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    real = {display_name(str(p)): p for p in folder.rglob("*")}
+    z = [float(pydicom.dcmread(real[f], stop_before_pixels=True).ImagePositionPatient[2])
          for f in series.source_files]
     assert z == sorted(z)
-    numbers = [int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber)
+    numbers = [int(pydicom.dcmread(real[f], stop_before_pixels=True).InstanceNumber)
                for f in series.source_files]
     assert numbers == sorted(numbers, reverse=True)
 
@@ -220,7 +224,7 @@ def test_scan_reads_headers_only(tmp_path):
     shutil.copy(bundled("MR_truncated.dcm"), tmp_path / "t.dcm")
     refs = list(scan_instances(tmp_path))
     assert len(refs) == 1 and refs[0].rows == 64
-    with pytest.raises(UnreadableInput, match="t.dcm"):
+    with pytest.raises(UnreadableInput, match=display_name(str(tmp_path / "t.dcm"))):
         load_series(refs)
 
 
@@ -233,10 +237,11 @@ def test_truncated_pixel_data_is_a_failure_and_the_rest_is_read(tmp_path):
     assert len(result) == 1
     (failure,) = result.failures
     assert failure.reason == UnreadableInput.reason
-    assert failure.source.endswith("trunc.dcm") and "less than expected" in failure.message
+    assert failure.source == display_name(str(tmp_path / "trunc.dcm"))
+    assert "less than expected" in failure.message
     with pytest.raises(UnreadableInput) as exc:
         read_upload((tmp_path / "trunc.dcm").read_bytes(), "upload.dcm")
-    assert "upload.dcm" in str(exc.value)
+    assert display_name("upload.dcm") in str(exc.value) and "upload.dcm" not in str(exc.value)
 
 
 def test_file_truncated_inside_the_header_is_unreadable(tmp_path):
@@ -245,7 +250,8 @@ def test_file_truncated_inside_the_header_is_unreadable(tmp_path):
     result = read_series(tmp_path / "cut.dcm")
     assert not result
     (failure,) = result.failures
-    assert failure.reason == UnreadableInput.reason and failure.source.endswith("cut.dcm")
+    assert failure.reason == UnreadableInput.reason
+    assert failure.source == display_name(str(tmp_path / "cut.dcm"))
     assert_no_phi(str(failure))
 
 
@@ -259,7 +265,7 @@ def test_non_image_dicom_is_rejected_with_a_reason(name, label):
     assert failure.reason == NonImageInput.reason and label in failure.message
     with pytest.raises(NonImageInput) as exc:
         read_upload(bundled(name).read_bytes(), name)
-    assert name in str(exc.value) and label in str(exc.value)
+    assert display_name(name) in str(exc.value) and label in str(exc.value)
 
 
 def test_presentation_state_is_rejected_without_identifiers(tmp_path):
@@ -270,7 +276,7 @@ def test_presentation_state_is_rejected_without_identifiers(tmp_path):
     del ds.PixelData, ds.Rows, ds.Columns
     with pytest.raises(NonImageInput) as exc:
         read_upload(dicom_bytes(ds), "state.dcm")
-    assert "presentation state" in str(exc.value) and "state.dcm" in str(exc.value)
+    assert "presentation state" in str(exc.value) and display_name("state.dcm") in str(exc.value)
     assert_no_phi(str(exc.value))
 
 
@@ -292,7 +298,7 @@ def test_nan_or_inf_pixels_are_invalid(tmp_path, bad):
     assert failure.reason == InvalidImage.reason and "NaN or Inf" in failure.message
     with pytest.raises(InvalidImage) as exc:
         read_upload(path.read_bytes(), "bad.dcm")
-    assert "bad.dcm" in str(exc.value)
+    assert display_name("bad.dcm") in str(exc.value)
     assert_no_phi(str(exc.value))
 
 
@@ -310,7 +316,7 @@ def test_absurd_dimensions_are_refused_before_decoding(tmp_path, rows, cols, err
     ds.Rows, ds.Columns = rows, cols
     with pytest.raises(error) as exc:
         read_upload(dicom_bytes(ds), "huge.dcm")
-    assert "huge.dcm" in str(exc.value) and "dimensions" in str(exc.value)
+    assert display_name("huge.dcm") in str(exc.value) and "dimensions" in str(exc.value)
     assert_no_phi(str(exc.value))
     path = write(ds, tmp_path / "huge.dcm")
     (failure,) = read_series(path).failures
@@ -320,7 +326,7 @@ def test_absurd_dimensions_are_refused_before_decoding(tmp_path, rows, cols, err
 def test_pixel_data_shorter_than_declared_is_unreadable():
     ds = mr_dataset(np.ones((16, 16)))
     ds.Rows = 64  # declares 64x16 but holds 16x16
-    with pytest.raises(UnreadableInput, match="short.dcm"):
+    with pytest.raises(UnreadableInput, match=display_name("short.dcm")):
         read_upload(dicom_bytes(ds), "short.dcm")
 
 

@@ -94,9 +94,9 @@ def test_sensitivity_weighted_combination(tmp_path, data, at):
 def test_maps_of_wrong_geometry_are_refused(tmp_path, data):
     _, maps, kspace = data
     path = write_fastmri(tmp_path / "f.h5", kspace)
-    with pytest.raises(GeometryMismatch, match="f.h5"):
+    with pytest.raises(GeometryMismatch, match="file-"):
         read_kspace(path, maps=maps[:2])
-    with pytest.raises(GeometryMismatch, match="f.h5"):
+    with pytest.raises(GeometryMismatch, match="file-"):
         read_kspace(path, maps=maps[:, :10, :10])
 
 
@@ -169,12 +169,12 @@ def test_nan_in_kspace_is_invalid(tmp_path, data):
     _, _, kspace = data
     k = kspace.copy()
     k[1, 2, 3, 4] = np.nan
-    with pytest.raises(InvalidImage, match="nan.h5.*NaN"):
+    with pytest.raises(InvalidImage, match="file-.*NaN"):
         read_kspace(write_fastmri(tmp_path / "nan.h5", k))
 
 
 def test_all_zero_kspace_is_invalid(tmp_path):
-    with pytest.raises(InvalidImage, match="zero.h5.*all zeros"):
+    with pytest.raises(InvalidImage, match="file-.*all zeros"):
         read_kspace(write_fastmri(tmp_path / "zero.h5", np.zeros((1, 2, 32, 16), np.complex64)))
 
 
@@ -187,7 +187,7 @@ def test_absurd_kspace_dimensions_are_refused_before_reading(tmp_path):
     assert path.stat().st_size < 100_000
     with pytest.raises(InputTooLarge) as exc:
         read_kspace(path)
-    assert "huge.h5" in str(exc.value)
+    assert "huge.h5" not in str(exc.value) and "file-" in str(exc.value)
     assert_no_phi(str(exc.value))
     with pytest.raises(InputTooLarge):
         read_kspace(path, limits=ReadLimits(max_matrix=8))
@@ -205,7 +205,7 @@ def test_truncated_hdf5_is_unreadable(tmp_path, data):
     _, _, kspace = data
     raw = write_fastmri(tmp_path / "whole.h5", kspace).read_bytes()
     (tmp_path / "cut.h5").write_bytes(raw[: len(raw) // 3])
-    with pytest.raises(UnreadableInput, match="cut.h5"):
+    with pytest.raises(UnreadableInput, match="file-"):
         read_kspace(tmp_path / "cut.h5")
     (failure,) = read_series(tmp_path / "cut.h5").failures
     assert failure.reason == UnreadableInput.reason
@@ -215,7 +215,7 @@ def test_other_hdf5_is_unsupported(tmp_path):
     path = tmp_path / "other.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("images", data=np.ones((4, 4)))
-    with pytest.raises(UnsupportedInput, match="other.h5"):
+    with pytest.raises(UnsupportedInput, match="file-"):
         read_kspace(path)
 
 

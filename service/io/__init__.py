@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from rankiq.service.io.kspace import read_kspace
 from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.privacy import display_name, member_name
 from rankiq.service.io.read import (
+    ReadBudget,
     error_of,
     group_instances,
     load_series,
@@ -36,12 +38,15 @@ __all__ = [
     "DEFAULT_LIMITS",
     "ImageSeries",
     "InstanceRef",
+    "ReadBudget",
     "ReadFailure",
     "ReadLimits",
     "SeriesList",
+    "display_name",
     "error_of",
     "group_instances",
     "load_series",
+    "member_name",
     "read_kspace",
     "read_series",
     "read_upload",

@@ -8,13 +8,17 @@ is read from its central directory, each member streamed when it is opened. That
 Policy (also in the README, "Reading images"):
 
 * A zip is checked before any member is read: entry count, every declared uncompressed size,
-  their total, the compression ratio of large entries, and every member name (absolute paths,
+  their total, the compression ratio of every entry (entries under ``ratio_check_min_bytes``
+  excepted: their inflated size is bounded by that floor), and every member name (absolute paths,
   ``..`` components, drive letters, NUL bytes are path traversal). Breaking one refuses the whole
   archive (:class:`HostileArchive`). A file above ``max_bytes`` is :class:`InputTooLarge`.
 * An input named directly (a path argument, an upload) that breaks a limit raises. The same
   problem met while walking a directory becomes a :class:`ReadFailure`, so one bad file cannot
   hide the rest of a folder.
 * Zips inside zips are not opened (reported as unsupported): no recursive bombs.
+* Names shown (``Entry.source``, failures) are display names
+  (:mod:`rankiq.service.io.privacy`): a hash of the path, a zip member's index and a hash of its
+  name. The real path and member name stay in ``path`` / ``member`` for reading only.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rankiq.service.errors import (
     UnsupportedInput,
 )
 from rankiq.service.io.limits import ReadLimits
+from rankiq.service.io.privacy import display_name, member_name
 from rankiq.service.io.sniff import SNIFF_BYTES, Kind, sniff
 from rankiq.service.io.types import ReadFailure
 
@@ -125,7 +130,7 @@ def check_zip(zf: zipfile.ZipFile, source: str, limits: ReadLimits) -> list[zipf
                 source=source,
             )
         if (
-            info.file_size >= limits.ratio_check_min_bytes
+            info.file_size > limits.ratio_check_min_bytes
             and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1)
         ):
             raise HostileArchive(
@@ -164,8 +169,9 @@ def open_zip(file: PathLike | BinaryIO, source: str, limits: ReadLimits,
 def iter_zip(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], source: str,
              path: str | None) -> Iterator[Entry | ReadFailure]:
     """Entries of an open, validated zip; unreadable or unsupported members become failures."""
+    position = {id(info): i + 1 for i, info in enumerate(zf.infolist())}
     for info in members:
-        name = f"{source}!{info.filename}"
+        name = member_name(source, position.get(id(info), 0), info.filename)
         if info.flag_bits & 0x1:
             yield ReadFailure(name, UnreadableInput.reason, "encrypted zip entry")
             continue
@@ -194,41 +200,42 @@ def _sniff_file(path: str) -> Kind | None:
 
 def _walk_file(path: str, limits: ReadLimits, named: bool) -> Iterator[Entry | ReadFailure]:
     """Entries of one file (a zip's members for a zip); ``named``: given directly (raise)."""
+    shown = display_name(path)
     try:
         size = os.path.getsize(path)
         kind = _sniff_file(path)
     except OSError as exc:
-        yield ReadFailure(path, UnreadableInput.reason,
+        yield ReadFailure(shown, UnreadableInput.reason,
                           f"cannot be read ({exc.strerror or type(exc).__name__})")
         return
     try:
         if size > limits.max_bytes:
             raise InputTooLarge(f"{size} bytes, above the limit of {limits.max_bytes}",
-                                source=path)
+                                source=shown)
         if kind == "zip":
-            zf, members = open_zip(path, path, limits)
+            zf, members = open_zip(path, shown, limits)
         elif kind is None:
             raise UnsupportedInput("not DICOM, HDF5 k-space or a zip (content sniffed)",
-                                   source=path)
+                                   source=shown)
     except (HostileArchive, InputTooLarge) as exc:
         if named:
             raise
-        yield failure_of(exc, path)
+        yield failure_of(exc, shown)
         return
     except RankIQError as exc:
-        yield failure_of(exc, path)
+        yield failure_of(exc, shown)
         return
     if kind != "zip":
-        yield Entry(path, path, None, size, kind)  # type: ignore[arg-type]
+        yield Entry(shown, path, None, size, kind)  # type: ignore[arg-type]
         return
     with zf:
-        yield from iter_zip(zf, members, path, path)
+        yield from iter_zip(zf, members, shown, path)
 
 
 def _folder_failures(errors: list[OSError]) -> Iterator[ReadFailure]:
     while errors:
         exc = errors.pop(0)
-        yield ReadFailure(str(exc.filename), UnreadableInput.reason,
+        yield ReadFailure(display_name(str(exc.filename)), UnreadableInput.reason,
                           f"folder cannot be listed ({exc.strerror or type(exc).__name__})")
 
 
@@ -254,7 +261,8 @@ def walk(paths: PathLike | Iterable[PathLike], limits: ReadLimits) -> Iterator[E
         elif os.path.exists(path):
             yield from _walk_file(path, limits, named=True)
         else:
-            yield ReadFailure(path, UnreadableInput.reason, "no such file or directory")
+            yield ReadFailure(display_name(path), UnreadableInput.reason,
+                              "no such file or directory")
 
 
 def walk_bytes(data: bytes, name: str, limits: ReadLimits) -> Iterator[Entry | ReadFailure]:

@@ -18,6 +18,7 @@ SeriesInstanceUID, messages name the file only.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +32,12 @@ from rankiq.service.errors import (
     InvalidImage,
     NonImageInput,
     UnreadableInput,
+    UnsupportedModality,
+    UnsupportedPhotometric,
 )
 from rankiq.service.io.contrast import guess_contrast
-from rankiq.service.io.limits import ReadLimits
+from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.privacy import quiet_reads
 from rankiq.service.io.types import ImageSeries, InstanceRef
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -166,13 +170,19 @@ def _transfer_syntax(ds: Dataset) -> str | None:
     return uid.name if uid is not None else None
 
 
+def decoded_bytes(rows: int, cols: int, frames: int) -> int:
+    """Bytes of ``frames`` decoded float32 slices of ``rows x cols`` pixels."""
+    return rows * cols * frames * 4
+
+
 def check_header(ds: Dataset, source: str, limits: ReadLimits) -> int:
     """Refuse what cannot be an image to score; return the number of frames.
 
     Raises:
         NonImageInput: SR, RT, presentation state, DICOMDIR and similar objects.
         InvalidImage: missing/zero matrix, colour, unsupported bit depth.
-        InputTooLarge: matrix above ``max_matrix`` or more frames than ``max_slices``.
+        InputTooLarge: matrix above ``max_matrix``, more frames than ``max_slices``, or pixels
+            (stored or decoded to float32) above ``max_series_bytes``.
     """
     modality = _text(ds, "Modality").upper()
     what = _NON_IMAGE_MODALITIES.get(modality)
@@ -196,17 +206,27 @@ def check_header(ds: Dataset, source: str, limits: ReadLimits) -> int:
         raise InputTooLarge(
             f"absurd dimensions: {rows_i}x{cols_i} pixels, above the {limits.max_matrix} "
             "pixel limit", source=source)
-    frames = int(_num(ds.get("NumberOfFrames")) or 1)
-    if frames < 1:
+    declared = ds.get("NumberOfFrames")
+    n_frames = _num(declared)
+    if declared is not None and declared != "" and n_frames is None:
+        raise InvalidImage("NumberOfFrames is not a number", source=source)
+    frames = 1 if n_frames is None else int(n_frames)
+    if frames < 1:  # 0 is not "one frame": the header is corrupt
         raise InvalidImage(f"absurd number of frames: {frames}", source=source)
     if frames > limits.max_slices:
         raise InputTooLarge(f"{frames} frames, above the limit of {limits.max_slices} slices",
                             source=source)
     spp = int(_num(ds.get("SamplesPerPixel")) or 1)
+    bits = int(_num(ds.get("BitsAllocated")) or 16)
+    stored = rows_i * cols_i * frames * max(spp, 1) * max(bits, 1) // 8
+    if max(stored, decoded_bytes(rows_i, cols_i, frames)) > limits.max_series_bytes:
+        raise InputTooLarge(
+            f"{frames} frame(s) of {rows_i}x{cols_i} pixels decode to "
+            f"{max(stored, decoded_bytes(rows_i, cols_i, frames))} bytes, above the "
+            f"{limits.max_series_bytes} byte limit of one series", source=source)
     if spp != 1:
         raise InvalidImage(f"{spp} samples per pixel (colour): MR images are greyscale",
                            source=source)
-    bits = int(_num(ds.get("BitsAllocated")) or 16)
     if bits not in (1, 8, 16, 32, 64):
         raise InvalidImage(f"unsupported BitsAllocated {bits}", source=source)
     return frames
@@ -295,7 +315,7 @@ def _instance_meta(ds: Dataset) -> InstanceMeta:
         "sop_class": _sop_name(ds), "series_number": _num(ds.get("SeriesNumber")),
     }
     return InstanceMeta(
-        modality=_text(ds, "Modality") or "OT",
+        modality=_text(ds, "Modality")[:16] or "OT",
         description=description,
         contrast=guess_contrast(names, echo_time_ms=te, repetition_time_ms=tr,
                                 inversion_time_ms=ti, scanning_sequence=scanning,
@@ -334,7 +354,11 @@ def _decode(ds: Dataset, source: str, frames: int) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder errors are many; all mean "unreadable"
-        detail = str(exc).split(" - ")[0].split("\n")[0][:200]
+        detail = str(exc).split(" - ")[0].split("\n")[0]
+        name = str(getattr(ds, "filename", "") or "")
+        if name:
+            detail = detail.replace(name, "<file>")
+        detail = detail.replace("'", "")[:160]
         ts = _transfer_syntax(ds) or "unknown transfer syntax"
         raise UnreadableInput(f"pixel data cannot be decoded ({ts}): {detail}",
                               source=source) from exc
@@ -347,6 +371,37 @@ def _decode(ds: Dataset, source: str, frames: int) -> np.ndarray:
     return arr
 
 
+SCORED_MODALITIES = frozenset({"MR", "OT", ""})
+_GREYSCALE = {"MONOCHROME1", "MONOCHROME2", ""}
+
+
+def check_photometric(ds: Dataset, source: str) -> None:
+    """Refuse colour images (their stored values are palette indices or colour channels, not
+    signal intensities).
+
+    Raises:
+        UnsupportedPhotometric: PALETTE COLOR, RGB, YBR_*...
+    """
+    photometric = _text(ds, "PhotometricInterpretation").upper()
+    if photometric not in _GREYSCALE:
+        raise UnsupportedPhotometric(f"photometric interpretation {photometric[:16]!r} is not "
+                                     "scored: MR images are greyscale (MONOCHROME1/2)",
+                                     source=source)
+
+
+def check_scorable(series: ImageSeries, source: str) -> None:
+    """Refuse a series the models cannot score: another modality than MR (``OT`` and a missing
+    Modality are accepted). Reading CT works (``rankiq inspect``); scoring it does not.
+
+    Raises:
+        UnsupportedModality: CT, CR, US, PT...
+    """
+    modality = (series.modality or "").upper()
+    if series.kind == "dicom" and modality not in SCORED_MODALITIES:
+        raise UnsupportedModality(f"modality {modality[:8]!r} is not scored: the models were "
+                                  "trained on MR images only", source=source)
+
+
 def decode_instance(ds: Dataset, source: str, limits: ReadLimits) -> list[Frame]:
     """All frames of an instance read with pixels, rescaled to float32.
 
@@ -356,8 +411,10 @@ def decode_instance(ds: Dataset, source: str, limits: ReadLimits) -> list[Frame]
         InvalidImage: NaN/Inf after rescaling.
     """
     frames = check_header(ds, source, limits)
-    stored = _decode(ds, source, frames)
-    meta = _instance_meta(ds)
+    check_photometric(ds, source)
+    with quiet_reads(source):
+        stored = _decode(ds, source, frames)
+        meta = _instance_meta(ds)
     inst = _num(ds.get("InstanceNumber"))
     out = []
     for i in range(frames):
@@ -448,10 +505,55 @@ def assemble(frames: list[Frame], series_key: str) -> ImageSeries:
     )
 
 
-def read_dataset(fp: Any, source: str, *, header_only: bool) -> Dataset:
-    """Parse a DICOM stream (preamble optional); parse errors become :class:`UnreadableInput`."""
+def _check_deflated(fp: Any, source: str, limits: ReadLimits) -> None:
+    """Refuse a Deflated Explicit VR Little Endian data set that inflates beyond
+    ``limits.max_inflated_bytes`` (pydicom inflates it whole, unbounded, before parsing).
+
+    Reads the file meta, then inflates the rest in 1 MiB steps, counting and discarding;
+    the stream is rewound to where it was.
+    """
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    start = fp.tell()
     try:
-        return pydicom.dcmread(fp, force=True, stop_before_pixels=header_only)
-    except Exception as exc:  # noqa: BLE001 - parser errors are many; never echo values
-        raise UnreadableInput(f"DICOM cannot be parsed (truncated or corrupt: "
-                              f"{type(exc).__name__})", source=source) from exc
+        read_preamble(fp, force=True)
+        meta = _read_file_meta_info(fp)
+        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except Exception:  # noqa: BLE001 - not parsable here: pydicom reports it below
+        deflated = False
+    if deflated:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while chunk := fp.read(1 << 20):
+                while chunk:
+                    total += len(inflater.decompress(chunk, 1 << 20))
+                    if total > limits.max_inflated_bytes:
+                        raise InputTooLarge(
+                            f"deflated data set inflates beyond the {limits.max_inflated_bytes} "
+                            "byte limit (deflate bomb?)", source=source)
+                    chunk = inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise UnreadableInput("deflated data set cannot be inflated (corrupt)",
+                                  source=source) from exc
+    fp.seek(start)
+
+
+def read_dataset(fp: Any, source: str, *, header_only: bool,
+                 limits: ReadLimits = DEFAULT_LIMITS) -> Dataset:
+    """Parse a DICOM stream (preamble optional); parse errors become :class:`UnreadableInput`.
+
+    ``fp`` is a path or a seekable binary stream. Library warnings are reduced to reason codes
+    (:func:`rankiq.service.io.privacy.quiet_reads`); a deflated data set is size-checked first.
+    """
+    with quiet_reads(source):
+        if isinstance(fp, str | bytes) or hasattr(fp, "__fspath__"):
+            with open(fp, "rb") as f:
+                return read_dataset(f, source, header_only=header_only, limits=limits)
+        _check_deflated(fp, source, limits)
+        try:
+            return pydicom.dcmread(fp, force=True, stop_before_pixels=header_only)
+        except Exception as exc:  # noqa: BLE001 - parser errors are many; never echo values
+            raise UnreadableInput(f"DICOM cannot be parsed (truncated or corrupt: "
+                                  f"{type(exc).__name__})", source=source) from exc

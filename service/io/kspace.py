@@ -41,6 +41,7 @@ from rankiq.service.errors import (
 from rankiq.service.fft import FFT_WORKERS, center_crop, coil_combine, rss
 from rankiq.service.io.contrast import guess_contrast
 from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.privacy import display_name, quiet_reads
 from rankiq.service.io.types import ImageSeries, SourceKind
 
 
@@ -286,7 +287,15 @@ def reconstruct(
 
 
 def _check_dims(slices: int, coils: int, nx: int, ny: int, source: str,
-                limits: ReadLimits) -> None:
+                limits: ReadLimits, *, whole: bool = False) -> None:
+    """Refuse k-space by its declared shape (HDF5 dataset shape or ISMRMRD header), before any
+    sample is read: an HDF5 dataset that was never written (fill value) costs nothing on disk
+    but its full size in memory once read.
+
+    Budgets (``limits.max_series_bytes``): one slice's k-space (complex64) times 4 (the
+    reconstruction's working copies), and with ``whole`` the whole k-space (ISMRMRD is
+    assembled in memory; fastMRI is streamed slice by slice).
+    """
     if min(slices, coils, nx, ny) < 1:
         raise InvalidImage(f"absurd k-space dimensions {(slices, coils, nx, ny)}", source=source)
     if max(nx, ny) > 2 * limits.max_matrix or slices > limits.max_slices \
@@ -295,9 +304,25 @@ def _check_dims(slices: int, coils: int, nx: int, ny: int, source: str,
             f"k-space of {slices} slices x {coils} coils x {nx} x {ny} is above the limits "
             f"({limits.max_slices} slices, {limits.max_coils} coils, {2 * limits.max_matrix} "
             "samples per axis)", source=source)
-    if slices * coils * nx * ny * 8 > limits.max_bytes:
-        raise InputTooLarge(f"k-space of {slices * coils * nx * ny * 8} bytes is above the "
+    total = slices * coils * nx * ny * 8
+    if total > limits.max_bytes:
+        raise InputTooLarge(f"k-space of {total} bytes is above the "
                             f"{limits.max_bytes} byte limit", source=source)
+    per_slice = coils * nx * ny * 8 * 4
+    if per_slice > limits.max_series_bytes or (whole and total > limits.max_series_bytes):
+        raise InputTooLarge(f"k-space of {slices} slices x {coils} coils x {nx} x {ny} "
+                            f"(complex64) is above the {limits.max_series_bytes} byte budget "
+                            "of one series", source=source)
+
+
+def _check_output(slices: int, target: tuple[int, int], source: str,
+                  limits: ReadLimits) -> None:
+    """Refuse a reconstruction whose images (complex64 + float32 magnitude) break the budget."""
+    size = slices * int(target[0]) * int(target[1]) * 12
+    if size > limits.max_series_bytes:
+        raise InputTooLarge(f"reconstructed series of {size} bytes is above the "
+                            f"{limits.max_series_bytes} byte budget of one series",
+                            source=source)
 
 
 def _prepare_maps(maps: np.ndarray | None, n_slices: int, source: str) -> np.ndarray | None:
@@ -349,6 +374,7 @@ def _read_fastmri(f: h5py.File, source: str, key: str, maps: np.ndarray | None,
     _check_dims(n, c, nx, ny, source, limits)
     header = parse_header(f["ismrmrd_header"][()] if "ismrmrd_header" in f else None)
     target = crop_shape(nx, ny, header, readout_oversampling)
+    _check_output(n, target, source, limits)
     maps = _prepare_maps(maps, n, source)
 
     def slices() -> Iterator[np.ndarray]:
@@ -392,8 +418,13 @@ def _read_ismrmrd(file: Any, source: str, key: str, maps: np.ndarray | None,
                                    source=source)
         n_acq = dset.number_of_acquisitions()
         lines: list[tuple[int, int, np.ndarray]] = []
+        held = 0
         for i in range(n_acq):
             acq = dset.read_acquisition(i)
+            held += acq.data.nbytes
+            if held > limits.max_series_bytes:
+                raise InputTooLarge(f"ISMRMRD acquisitions above the {limits.max_series_bytes} "
+                                    "byte budget of one series", source=source)
             if any(acq.is_flag_set(fl) for fl in skip_flags):
                 continue
             idx = acq.idx
@@ -409,7 +440,8 @@ def _read_ismrmrd(file: Any, source: str, key: str, maps: np.ndarray | None,
     c, nx = shapes.pop()
     ny = max(header.encoded[1], max(step for _, step, _ in lines) + 1)
     n = max(s for s, _, _ in lines) + 1
-    _check_dims(n, c, nx, ny, source, limits)
+    _check_dims(n, c, nx, ny, source, limits, whole=True)
+    _check_output(n, crop_shape(nx, ny, header, readout_oversampling), source, limits)
     offset = 0 if header.step1_center is None else header.encoded[1] // 2 - header.step1_center
     k = np.zeros((n, c, nx, ny), dtype=np.complex64)
     counts = np.zeros((n, ny), dtype=np.int32)
@@ -441,7 +473,17 @@ def _open_h5(file: Any, source: str) -> h5py.File:
 def kspace_from_file(file: Any, source: str, key: str, *, maps: np.ndarray | None = None,
                      limits: ReadLimits = DEFAULT_LIMITS,
                      readout_oversampling: int | None = None) -> ImageSeries:
-    """Read an open-able HDF5 (path or binary file object) as fastMRI or ISMRMRD k-space."""
+    """Read an open-able HDF5 (path or binary file object) as fastMRI or ISMRMRD k-space.
+
+    Library warnings are reduced to reason codes (never their text: see
+    :func:`rankiq.service.io.privacy.quiet_reads`)."""
+    with quiet_reads(source):
+        return _kspace_from_file(file, source, key, maps=maps, limits=limits,
+                                 readout_oversampling=readout_oversampling)
+
+
+def _kspace_from_file(file: Any, source: str, key: str, *, maps: np.ndarray | None,
+                      limits: ReadLimits, readout_oversampling: int | None) -> ImageSeries:
     with _open_h5(file, source) as f:
         if "kspace" in f:
             return _read_fastmri(f, source, key, maps, limits, readout_oversampling)
@@ -492,16 +534,17 @@ def read_kspace(path: str | os.PathLike[str], *, maps: np.ndarray | None = None,
     Raises:
         UnreadableInput, UnsupportedInput, InvalidImage, InputTooLarge, GeometryMismatch.
     """
-    source = os.fspath(path)
+    real = os.fspath(path)
+    source = display_name(real)
     try:
-        size = os.path.getsize(source)
+        size = os.path.getsize(real)
     except OSError as exc:
         raise UnreadableInput(f"cannot be read ({exc.strerror or type(exc).__name__})",
                               source=source) from exc
     if size > limits.max_bytes:
         raise InputTooLarge(f"{size} bytes, above the limit of {limits.max_bytes}",
                             source=source)
-    return kspace_from_file(source, source, content_key(source), maps=maps, limits=limits,
+    return kspace_from_file(real, source, content_key(real), maps=maps, limits=limits,
                             readout_oversampling=readout_oversampling)
 
 

@@ -9,6 +9,7 @@ so memory stays bounded by one series.
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
 
@@ -26,7 +27,9 @@ from rankiq.service.io.archive import Entry, PathLike, failure_of, walk, walk_by
 from rankiq.service.io.dicom import (
     Frame,
     assemble,
+    check_header,
     decode_instance,
+    decoded_bytes,
     instance_key_of,
     instance_ref,
     read_dataset,
@@ -36,6 +39,7 @@ from rankiq.service.io.dicom import (
 )
 from rankiq.service.io.kspace import content_key, kspace_from_bytes, kspace_from_file, read_kspace
 from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
+from rankiq.service.io.privacy import display_name, quiet_reads
 from rankiq.service.io.sniff import SNIFF_BYTES, sniff
 from rankiq.service.io.types import ImageSeries, InstanceRef, ReadFailure, SeriesList
 
@@ -49,6 +53,49 @@ class SeriesTooLarge(InputTooLarge):
     """A series above ``max_slices``: refuses the whole read (not one file's failure)."""
 
 
+class ReadBudget:
+    """What one read (or one request, shared by its files) may still cost: decoded bytes,
+    instances, series and wall-clock time (``limits.max_decoded_bytes``, ``max_instances``,
+    ``max_series``, ``max_read_seconds``). Charged from headers, before decoding.
+
+    Breaking it raises :class:`SeriesTooLarge` (an :class:`InputTooLarge`, 413), which refuses
+    the whole read rather than one file.
+    """
+
+    def __init__(self, limits: ReadLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.decoded = 0
+        self.instances = 0
+        self.series: dict[str, int] = {}  # series key -> decoded bytes
+        self.deadline = (None if limits.max_read_seconds is None
+                         else time.monotonic() + limits.max_read_seconds)
+
+    def tick(self, source: str) -> None:
+        """Count one more file read; refuse past the instance count or the time budget."""
+        self.instances += 1
+        if self.instances > self.limits.max_instances:
+            raise SeriesTooLarge(f"more than {self.limits.max_instances} files in one request",
+                                 source=source)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SeriesTooLarge(f"reading took longer than {self.limits.max_read_seconds:g} s "
+                                 "(too many files or series in one request)", source=source)
+
+    def charge(self, key: str, nbytes: int, source: str) -> None:
+        """Charge ``nbytes`` decoded bytes to series ``key`` before they are decoded."""
+        lim = self.limits
+        if key not in self.series and len(self.series) >= lim.max_series:
+            raise SeriesTooLarge(f"more than {lim.max_series} series in one request",
+                                 source=source)
+        self.series[key] = self.series.get(key, 0) + nbytes
+        self.decoded += nbytes
+        if self.series[key] > lim.max_series_bytes:
+            raise SeriesTooLarge(f"series decodes to more than {lim.max_series_bytes} bytes",
+                                 source=source)
+        if self.decoded > lim.max_decoded_bytes:
+            raise SeriesTooLarge(f"images decode to more than {lim.max_decoded_bytes} bytes "
+                                 "in one request", source=source)
+
+
 def error_of(failure: ReadFailure) -> RankIQError:
     """The typed error a failure stands for (its ``reason`` names the class)."""
     cls = _ERRORS_BY_REASON.get(failure.reason, UnreadableInput)
@@ -58,8 +105,9 @@ def error_of(failure: ReadFailure) -> RankIQError:
 class _Collector:
     """Frames grouped by series (in order of first appearance), k-space series, failures."""
 
-    def __init__(self, limits: ReadLimits) -> None:
+    def __init__(self, limits: ReadLimits, budget: ReadBudget | None = None) -> None:
         self.limits = limits
+        self.budget = budget or ReadBudget(limits)
         self.groups: dict[str, list[Frame] | ImageSeries] = {}
         self.failures: list[ReadFailure] = []
         self.instances: set[str] = set()  # instance keys read: copies are read once
@@ -79,25 +127,39 @@ class _Collector:
         self.groups[key] = series
 
     def add_entry(self, entry: Entry) -> None:
-        """Read one entry; its problems become failures."""
+        """Read one entry; its problems become failures (budget breaches raise)."""
+        self.budget.tick(entry.source)
+        with quiet_reads(entry.source):
+            self._add_entry(entry)
+
+    def _add_entry(self, entry: Entry) -> None:
         try:
             if entry.kind == "hdf5":
                 if entry.member is None:
-                    self.add_series(read_kspace(entry.path or "", limits=self.limits))
+                    series = read_kspace(entry.path or "", limits=self.limits)
                 else:
                     data = entry.read_bytes(self.limits.max_entry_uncompressed)
-                    self.add_series(kspace_from_bytes(data, entry.source, limits=self.limits))
+                    series = kspace_from_bytes(data, entry.source, limits=self.limits)
+                self.budget.charge(series.series_key, series.pixels.nbytes * 3, entry.source)
+                self.add_series(series)
                 return
             if entry.member is None:
-                ds = read_dataset(entry.path, entry.source, header_only=False)
+                ds = read_dataset(entry.path, entry.source, header_only=False,
+                                  limits=self.limits)
             else:
                 data = entry.read_bytes(self.limits.max_entry_uncompressed)
-                ds = read_dataset(io.BytesIO(data), entry.source, header_only=False)
-            frames = decode_instance(ds, entry.source, self.limits)  # a broken copy still fails
+                ds = read_dataset(io.BytesIO(data), entry.source, header_only=False,
+                                  limits=self.limits)
+            key = series_key_of(uid_of(ds), entry.source)
             instance = instance_key_of(ds)
+            if not (instance and instance in self.instances):
+                n = check_header(ds, entry.source, self.limits)
+                self.budget.charge(key, decoded_bytes(int(ds.Rows), int(ds.Columns), n),
+                                   entry.source)
+            frames = decode_instance(ds, entry.source, self.limits)  # a broken copy still fails
             if instance and instance in self.instances:
                 return  # a copy of an instance already read (same file twice, re-encoded)
-            self.add_frames(series_key_of(uid_of(ds), entry.source), frames)
+            self.add_frames(key, frames)
             if instance:
                 self.instances.add(instance)
         except SeriesTooLarge:
@@ -124,13 +186,15 @@ class _Collector:
 
 
 def read_series(paths: PathLike | Iterable[PathLike], *,
-                limits: ReadLimits = DEFAULT_LIMITS) -> SeriesList:
+                limits: ReadLimits = DEFAULT_LIMITS,
+                budget: ReadBudget | None = None) -> SeriesList:
     """Read every image series under ``paths``.
 
     Args:
         paths: a file (DICOM, fastMRI/ISMRMRD HDF5, zip), a directory (walked recursively) or a
             list of them. Content is sniffed; extensions are ignored.
         limits: size limits.
+        budget: a :class:`ReadBudget` shared with other reads (default: a fresh one).
 
     Returns:
         :class:`SeriesList` of :class:`ImageSeries` (DICOM grouped by SeriesInstanceUID, slices
@@ -142,7 +206,7 @@ def read_series(paths: PathLike | Iterable[PathLike], *,
         HostileArchive, InputTooLarge: a path named directly breaks a limit, or a series has
             more than ``limits.max_slices`` slices.
     """
-    collector = _Collector(limits)
+    collector = _Collector(limits, budget)
     for item in walk(paths, limits):
         if isinstance(item, ReadFailure):
             collector.failures.append(item)
@@ -151,11 +215,13 @@ def read_series(paths: PathLike | Iterable[PathLike], *,
     return collector.result()
 
 
-def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS) -> SeriesList:
+def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS,
+                budget: ReadBudget | None = None) -> SeriesList:
     """Read uploaded content (a DICOM file, an HDF5 k-space file or a zip of them).
 
-    The kind is sniffed from the bytes; ``name`` (the upload's file name) is only used in
-    messages, its extension is never trusted.
+    The kind is sniffed from the bytes; ``name`` (the upload's form field, or a file name that
+    is then hashed: :func:`rankiq.service.io.privacy.display_name`) is only used in messages,
+    its extension is never trusted. ``budget`` is shared by the files of one request.
 
     Raises:
         InputTooLarge: more than ``limits.max_bytes``.
@@ -164,6 +230,8 @@ def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS) 
         RankIQError: a single file that cannot be read raises its error; a zip that yields
             no series raises the class of its first failure.
     """
+    name = display_name(name)
+    budget = budget or ReadBudget(limits)
     if len(data) > limits.max_bytes:
         raise InputTooLarge(f"{len(data)} bytes, above the limit of {limits.max_bytes}",
                             source=name)
@@ -172,12 +240,15 @@ def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS) 
         raise UnsupportedInput("not DICOM, HDF5 k-space or a zip (content sniffed; the file "
                                "name's extension is ignored)", source=name)
     if kind == "hdf5":
-        return SeriesList([kspace_from_bytes(data, name, limits=limits)])
+        budget.tick(name)
+        series = kspace_from_bytes(data, name, limits=limits)
+        budget.charge(series.series_key, series.pixels.nbytes * 3, name)
+        return SeriesList([series])
     if kind == "dicom":
-        ds = read_dataset(io.BytesIO(data), name, header_only=False)
-        frames = decode_instance(ds, name, limits)
-        return SeriesList([assemble(frames, series_key_of(uid_of(ds), name))])
-    collector = _Collector(limits)
+        budget.tick(name)
+        with quiet_reads(name):
+            return _read_one_dicom(data, name, limits, budget)
+    collector = _Collector(limits, budget)
     for item in walk_bytes(data, name, limits):
         if isinstance(item, ReadFailure):
             collector.failures.append(item)
@@ -189,6 +260,17 @@ def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS) 
             raise error_of(result.failures[0])
         raise UnreadableInput("zip holds no files", source=name)
     return result
+
+
+def _read_one_dicom(data: bytes, name: str, limits: ReadLimits,
+                    budget: ReadBudget) -> SeriesList:
+    """One uploaded DICOM instance as a one-series list (charged to ``budget`` first)."""
+    ds = read_dataset(io.BytesIO(data), name, header_only=False, limits=limits)
+    key = series_key_of(uid_of(ds), name)
+    n = check_header(ds, name, limits)
+    budget.charge(key, decoded_bytes(int(ds.Rows), int(ds.Columns), n), name)
+    frames = decode_instance(ds, name, limits)
+    return SeriesList([assemble(frames, key)])
 
 
 def scan_instances(paths: PathLike | Iterable[PathLike], *,
@@ -215,9 +297,10 @@ def scan_instances(paths: PathLike | Iterable[PathLike], *,
                 yield InstanceRef(source=item.source, path=item.path, member=item.member,
                                   kind="hdf5", series_key=key, modality="MR", size=item.size)
                 continue
-            with item.open() as fp:
-                ds = read_dataset(fp, item.source, header_only=True)
-            yield instance_ref(ds, item.source, item.path, item.member, item.size, limits)
+            with quiet_reads(item.source), item.open() as fp:
+                ds = read_dataset(fp, item.source, header_only=True, limits=limits)
+                ref = instance_ref(ds, item.source, item.path, item.member, item.size, limits)
+            yield ref
         except RankIQError as exc:
             yield failure_of(exc, item.source)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -292,12 +375,17 @@ def load_series(refs: list[InstanceRef], *, limits: ReadLimits = DEFAULT_LIMITS,
     if sum(r.frames for r in refs) > limits.max_slices:
         raise InputTooLarge(f"series has more than {limits.max_slices} slices",
                             source=first.source)
+    size = sum(decoded_bytes(r.rows, r.cols, r.frames) for r in refs)
+    if size > limits.max_series_bytes:
+        raise InputTooLarge(f"series decodes to {size} bytes, above the "
+                            f"{limits.max_series_bytes} byte limit of one series",
+                            source=first.source)
     opened: dict[str, zipfile.ZipFile] = {}
     frames: list[Frame] = []
     try:
         for ref in refs:
             if ref.member is None:
-                ds = read_dataset(ref.path, ref.source, header_only=False)
+                ds = read_dataset(ref.path, ref.source, header_only=False, limits=limits)
             else:
                 path = ref.path or ""
                 zf = (zips or {}).get(path) or opened.get(path)
@@ -311,8 +399,10 @@ def load_series(refs: list[InstanceRef], *, limits: ReadLimits = DEFAULT_LIMITS,
                                           source=ref.source) from exc
                 if len(data) > limits.max_entry_uncompressed:
                     raise InputTooLarge("zip entry above the per-entry limit", source=ref.source)
-                ds = read_dataset(io.BytesIO(data), ref.source, header_only=False)
-            frames.extend(decode_instance(ds, ref.source, limits))
+                ds = read_dataset(io.BytesIO(data), ref.source, header_only=False,
+                                  limits=limits)
+            with quiet_reads(ref.source):
+                frames.extend(decode_instance(ds, ref.source, limits))
     finally:
         for zf in opened.values():
             zf.close()
