@@ -72,14 +72,23 @@ def add_commands(reg: Registry) -> None:
 
     e = reg.command("evaluate", "rankiq.training.commands.train_cmd:evaluate",
                     "compare trained runs: accuracy table (Markdown+JSON), repeated-measures "
-                    "ANOVA, paired t-tests vs MSE/SSIM, Figure 6 plots")
-    e.add_argument("runs", nargs="+", help="run directories")
-    e.add_argument("--out", required=True, help="report directory")
+                    "ANOVA, paired t-tests vs MSE/SSIM, Figure 6 plots; `rankiq evaluate real`: "
+                    "no-reference models vs MRIQC's IQMs on graded corruptions of real MR "
+                    "images")
+    e.add_argument("runs", nargs="+",
+                   help="run directories, or the word `real` (options below)")
+    e.add_argument("--out", help="report directory (runs; required), or a Markdown file "
+                                 "(real: the table and the command line that made it)")
     e.add_argument("--no-figures", action="store_true", help="table and statistics only")
     e.add_argument("--figure-slices", type=int, default=4,
                    help="held-out slices per fold corrupted for Figure 6 (default 4)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the Figure 6 corruptions")
-    e.add_argument("--threads", type=int, default=None, help="torch threads")
+    e.add_argument("--seed", type=int, default=0,
+                   help="seed of the Figure 6 corruptions (real: of the ladders)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="torch threads (real: ONNX Runtime threads, default 1)")
+    from rankiq.training.commands.realeval_cmd import add_real_arguments
+
+    add_real_arguments(e)
 
     b = reg.bench("train", "rankiq.training.commands.train_cmd:bench_train",
                   "seconds per epoch and pairs per second of each model's training step")
@@ -174,9 +183,17 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """``rankiq evaluate``."""
+    """``rankiq evaluate`` (``rankiq evaluate real``: :mod:`.realeval_cmd`)."""
     from rankiq.service.cli import require
 
+    if args.runs[0] == "real":
+        from rankiq.training.commands.realeval_cmd import evaluate_real
+
+        return evaluate_real(args)
+    if not args.out:
+        from rankiq.training.runs import RunError
+
+        raise RunError("--out DIR is required (the report directory)")
     require("torch", "evaluate")
     import torch
 

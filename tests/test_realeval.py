@@ -1,0 +1,164 @@
+"""Real-image evaluation: corruption ladders, ranking measures, `rankiq evaluate real`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers_qa import rankiq
+from rankiq.service.fft import fft2c
+from rankiq.training import ladders as lad
+from rankiq.training.realeval import (
+    adjacent_correct,
+    consistent,
+    spearman,
+    summarise_ladders,
+)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    """A small head-like magnitude slice with air around it."""
+    from rankiq.service.qa.synth import phantom
+
+    return phantom(1, 48, "T2", np.random.default_rng(3))[0]
+
+
+def test_ladder_shapes_clean_level_and_determinism(image):
+    a = lad.ladders(image, seed=5, index=0)
+    b = lad.ladders(image, seed=5, index=0)
+    c = lad.ladders(image, seed=6, index=0)
+    assert list(a) == list(lad.TYPES)
+    for kind in lad.TYPES:
+        assert len(a[kind]) == lad.N_LEVELS
+        assert all(x.shape == image.shape and x.dtype == np.float32 for x in a[kind])
+        assert np.array_equal(a[kind][0], image)
+        assert all(np.array_equal(x, y) for x, y in zip(a[kind], b[kind], strict=True))
+    assert not np.array_equal(a["noise"][3], c["noise"][3])
+    assert np.array_equal(a["blur"][3], c["blur"][3])  # no randomness in blur
+
+
+def test_every_ladder_is_monotone_in_its_own_measure(image):
+    from rankiq.service.iqm import head_mask
+
+    lads = lad.ladders(image, seed=0, index=0)
+    head = head_mask(image)
+    # noise: the residual's std grows with the level, ~ level x head mean
+    resid = [float(np.std(x - image)) for x in lads["noise"]]
+    assert all(b > a for a, b in zip(resid, resid[1:], strict=False))
+    # complex noise of std 0.10 x head mean; the magnitude keeps about 1/sqrt(2) of it
+    assert 0.5 < resid[-1] / (0.10 * image[head].mean()) < 1.0
+    # blur: high-frequency energy falls
+    def hf(x: np.ndarray) -> float:
+        k = np.abs(fft2c(x.astype(np.complex64)))
+        n = x.shape[0]
+        k[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = 0
+        return float((k**2).sum())
+
+    e = [hf(x) for x in lads["blur"]]
+    assert all(b < a for a, b in zip(e, e[1:], strict=False))
+    # motion and undersampling: the L2 error grows
+    for kind in ("motion", "undersample"):
+        err = [float(np.linalg.norm(x - image)) for x in lads[kind]]
+        assert all(b > a for a, b in zip(err, err[1:], strict=False)), kind
+
+
+def test_undersampling_keeps_the_stated_fraction_of_lines_nested():
+    ny = 64
+    kept = lad.LEVELS["undersample"]
+    masks = lad.nested_line_masks(ny, kept, 0.2, np.random.default_rng(0))
+    centre = np.zeros(ny, bool)
+    centre[ny // 2 - 6: ny // 2 - 6 + 13] = True  # round(0.2 * 64) = 13 lines
+    for frac, m in zip(kept, masks, strict=True):
+        assert m.sum() == round(frac * ny)
+        assert m[centre].all()
+    for a, b in zip(masks, masks[1:], strict=False):
+        assert not (b & ~a).any()  # each level's kept lines are a subset of the previous
+
+
+def test_level_values_and_bad_arguments():
+    assert lad.level_value("noise", 0) == 0.0
+    assert lad.level_value("undersample", 0) == 1.0
+    assert lad.level_value("blur", 5) == lad.LEVELS["blur"][-1]
+    with pytest.raises(ValueError):
+        lad.level_value("ghost", 1)
+    with pytest.raises(ValueError):
+        lad.ladder(np.zeros((2, 4, 4)), "noise", np.random.default_rng(0))
+
+
+def test_adjacent_accuracy_counts_ties_and_nan_as_wrong():
+    assert adjacent_correct([0, 1, 1, 3, 2, 5]) == [True, False, True, False, True]
+    assert adjacent_correct([0, float("nan"), 2]) == [False, False]
+    s = summarise_ladders({
+        "a": {"noise": [0, 1, 2, 3, 4, 5], "blur": [5, 4, 3, 2, 1, 0]},
+        "b": {"noise": [0, 1, 1, 3, 2, 5], "blur": [1, 1, 1, 1, 1, 1]},
+    })
+    assert s["per_type"]["noise"]["correct"] == 5 + 3
+    assert s["per_type"]["noise"]["pairs"] == 10
+    assert s["per_type"]["blur"]["accuracy"] == 0.0
+    assert s["overall"] == pytest.approx({"correct": 8, "pairs": 20, "accuracy": 0.4,
+                                          "spearman_mean": s["overall"]["spearman_mean"],
+                                          "spearman_n": 3})
+    # constant ladder has no rho: blur averages image a only
+    assert s["per_type"]["blur"]["spearman_mean"] == pytest.approx(-1.0)
+    assert s["per_type"]["blur"]["spearman_n"] == 1
+    assert list(s["per_type"]) == ["noise", "blur"]
+
+
+def test_spearman_on_hand_made_lists():
+    assert spearman([0, 1, 2, 3], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([0, 1, 2, 3], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks of y with a tie: 1, 2.5, 2.5, 4 -> rho = 4.5 / sqrt(5 * 4.5)
+    assert spearman([0, 1, 2, 3], [1, 5, 5, 9]) == pytest.approx(4.5 / math.sqrt(5 * 4.5))
+    assert math.isnan(spearman([0, 1, 2], [1, 1, 1]))
+    assert math.isnan(spearman([0, 1, 2], [1, float("nan"), 3]))
+
+
+def test_compare_consistency_rule():
+    assert consistent(1.0, 2.0, [0.6, 0.1, 0.3])  # a lower score, a preferred
+    assert not consistent(1.0, 2.0, [0.3, 0.1, 0.6])
+    assert consistent(3.0, 2.0, [0.2, 0.5, 0.3])  # 'similar' verdict, b still above a
+    assert not consistent(2.0, 2.0, [0.5, 0.0, 0.5 - 1e-3])
+    assert consistent(2.0, 2.0, [0.45, 0.1, 0.45])
+
+
+def test_evaluate_real_end_to_end(tmp_path):
+    out_json, out_md = tmp_path / "real.json", tmp_path / "real.md"
+    r = rankiq("evaluate", "real", "--images", "pydicom-mr-small", "--json", str(out_json),
+               "--out", str(out_md), "--archive")
+    assert r.returncode == 0, r.stderr
+    assert "| metric |" in r.stdout and "EFC (IQM)" in r.stdout
+    doc = json.loads(out_json.read_text())
+    assert {"images", "levels", "metrics", "models", "archive", "command", "seed"} <= set(doc)
+    assert [i["name"] for i in doc["images"]] == ["pydicom-mr-small"]
+    names = set(doc["metrics"])
+    assert {"EFC", "FBER", "SNR", "CJV"} <= names
+    rankiq_models = [n for n, m in doc["metrics"].items() if m["kind"] == "rankiq"]
+    assert rankiq_models, "the shipped no-reference model is evaluated"
+    for name, m in doc["metrics"].items():
+        assert set(m["per_type"]) == {"noise", "blur", "motion", "undersample"}, name
+        assert m["overall"]["pairs"] == 20
+        assert 0 <= m["overall"]["correct"] <= 20
+        assert all(len(v) == 6 for v in m["values"]["pydicom-mr-small"].values())
+    cmp = doc["metrics"][rankiq_models[0]]["compare"]
+    assert cmp["pairs"] == 20 and 0 <= cmp["consistent"] <= 20
+    arch = doc["archive"]["models"][rankiq_models[0]]
+    assert arch["clean"]["series"] == 3 and arch["corrupted"]["series"] == 4
+    assert arch["not_scored"] == 0
+    md = out_md.read_text()
+    assert md.startswith("```\nrankiq evaluate real") and "| metric |" in md
+
+
+def test_evaluate_real_bad_input_is_one_line_exit_2(tmp_path):
+    r = rankiq("evaluate", "real", "--images", "no-such-image", "--no-models")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no-such-image" in r.stderr
+    r = rankiq("evaluate", "real", "--iqms", "psnr", "--no-models")
+    assert r.returncode == 2 and "psnr" in r.stderr
+    r = rankiq("evaluate", "real", "extra", "--no-models")
+    assert r.returncode == 2
+    r = rankiq("evaluate", "real", "--models", str(tmp_path / "none"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    r = rankiq("evaluate", str(tmp_path / "run"))  # runs still need --out
+    assert r.returncode == 2 and "--out" in r.stderr

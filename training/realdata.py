@@ -1,0 +1,164 @@
+"""Real MR images that ship inside installed packages, for EVALUATION ONLY.
+
+These are acquisitions of real people (not simulations, not templates). They measure how the
+no-reference scores transfer to real data (``rankiq evaluate real``); nothing may train or
+calibrate on them. Each is returned as one named 2D magnitude slice, float32, with its pixel
+spacing in mm when the file states it. Missing packages or files are skipped.
+
+==========================  =========================================================  =========
+name                        source                                                     matrix
+==========================  =========================================================  =========
+pydicom-mr-small            pydicom ``MR_small.dcm`` (T2 SE, cropped inside the anatomy) 64x64
+pydicom-mr-mpr              pydicom ``examples_overlay.dcm`` (abdomen, T1 post, an MPR)  300x484
+matplotlib-head-sagittal    matplotlib sample ``s1045.ima.gz`` (sagittal head, T1)      256x256
+nibabel-epi-z10/-z18        nibabel ``example4d.nii.gz`` (axial EPI, background zeroed)  96x128
+==========================  =========================================================  =========
+
+Considered and left out: nibabel's ``nicom/tests/data/0.dcm``/``1.dcm`` (a synthetic ramp
+pattern, not anatomy), the ``siemens_dwi_*``/``philips_mprage``/``decimal_rescale`` test files
+(pixel data zeroed), ``slicethickness_empty_string.dcm`` (a TOF maximum-intensity projection,
+mostly padding), ``anatomical.nii`` (33x41 crop), the Philips phantom PAR/RECs (a phantom with
+strong EPI ghosts: its "clean" level is not clean), pydicom's 16x16 DICOMDIR thumbnails. Never
+nilearn's MNI152 templates nor Colin27: those are training sources.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RealImage:
+    """One real magnitude slice.
+
+    Attributes:
+        name: stable short name (used in tables and JSON).
+        image: float32 ``(H, W)``, non-negative, in the file's own units.
+        pixel_spacing: ``(row, col)`` spacing in mm, or ``None`` when the file does not say.
+        source: package and file it came from (relative to the package).
+        description: what it is.
+        contrast: contrast family (``T1``, ``T1post``, ``T2``, ``other``) from the acquisition
+            tags (TR/TE, sequence, contrast agent) or, without tags, from its appearance.
+    """
+
+    name: str
+    image: np.ndarray
+    pixel_spacing: tuple[float, float] | None
+    source: str
+    description: str
+    contrast: str = "other"
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _dicom(package: str, rel: str) -> tuple[np.ndarray, tuple[float, float] | None] | None:
+    root = _package_dir(package)
+    if root is None or not (root / rel).is_file():
+        return None
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(root / rel)
+        px = ds.pixel_array.astype(np.float32)
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    px = px * slope + inter
+    sp = getattr(ds, "PixelSpacing", None)
+    spacing = (float(sp[0]), float(sp[1])) if sp is not None else None
+    return px, spacing
+
+
+def _mr_small() -> RealImage | None:
+    got = _dicom("pydicom", "data/test_files/MR_small.dcm")
+    if got is None:
+        return None
+    return RealImage("pydicom-mr-small", got[0], got[1], "pydicom:data/test_files/MR_small.dcm",
+                     "64x64 spin-echo slice (TR 4000 ms, TE 240 ms) cropped inside the anatomy "
+                     "(no air around it)", "T2")
+
+
+def _mr_mpr() -> RealImage | None:
+    got = _dicom("pydicom", "data/test_files/examples_overlay.dcm")
+    if got is None:
+        return None
+    return RealImage("pydicom-mr-mpr", got[0], got[1],
+                     "pydicom:data/test_files/examples_overlay.dcm",
+                     "axial abdominal T1 VIBE after gadolinium, a reformat (MPR), 300x484",
+                     "T1post")
+
+
+def _s1045() -> RealImage | None:
+    root = _package_dir("matplotlib")
+    path = None if root is None else root / "mpl-data/sample_data/s1045.ima.gz"
+    if path is None or not path.is_file():
+        return None
+    raw = gzip.decompress(path.read_bytes())
+    if len(raw) != 256 * 256 * 2:
+        return None
+    # big-endian uint16 (read little-endian, every value is a multiple of 256)
+    img = np.frombuffer(raw, dtype=">u2").reshape(256, 256).astype(np.float32)
+    return RealImage("matplotlib-head-sagittal", img, None,
+                     "matplotlib:mpl-data/sample_data/s1045.ima.gz",
+                     "sagittal T1-weighted head slice, 256x256, spacing not stated", "T1")
+
+
+def _epi(z: int) -> Callable[[], RealImage | None]:
+    def load() -> RealImage | None:
+        root = _package_dir("nibabel")
+        path = None if root is None else root / "tests/data/example4d.nii.gz"
+        if path is None or not path.is_file():
+            return None
+        import nibabel as nib
+
+        img = nib.load(path)
+        zooms = img.header.get_zooms()
+        vol = np.asarray(img.dataobj[:, :, z, 0], dtype=np.float32)
+        # array axes (x, y) -> display (rows = anterior-posterior), spacing follows the axes
+        sl = np.ascontiguousarray(np.rot90(np.clip(vol, 0, None)))
+        return RealImage(f"nibabel-epi-z{z}", sl, (float(zooms[1]), float(zooms[0])),
+                         "nibabel:tests/data/example4d.nii.gz",
+                         f"axial EPI slice {z} of volume 0 (2 mm, background zeroed)")
+
+    return load
+
+
+LOADERS: tuple[Callable[[], RealImage | None], ...] = (
+    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18))
+
+
+def real_images(names: list[str] | None = None) -> list[RealImage]:
+    """The available real MR slices (see the module table), in a fixed order.
+
+    Args:
+        names: keep only these names (unknown names are ignored; see :func:`available_names`).
+
+    Returns:
+        The images whose package and file are installed; missing ones are skipped.
+    """
+    out = []
+    for load in LOADERS:
+        try:
+            im = load()
+        except (OSError, ValueError, ImportError):  # a broken optional file: skip it
+            im = None
+        if im is not None and (names is None or im.name in names):
+            out.append(im)
+    return out
+
+
+def available_names() -> list[str]:
+    """Names of the real images installed here."""
+    return [im.name for im in real_images()]

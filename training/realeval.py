@@ -1,0 +1,430 @@
+"""``rankiq evaluate real``: do no-reference scores order real MR images by quality?
+
+Measured on the real MR slices of :mod:`rankiq.training.realdata` (evaluation only), each
+corrupted along the graded ladders of :mod:`rankiq.training.ladders` (4 types x 6 levels).
+
+Every metric is oriented so that *higher is worse* (RankIQ scores already are; IQMs where
+higher is better are negated) and judged per corruption type by
+
+* **adjacent-pair accuracy**: of the 5 adjacent pairs ``(level i, level i+1)`` of each ladder,
+  the fraction where the more corrupted image gets the strictly worse value (ties and NaN count
+  as wrong);
+* **Spearman rho** between level (0..5) and the metric, per ladder, averaged over images
+  (a ladder whose values are NaN or constant has no rho and is left out of the mean; the
+  number of ladders averaged is reported).
+
+For RankIQ models also **compare consistency**: for each adjacent pair, ``compare_series``
+(level i as ``a``, level i+1 as ``b``) must prefer, among P(a better) and P(b better), the side
+its own scores call better (the lower median); a pair with equal scores is consistent only with
+equal probabilities. The fraction of 'similar' verdicts is reported beside it.
+
+The archive section (:func:`archive_flag_rates`) writes a DICOM archive from the same real
+slices (clean copies with a flip or a global scale, and level-3 corruptions of each type),
+runs the batch QA of :mod:`rankiq.service.qa.runner` with each no-reference model's default
+thresholds, and reports the fraction of clean and of corrupted series flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rankiq.service.iqm import IQMS
+from rankiq.training.ladders import LEVELS, N_LEVELS, TYPES, ladders, level_value
+from rankiq.training.realdata import RealImage, real_images
+
+#: level of the "moderately corrupted" series of the archive
+ARCHIVE_LEVEL = 3
+#: QA SeriesDescription per contrast family (recognised by rankiq.service.io.contrast)
+FAMILY_DESCRIPTION = {"T1": "SAG T1 SE", "T1post": "AX T1 POST GAD", "T2": "AX T2 TSE",
+                      "FLAIR": "AX T2 FLAIR", "other": "AX EPI"}
+
+
+# -- measures ---------------------------------------------------------------------------------
+
+def adjacent_correct(values: Sequence[float]) -> list[bool]:
+    """Per adjacent pair ``(i, i+1)``: is ``values[i+1] > values[i]`` (strictly; NaN is
+    wrong)? ``values`` are oriented higher = worse, in increasing corruption."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return [bool(v[i + 1] > v[i]) for i in range(v.size - 1)]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either input holds NaN
+    or is constant."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.isnan(a).any() or np.isnan(b).any():
+        return float("nan")
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def summarise_ladders(values: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """Accuracy and Spearman per type and overall.
+
+    Args:
+        values: ``{image: {type: [N_LEVELS values, higher = worse]}}``.
+
+    Returns:
+        ``{"per_type": {type: {"correct", "pairs", "accuracy", "spearman_mean",
+        "spearman_n", "spearman": {image: rho}}}, "overall": {"correct", "pairs",
+        "accuracy", "spearman_mean", "spearman_n"}}``.
+    """
+    per_type: dict[str, Any] = {}
+    all_rho: list[float] = []
+    correct = pairs = 0
+    kinds = sorted({k for v in values.values() for k in v}, key=_type_order)
+    for kind in kinds:
+        c = p = 0
+        rhos: dict[str, float] = {}
+        for image, by_type in values.items():
+            if kind not in by_type:
+                continue
+            ok = adjacent_correct(by_type[kind])
+            c += sum(ok)
+            p += len(ok)
+            rhos[image] = spearman(range(len(by_type[kind])), by_type[kind])
+        finite = [r for r in rhos.values() if math.isfinite(r)]
+        per_type[kind] = {"correct": c, "pairs": p, "accuracy": c / p if p else float("nan"),
+                          "spearman_mean": float(np.mean(finite)) if finite else float("nan"),
+                          "spearman_n": len(finite), "spearman": rhos}
+        correct += c
+        pairs += p
+        all_rho += finite
+    return {"per_type": per_type,
+            "overall": {"correct": correct, "pairs": pairs,
+                        "accuracy": correct / pairs if pairs else float("nan"),
+                        "spearman_mean": float(np.mean(all_rho)) if all_rho else float("nan"),
+                        "spearman_n": len(all_rho)}}
+
+
+def _type_order(kind: str) -> int:
+    return TYPES.index(kind) if kind in TYPES else len(TYPES)
+
+
+def consistent(score_a: float, score_b: float, probabilities: Sequence[float]) -> bool:
+    """Does a compare verdict agree with the two scores (lower is better)? Among P(a better)
+    and P(b better) the larger must belong to the lower score; equal scores need equal
+    probabilities."""
+    pa, pb = float(probabilities[0]), float(probabilities[2])
+    if score_a < score_b:
+        return pa > pb
+    if score_b < score_a:
+        return pb > pa
+    return pa == pb
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    """One no-reference metric under evaluation.
+
+    ``badness(image, spacing, contrast)`` returns a value where higher is worse; ``model`` is
+    the loaded :class:`~rankiq.service.models.ScoringModel` of a RankIQ metric (else ``None``).
+    """
+
+    name: str
+    kind: str  # "rankiq" or "iqm"
+    badness: Callable[[np.ndarray, tuple[float, float] | None, str], float]
+    higher_is_worse: bool = True
+    model: Any = None
+
+
+def _series(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> Any:
+    from rankiq.service.io.types import ImageSeries
+
+    return ImageSeries.from_array(image, pixel_spacing=spacing, contrast=contrast)
+
+
+def rankiq_metric(model: Any) -> Metric:
+    """A loaded no-reference model as a :class:`Metric` (the series median of its score)."""
+    from rankiq.service.scoring import score_series
+
+    def badness(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> float:
+        return float(score_series(model, _series(image, spacing, contrast)).median)
+
+    return Metric(model.name, "rankiq", badness, True, model)
+
+
+def iqm_metric(name: str) -> Metric:
+    """An IQM of :data:`rankiq.service.iqm.IQMS` as a :class:`Metric` (negated when higher is
+    better)."""
+    fn, higher_is_worse = IQMS[name]
+    sign = 1.0 if higher_is_worse else -1.0
+
+    def badness(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> float:
+        return sign * float(fn(image))
+
+    return Metric(name.upper(), "iqm", badness, higher_is_worse)
+
+
+def load_noref_models(models_dir: str | Path, threads: int = 1) -> list[Any]:
+    """Every no-reference model under ``models_dir`` (sorted by name)."""
+    from rankiq.service.models import load_models
+
+    models = load_models(models_dir, threads=threads)
+    return [models[n] for n in sorted(models) if models[n].mode == "no-reference"]
+
+
+# -- the evaluation ---------------------------------------------------------------------------
+
+def evaluate_ladders(images: Sequence[RealImage], metrics: Sequence[Metric], *, seed: int = 0,
+                     compare: bool = True) -> dict[str, Any]:
+    """Score every ladder of every image with every metric.
+
+    Returns:
+        ``{"metrics": {name: {"kind", "higher_is_worse", "values": {image: {type: [values]}},
+        "timing_s", **summarise_ladders(...), "compare": {...}}}}``; ``values`` are the
+        oriented (higher = worse) values of levels 0..5.
+    """
+    built = {im.name: ladders(im.image, seed, i) for i, im in enumerate(images)}
+    out: dict[str, Any] = {}
+    for m in metrics:
+        t0 = time.perf_counter()
+        values: dict[str, dict[str, list[float]]] = {}
+        for im in images:
+            clean = m.badness(im.image, im.pixel_spacing, im.contrast)
+            values[im.name] = {
+                kind: [clean] + [m.badness(x, im.pixel_spacing, im.contrast) for x in lad[1:]]
+                for kind, lad in built[im.name].items()}
+        entry: dict[str, Any] = {"kind": m.kind, "higher_is_worse": m.higher_is_worse,
+                                 "values": values, **summarise_ladders(values)}
+        if compare and m.model is not None:
+            entry["compare"] = compare_consistency(m.model, images, built)
+        entry["timing_s"] = round(time.perf_counter() - t0, 3)
+        out[m.name] = entry
+    return {"metrics": out}
+
+
+def compare_consistency(model: Any, images: Sequence[RealImage],
+                        built: dict[str, dict[str, list[np.ndarray]]]) -> dict[str, Any]:
+    """``compare_series`` on every adjacent ladder pair: agreement with the model's own scores.
+
+    Returns:
+        ``{"consistent", "pairs", "rate", "similar_verdicts", "per_type": {type: {"consistent",
+        "pairs"}}, "max_similar_probability"}``.
+    """
+    from rankiq.service.scoring import OUTCOMES, compare_series
+
+    per_type: dict[str, dict[str, int]] = {}
+    ok = n = similar = 0
+    max_sim = 0.0
+    for im in images:
+        for kind, lad in built[im.name].items():
+            series = [_series(x, im.pixel_spacing, im.contrast) for x in lad]
+            t = per_type.setdefault(kind, {"consistent": 0, "pairs": 0})
+            for i in range(len(series) - 1):
+                c = compare_series(model, series[i], series[i + 1])
+                good = consistent(c.a.median, c.b.median, c.probabilities)
+                verdict = OUTCOMES[int(np.argmax(c.probabilities))]
+                similar += verdict == "similar"
+                max_sim = max(max_sim, float(c.probabilities[1]))
+                ok += good
+                n += 1
+                t["consistent"] += good
+                t["pairs"] += 1
+    return {"consistent": ok, "pairs": n, "rate": ok / n if n else float("nan"),
+            "similar_verdicts": similar, "max_similar_probability": max_sim,
+            "per_type": per_type}
+
+
+def archive_variants(im: RealImage, index: int, seed: int) -> list[tuple[str, bool, np.ndarray]]:
+    """The series the archive holds for one real image: ``(variant, corrupted, pixels)``.
+
+    Clean: the image as is, flipped left-right, and scaled by 0.5 (DICOM rescale changes only);
+    corrupted: level :data:`ARCHIVE_LEVEL` of each ladder type.
+    """
+    out: list[tuple[str, bool, np.ndarray]] = [
+        ("clean", False, im.image),
+        ("clean-flip", False, np.ascontiguousarray(im.image[:, ::-1])),
+        ("clean-scale", False, im.image * np.float32(0.5)),
+    ]
+    for kind, lad in ladders(im.image, seed, index).items():
+        out.append((f"{kind}-{ARCHIVE_LEVEL}", True, lad[ARCHIVE_LEVEL]))
+    return out
+
+
+def write_archive(root: Path, images: Sequence[RealImage], seed: int) -> list[dict[str, Any]]:
+    """Write the archive (one single-slice MR DICOM series per variant, via
+    :func:`rankiq.service.qa.synth.write_series`, with the image's real pixel spacing where
+    known). Returns the truth rows ``{"image", "variant", "corrupted", "file"}``."""
+    import pydicom
+    from rankiq.service.qa.synth import write_series
+
+    rng = np.random.default_rng([seed, 7919])
+    truth = []
+    number = 0
+    for i, im in enumerate(images):
+        desc = FAMILY_DESCRIPTION.get(im.contrast, FAMILY_DESCRIPTION["other"])
+        for variant, corrupted, px in archive_variants(im, i, seed):
+            number += 1
+            files = write_series(root / f"series_{number:03d}", px[None].astype(np.float32),
+                                 description=desc, rng=rng, series_number=number,
+                                 patient="REAL^EVALUATION")
+            if im.pixel_spacing is not None:
+                for f in files:
+                    ds = pydicom.dcmread(f)
+                    ds.PixelSpacing = [f"{v:.6g}" for v in im.pixel_spacing]
+                    ds.save_as(f, enforce_file_format=True)
+            truth.append({"image": im.name, "variant": variant, "corrupted": corrupted,
+                          "file": files[0]})
+    return truth
+
+
+def archive_flag_rates(images: Sequence[RealImage], model_dirs: Sequence[Path], *,
+                       seed: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Batch QA flag rates on an archive built from the real images, per no-reference model.
+
+    Returns:
+        ``{"models": {model: {"clean": {"series", "flagged", "rate"}, "corrupted": {...},
+        "by_variant": {variant: {"series", "flagged"}}, "not_scored" (skipped or failed),
+        "not_in_range" (rows marked ``in_range: false``), "flag_reasons": {reason: count},
+        "thresholds": {...}}}, "series", "level", "timing_s"}``.
+    """
+    from rankiq.service.qa.runner import QAOptions, run_qa
+    from rankiq.service.qa.synth import series_key_of
+
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rankiq-real-archive-") as tmp:
+        archive = Path(tmp) / "archive"
+        truth = write_archive(archive, images, seed)
+        keys = {series_key_of(t["file"]): t for t in truth}
+        for model_dir in model_dirs:
+            opts = QAOptions(model_dir=Path(model_dir), workers=1, threads=threads,
+                             progress=False, textfile=False)
+            res = run_qa([archive], Path(tmp) / f"qa-{Path(model_dir).name}", opts)
+            rows = {r["series_key"]: r for r in res.doc["series"]}
+            groups: dict[str, dict[str, int]] = {"clean": {"series": 0, "flagged": 0},
+                                                 "corrupted": {"series": 0, "flagged": 0}}
+            by_variant: dict[str, dict[str, int]] = {}
+            reasons: dict[str, int] = {}
+            not_scored = not_in_range = 0
+            for key, t in keys.items():
+                row = rows.get(key)
+                if row is None:
+                    not_scored += 1
+                    continue
+                variant = t["variant"].rsplit("-", 1)[0] if t["corrupted"] else t["variant"]
+                g = groups["corrupted" if t["corrupted"] else "clean"]
+                v = by_variant.setdefault(variant, {"series": 0, "flagged": 0})
+                for d in (g, v):
+                    d["series"] += 1
+                    d["flagged"] += int(bool(row["flagged"]))
+                if row["flagged"]:
+                    r = str(row.get("reason") or "flagged")
+                    reasons[r] = reasons.get(r, 0) + 1
+                not_in_range += row.get("in_range") is False
+            for g in groups.values():
+                g["rate"] = g["flagged"] / g["series"] if g["series"] else float("nan")
+            out[Path(model_dir).name] = {**groups, "by_variant": by_variant,
+                                         "not_scored": not_scored,
+                                         "not_in_range": not_in_range,
+                                         "flag_reasons": reasons,
+                                         "thresholds": res.doc.get("thresholds")}
+    return {"models": out, "series": len(truth), "level": ARCHIVE_LEVEL,
+            "timing_s": round(time.perf_counter() - t0, 3)}
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def _pct(c: int, n: int) -> str:
+    return f"{c}/{n} ({100.0 * c / n:.0f}%)" if n else "-"
+
+
+def _rho(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The Markdown tables of a report from :func:`run`."""
+    kinds = [k for k in TYPES if k in report["types"]]
+    lines = ["Adjacent-pair accuracy (Spearman rho) per corruption type, "
+             f"{len(report['images'])} real images x {N_LEVELS} levels; "
+             "compare = verdicts agreeing with the model's own scores.", "",
+             "| metric | " + " | ".join(kinds) + " | overall | compare |",
+             "|---" * (len(kinds) + 3) + "|"]
+    for name, m in report["metrics"].items():
+        cells = [f"{_pct(m['per_type'][k]['correct'], m['per_type'][k]['pairs'])} "
+                 f"(rho {_rho(m['per_type'][k]['spearman_mean'])})" for k in kinds]
+        o = m["overall"]
+        cmp = m.get("compare")
+        cells.append(f"**{_pct(o['correct'], o['pairs'])}** (rho {_rho(o['spearman_mean'])})")
+        cells.append(_pct(cmp["consistent"], cmp["pairs"]) if cmp else "-")
+        label = name if m["kind"] == "rankiq" else f"{name} (IQM)"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    arch = report.get("archive")
+    if arch:
+        lines += ["", f"Batch QA flag rates on an archive of {arch['series']} single-slice "
+                  f"series built from the same images (clean: as is, flipped, scaled; corrupted: "
+                  f"level {arch['level']} of each type), default thresholds.", "",
+                  "| model | clean flagged | corrupted flagged | "
+                  + " | ".join(kinds) + " | not scored |",
+                  "|---" * (len(kinds) + 4) + "|"]
+        for name, a in arch["models"].items():
+            bv = a["by_variant"]
+            cells = [_pct(bv[k]["flagged"], bv[k]["series"]) if k in bv else "-" for k in kinds]
+            lines.append(f"| {name} | {_pct(a['clean']['flagged'], a['clean']['series'])} | "
+                         f"{_pct(a['corrupted']['flagged'], a['corrupted']['series'])} | "
+                         + " | ".join(cells) + f" | {a['not_scored']} |")
+    lines += ["", "Levels: " + "; ".join(
+        f"{k} {', '.join(f'{level_value(k, i):g}' for i in range(N_LEVELS))}" for k in kinds)
+        + " (see rankiq.training.ladders).",
+        "Images: " + ", ".join(f"{i['name']} {i['shape'][0]}x{i['shape'][1]}"
+                               for i in report["images"]) + "."]
+    return "\n".join(lines)
+
+
+def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, seed: int = 0,
+        iqms: Sequence[str] | None = None, archive: bool = False, compare: bool = True,
+        threads: int = 1) -> dict[str, Any]:
+    """The whole evaluation (what ``rankiq evaluate real`` prints and saves).
+
+    Args:
+        models_dir: directory of exported models (every no-reference one is evaluated), or
+            ``None`` for IQMs only.
+        images: real image names (default: every available one).
+        seed: ladder seed.
+        iqms: IQM names (default all of :data:`rankiq.service.iqm.IQMS`).
+        archive: also build the DICOM archive and run batch QA.
+        compare: also measure compare consistency of the RankIQ models.
+        threads: ONNX Runtime threads.
+
+    Raises:
+        ValueError: no real image is available (or none of ``images``).
+    """
+    t0 = time.perf_counter()
+    ims = real_images(list(images) if images else None)
+    if not ims:
+        raise ValueError("no real MR image available" + (f" among {', '.join(images)}"
+                                                         if images else ""))
+    models = load_noref_models(models_dir, threads) if models_dir is not None else []
+    metrics = [rankiq_metric(m) for m in models]
+    metrics += [iqm_metric(n) for n in (iqms or list(IQMS))]
+    report: dict[str, Any] = {
+        "seed": seed,
+        "types": list(TYPES),
+        "levels": {k: [level_value(k, i) for i in range(N_LEVELS)] for k in LEVELS},
+        "images": [{"name": im.name, "shape": list(im.image.shape),
+                    "pixel_spacing": im.pixel_spacing, "contrast": im.contrast,
+                    "source": im.source, "description": im.description} for im in ims],
+        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+        **evaluate_ladders(ims, metrics, seed=seed, compare=compare),
+    }
+    if archive:
+        dirs = [Path(m.path) for m in models if getattr(m, "path", None) is not None]
+        report["archive"] = archive_flag_rates(ims, dirs, seed=seed, threads=threads)
+    report["wall_s"] = round(time.perf_counter() - t0, 2)
+    return report
