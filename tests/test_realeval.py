@@ -142,6 +142,7 @@ def test_evaluate_real_end_to_end(tmp_path):
         assert m["overall"]["pairs"] == 20
         assert 0 <= m["overall"]["correct"] <= 20
         assert all(len(v) == 6 for v in m["values"]["pydicom-mr-small"].values())
+    assert set(doc["metrics"][rankiq_models[0]]["in_range"]) == {"pydicom-mr-small"}
     cmp = doc["metrics"][rankiq_models[0]]["compare"]
     assert cmp["pairs"] == 20 and 0 <= cmp["consistent"] <= 20
     arch = doc["archive"]["models"][rankiq_models[0]]
@@ -162,3 +163,11 @@ def test_evaluate_real_bad_input_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     r = rankiq("evaluate", str(tmp_path / "run"))  # runs still need --out
     assert r.returncode == 2 and "--out" in r.stderr
+
+
+def test_json_has_no_nan_or_infinity_literals():
+    from rankiq.training.commands.realeval_cmd import _finite
+
+    doc = {"a": [1.0, float("nan"), float("inf"), -float("inf")], "b": {"c": (2, 3.5)}}
+    text = json.dumps(_finite(doc), allow_nan=False)
+    assert json.loads(text) == {"a": [1.0, None, "inf", "-inf"], "b": {"c": [2, 3.5]}}

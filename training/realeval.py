@@ -201,11 +201,26 @@ def evaluate_ladders(images: Sequence[RealImage], metrics: Sequence[Metric], *, 
                 for kind, lad in built[im.name].items()}
         entry: dict[str, Any] = {"kind": m.kind, "higher_is_worse": m.higher_is_worse,
                                  "values": values, **summarise_ladders(values)}
+        if m.model is not None:
+            entry["in_range"] = clean_in_range(m.model, images)
         if compare and m.model is not None:
             entry["compare"] = compare_consistency(m.model, images, built)
         entry["timing_s"] = round(time.perf_counter() - t0, 3)
         out[m.name] = entry
     return {"metrics": out}
+
+
+def clean_in_range(model: Any, images: Sequence[RealImage]) -> dict[str, Any]:
+    """Whether the model calls each clean image in range (``{image: {"in_range", "reasons"}}``;
+    ``None`` from a scorer that does not say)."""
+    from rankiq.service.scoring import score_series
+
+    out = {}
+    for im in images:
+        r = score_series(model, _series(im.image, im.pixel_spacing, im.contrast))
+        out[im.name] = {"in_range": getattr(r, "in_range", None),
+                        "reasons": list(getattr(r, "range_reasons", ()))}
+    return out
 
 
 def compare_consistency(model: Any, images: Sequence[RealImage],
@@ -379,11 +394,23 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {_pct(a['clean']['flagged'], a['clean']['series'])} | "
                          f"{_pct(a['corrupted']['flagged'], a['corrupted']['series'])} | "
                          + " | ".join(cells) + f" | {a['not_scored']} |")
-    lines += ["", "Levels: " + "; ".join(
+    out_of_range = sorted({f"{im} ({', '.join(v['reasons']) or 'out of range'})"
+                           for m in report["metrics"].values()
+                           for im, v in m.get("in_range", {}).items() if v["in_range"] is False})
+    if out_of_range:
+        lines += ["", "Clean images a model calls out of range: " + ", ".join(out_of_range) + "."]
+    lines += ["", "Ties and NaN count as wrong. FBER over an exactly zero background is infinite "
+              "(ranked best). SNR and CJV use the two classes of an Otsu split inside the head "
+              "mask as tissue classes (rankiq.service.iqm).",
+              "Levels: " + "; ".join(
         f"{k} {', '.join(f'{level_value(k, i):g}' for i in range(N_LEVELS))}" for k in kinds)
         + " (see rankiq.training.ladders).",
         "Images: " + ", ".join(f"{i['name']} {i['shape'][0]}x{i['shape'][1]}"
                                for i in report["images"]) + "."]
+    if report.get("models"):
+        lines.append("Models: " + ", ".join(f"{m['name']} {m['version']} (score.onnx sha256 "
+                                            f"{str(m['sha256'])[:12]})"
+                                            for m in report["models"]) + ".")
     return "\n".join(lines)
 
 

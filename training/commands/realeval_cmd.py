@@ -54,9 +54,12 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null (strict JSON has no NaN/Infinity)."""
+    """Strict-JSON copy (no NaN/Infinity literals): NaN becomes null, an infinity the string
+    ``"inf"`` or ``"-inf"`` (FBER is infinite over a zero background, and ranks as such)."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if math.isnan(obj):
+            return None
+        return obj if math.isfinite(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, dict):
         return {str(k): _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -105,5 +108,5 @@ def evaluate_real(args: argparse.Namespace) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(report), indent=1) + "\n")
+        path.write_text(json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
     return 0
