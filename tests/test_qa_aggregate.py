@@ -161,3 +161,14 @@ def test_archive_outlier_cut_is_strict_and_identical_series_have_a_floor():
     assert out["s6"].z == pytest.approx(3.5) and not out["s6"].outlier  # equal: not above
     more = _rows([10.0] * 6 + [10.0 * np.exp(3.6 * MIN_LOG_SCALE)])
     assert archive_outliers(more, z_cut=3.5, min_group=5)["s6"].outlier
+
+
+def test_cli_help_defaults_match_the_runner():
+    """`rankiq qa --help` states the runner's defaults (the parser cannot import them)."""
+    from rankiq.service.qa.aggregate import DEFAULT_OUTLIER_Z, MIN_GROUP
+    from rankiq.service.qa.runner import QAOptions
+    from rankiq.service.scoring import DEFAULT_MAX_SLICES
+
+    opts = QAOptions(model_dir=".")
+    assert (opts.outlier_z, opts.outlier_min_group, opts.max_slices) == (
+        DEFAULT_OUTLIER_Z, MIN_GROUP, DEFAULT_MAX_SLICES) == (3.5, 5, 512)

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "rankiq.service.commands.score_cmd",  # rankiq score / compare
     "rankiq.service.commands.serve_cmd",  # rankiq serve / bench serve
     "rankiq.service.commands.qa_cmd",  # rankiq qa / bench qa
+    "rankiq.service.commands.calibrate_cmd",  # rankiq calibrate
 )
 
 

@@ -46,6 +46,14 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--reference-model", type=Path, default=None, metavar="DIR",
                    help="reference-mode model for mapped series (default: iqnet-ref beside "
                         "--model)")
+    # defaults (None) are the runner's: 3.5 and 512, as in QAOptions and rankiq score
+    p.add_argument("--outlier-z", type=float, default=None, metavar="Z",
+                   help="archive-relative rule: flag a series whose robust z of log(median) "
+                        "among the series of its protocol in this run is above Z (groups of "
+                        ">= 5; default 3.5; 0 turns it off)")
+    p.add_argument("--max-slices", type=int, default=None, metavar="N",
+                   help="series with more slices fail as too_large (default 512, as rankiq "
+                        "score)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -99,6 +107,12 @@ def qa(args: argparse.Namespace) -> int:
                      workers=args.workers, threads=args.threads, resume=args.resume,
                      progress=not args.no_progress, references_file=args.references,
                      reference_model_dir=args.reference_model)
+    if args.outlier_z is not None:
+        opts.outlier_z = args.outlier_z
+    if args.max_slices is not None:
+        if args.max_slices < 1:
+            raise RankIQError(f"--max-slices must be at least 1, not {args.max_slices}")
+        opts.max_slices = args.max_slices
     res = run_qa(args.paths, args.out, opts)
     s = res.doc["summary"]
     summary = {**s, "scored_now": res.scored_now, "scored_before": res.scored_before,
@@ -107,7 +121,9 @@ def qa(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"rankiq qa: {s['series']} series scored ({s['flagged']} flagged), "
+        rules = ", ".join(f"{k} {v}" for k, v in s.get("rules", {}).items())
+        print(f"rankiq qa: {s['series']} series scored ({s['flagged']} flagged"
+              f"{': ' + rules if rules else ''}; {s.get('not_assessable', 0)} not assessable), "
               f"{s['skipped']} skipped, {s['failed_inputs']} unreadable inputs; "
               f"{res.scored_now} scored in this run ({res.slices_now} slices, "
               f"{res.wall_s:.1f} s); reports in {res.out_dir}/ (qa.csv, qa.json, failed.csv, "

@@ -247,12 +247,15 @@ class Outlier:
         n: series in the group (assessable series of the same protocol and model).
         median: the group median of the statistic (model score units), or ``None``.
         outlier: ``z > z_cut`` (strictly; one-sided: only worse than the group).
+        limit: the statistic at ``z == z_cut``, ``median * exp(z_cut * scale)``: the threshold
+            the rule amounts to for this group (``None`` without a z or with the rule off).
     """
 
     z: float | None
     n: int
     median: float | None
     outlier: bool
+    limit: float | None = None
 
 
 def archive_outliers(rows: list[Mapping[str, Any]], *, z_cut: float = DEFAULT_OUTLIER_Z,
@@ -293,5 +296,6 @@ def archive_outliers(rows: list[Mapping[str, Any]], *, z_cut: float = DEFAULT_OU
         scale = max(1.4826 * float(np.median(np.abs(logs - med))), MIN_LOG_SCALE)
         for key, v in members:
             z = (v - med) / scale
-            out[key] = Outlier(float(z), n, float(np.exp(med)), bool(z_cut > 0 and z > z_cut))
+            out[key] = Outlier(float(z), n, float(np.exp(med)), bool(z_cut > 0 and z > z_cut),
+                               float(np.exp(med + z_cut * scale)) if z_cut > 0 else None)
     return out

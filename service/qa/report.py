@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-QA_COLUMNS = ("series_key", "description", "contrast", "slices", "blank_slices", "median",
-              "p90", "mean", "worst", "worst_slices", "statistic", "threshold", "flagged",
-              "reason", "model", "model_version", "mode")
+QA_COLUMNS = ("series_key", "description", "contrast", "protocol", "slices", "blank_slices",
+              "median", "p90", "mean", "worst", "worst_slices", "statistic", "threshold",
+              "status", "flagged", "rule", "reason", "robust_z", "protocol_series", "in_range",
+              "range_reasons", "model", "model_version", "mode")
 FAILED_COLUMNS = ("source", "reason", "message")
 SKIPPED_COLUMNS = ("series_key", "description", "modality", "instances", "reason", "source")
 
@@ -74,13 +75,30 @@ def slice_assets(image: np.ndarray, saliency: np.ndarray | None, size: int = 160
 
 
 def qa_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A journal ``done`` row -> the flat per-series record of qa.csv / qa.json."""
+    """A journal ``done`` row -> the flat per-series record of qa.csv / qa.json.
+
+    Columns (qa.csv, in this order): ``series_key``, ``description``, ``contrast``,
+    ``protocol`` (:func:`rankiq.service.qa.aggregate.protocol_key`), ``slices``,
+    ``blank_slices``, ``median``/``p90``/``mean``/``worst`` (model score units, lower is
+    better), ``worst_slices``, ``statistic`` (the one thresholds apply to), ``threshold`` (the
+    threshold of the rule that fired, else the family's), ``status`` (``passed``, ``flagged``,
+    ``not_assessable``), ``flagged``, ``rule`` (``model_threshold``, ``site_threshold``,
+    ``archive_outlier``; empty when not flagged), ``reason``, ``robust_z`` (within the
+    protocol group, empty under the group minimum), ``protocol_series`` (its size),
+    ``in_range``, ``range_reasons`` (why the model cannot assess it), ``model``,
+    ``model_version``, ``mode``. Rows of journals from earlier versions get the defaults.
+    """
+    from rankiq.service.qa.aggregate import protocol_key
+
     info, res = row["info"], row["result"]
     agg = res["aggregate"]
+    status = res.get("status") or ("flagged" if res["flagged"] else "passed")
+    value = res.get("statistic_value", agg.get(res["statistic"]))
     return {
         "series_key": row["series_key"],
         "description": info.get("description", ""),
         "contrast": info.get("contrast", "other"),
+        "protocol": protocol_key(info),
         "slices": agg["slices"],
         "blank_slices": agg["blank"],
         "median": _num(agg["median"]),
@@ -89,9 +107,16 @@ def qa_row(row: dict[str, Any]) -> dict[str, Any]:
         "worst": _num(agg["worst"]),
         "worst_slices": agg["worst_slices"],
         "statistic": res["statistic"],
+        "statistic_value": _num(value),
         "threshold": res["threshold"],
+        "status": status,
         "flagged": bool(res["flagged"]),
+        "rule": res.get("rule", "model_threshold" if res["flagged"] else ""),
         "reason": res["reason"],
+        "robust_z": None,
+        "protocol_series": 0,
+        "in_range": bool(res.get("in_range", True)),
+        "range_reasons": list(res.get("range_reasons", [])),
         "model": res["model"],
         "model_version": res["model_version"],
         "mode": res.get("mode", "no-reference"),  # "reference" for series mapped to a reference
@@ -131,7 +156,8 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
-th{background:#f0f0f0}tr.flag td{background:#fde8e4}.num{text-align:right}
+th{background:#f0f0f0}tr.flag td{background:#fde8e4}tr.na td{background:#eef0f6;color:#555}
+.num{text-align:right}
 section{margin:1.5em 0;padding:0.5em 1em;border-left:4px solid #d33}
 figure{display:inline-block;margin:4px;text-align:center;font-size:12px}
 img{image-rendering:pixelated;border:1px solid #999}
@@ -153,22 +179,28 @@ def render_html(doc: dict[str, Any], assets: dict[str, dict[str, Any]]) -> str:
         f"<p>Model <b>{e(doc['model']['name'])}</b> version {e(str(doc['model']['version']))}; "
         f"statistic <b>{e(doc['thresholds']['statistic'])}</b>, thresholds from "
         f"{e(doc['thresholds']['source'])}; lower scores are better.</p>",
-        f"<p>{s['series']} series scored, <b>{s['flagged']} flagged</b>, {s['skipped']} skipped, "
-        f"{s['failed_inputs']} unreadable inputs, {s['slices']} slices.</p>",
+        f"<p>{s['series']} series scored, <b>{s['flagged']} flagged</b>"
+        + "".join(f" ({e(k)}: {v})" for k, v in (s.get("rules") or {}).items())
+        + f", {s.get('not_assessable', 0)} not assessable (outside what the model was trained "
+        f"on), {s['skipped']} skipped, {s['failed_inputs']} unreadable inputs, "
+        f"{s['slices']} slices.</p>",
+        _archive_rule_note(doc.get("archive_rule")),
         "<h2>Series</h2><table><tr>",
         "".join(f"<th>{c}</th>" for c in ("series", "description", "contrast", "slices",
-                                          "median", "p90", "worst", "threshold", "flagged",
-                                          "reason")),
+                                          "median", "p90", "worst", "threshold", "status",
+                                          "rule", "robust z", "reason")),
         "</tr>",
     ]
-    ordered = sorted(doc["series"], key=lambda r: (not r["flagged"], r["series_key"]))
+    rank = {"flagged": 0, "not_assessable": 1}
+    ordered = sorted(doc["series"], key=lambda r: (rank.get(r["status"], 2), r["series_key"]))
     for r in ordered:
-        cls = " class='flag'" if r["flagged"] else ""
+        cls = {"flagged": " class='flag'", "not_assessable": " class='na'"}.get(r["status"], "")
         link = (f"<a href='#s-{e(r['series_key'])}'>{e(r['series_key'])}</a>" if r["flagged"]
                 else e(r["series_key"]))
         cells = [link, e(r["description"]), e(r["contrast"]), str(r["slices"])]
         cells += [_fmt(r[k]) for k in ("median", "p90", "worst", "threshold")]
-        cells += ["yes" if r["flagged"] else "no", e(r["reason"])]
+        cells += [e(r["status"].replace("_", " ")), e(r["rule"]), _fmt(r.get("robust_z")),
+                  e(r["reason"])]
         parts.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
     flagged = [r for r in ordered if r["flagged"]]
@@ -192,6 +224,18 @@ def render_html(doc: dict[str, Any], assets: dict[str, dict[str, Any]]) -> str:
                          [(r["source"], r["reason"], r["message"]) for r in doc["failed"]])
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _archive_rule_note(rule: dict[str, Any] | None) -> str:
+    """One sentence stating the archive-relative rule of the run."""
+    if not rule:
+        return ""
+    if not rule["z"]:
+        return "<p>Archive-relative rule off.</p>"
+    return (f"<p>Archive-relative rule: a series is flagged when the robust z of "
+            f"log({html.escape(rule['statistic'])}) among the series of its protocol "
+            f"({html.escape(rule['protocol'])}; median and 1.4826 MAD, groups of at least "
+            f"{rule['min_group']}) is above {rule['z']:g}.</p>")
 
 
 def _fmt(x: Any) -> str:

@@ -9,14 +9,18 @@ Stages (each series goes through 3-5 in one worker process, so its pixels are re
 2. **select**: :class:`~service.qa.selection.SeriesSelector` decides per series from its header
    attributes; skips are journalled with their reason.
 3. **decode**: :func:`rankiq.service.io.load_series` reads the series' pixels.
-4. **preprocess + score**: :func:`rankiq.service.preprocess.prepare` at the model's grid, then the
-   no-reference ONNX model on all slices of the series in batches.
-5. **aggregate + flag**; for flagged series, saliency of the worst slices and the PNGs for the
-   report.
+4. **score**: :func:`rankiq.service.scoring.score_series`, the one scorer behind ``rankiq
+   score`` and ``/score`` (same preprocessing, batching, non-finite checks and slice limit).
+5. **judge** (:func:`judge`): a series the scorer labels out of range is *not assessable* (never
+   flagged or passed); otherwise it is flagged when its statistic is above its family's
+   threshold (rule ``model_threshold`` or ``site_threshold``). Flagged series get saliency of
+   their worst slices and the PNGs for the report.
 
 Every series result is committed to the journal in one transaction, which makes a killed run
 resumable (see :mod:`rankiq.service.qa.journal`). Reports are (re)written from the journal at the
-end.
+end; that is also when the archive-relative rule (``archive_outlier``,
+:func:`rankiq.service.qa.aggregate.archive_outliers`) compares each series with the others of its
+protocol, so a resumed run (or a rerun with another ``--outlier-z``) judges the whole archive.
 """
 
 from __future__ import annotations
@@ -30,19 +34,34 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from rankiq.service.qa.aggregate import Thresholds, aggregate, flag, load_thresholds
+from rankiq.service.qa.aggregate import (
+    DEFAULT_OUTLIER_Z,
+    MIN_GROUP,
+    SeriesAggregate,
+    Thresholds,
+    aggregate,
+    archive_outliers,
+    flag,
+    load_thresholds,
+    threshold_rule,
+)
 from rankiq.service.qa.journal import Journal
 from rankiq.service.qa.references import ReferenceMap, load_reference_map
 from rankiq.service.qa.selection import RulesError, SeriesSelector, load_selector
+from rankiq.service.scoring import DEFAULT_MAX_SLICES
+
+if TYPE_CHECKING:
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.models import ScoringModel
+    from rankiq.service.scoring import SeriesScore
 
 DEFAULT_MODEL = "iqnet-noref"
 SCAN_BATCH = 500  # instances per journal transaction during the walk
-SCORE_BATCH = 16  # slices per ONNX call (bounds memory at large grids)
 WORST_K = 3  # worst slices kept per series (and rendered for flagged ones)
 STAGES = ("scan", "decode", "preprocess", "score", "report")
 
@@ -67,6 +86,11 @@ class QAOptions:
             series are scored against their reference with ``reference_model_dir``.
         reference_model_dir: the reference-mode model (default: ``iqnet-ref`` beside
             ``model_dir``); its own ``qa_thresholds`` flag the mapped series.
+        outlier_z: robust z cut of the archive-relative rule (``0`` turns it off); applied
+            when reports are written, so it may change on ``resume``.
+        outlier_min_group: fewest series of one protocol that the rule compares.
+        max_slices: larger series fail with ``too_large`` (the scorer's limit, never truncated).
+        render: saliency and PNGs of the worst slices of flagged series (off for calibration).
     """
 
     model_dir: Path
@@ -80,6 +104,10 @@ class QAOptions:
     textfile: bool = True
     references_file: Path | None = None
     reference_model_dir: Path | None = None
+    outlier_z: float = DEFAULT_OUTLIER_Z
+    outlier_min_group: int = MIN_GROUP
+    max_slices: int = DEFAULT_MAX_SLICES
+    render: bool = True
 
     def reference_model(self) -> Path:
         """The reference-mode model directory used for mapped series."""
@@ -104,6 +132,145 @@ class QAResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SeriesResult:
+    """The verdict on one scored series (journalled as JSON by :meth:`to_json`).
+
+    Attributes:
+        scores: per-slice scores (model units, lower is better); ``blank``: indices of blank
+            slices (left out of the statistics).
+        aggregate: median/p90/mean/worst and the worst slices.
+        status: ``passed``, ``flagged`` or ``not_assessable`` (out of the model's range: never
+            flagged or passed).
+        flagged: ``status == "flagged"``; ``rule``: the rule that fired (``model_threshold``,
+            ``site_threshold``; ``archive_outlier`` is added when reports are written), ``""``
+            when not flagged; ``reason``: the numbers, in words.
+        statistic: ``median`` or ``p90``; ``statistic_value``: its value for this series.
+        threshold: the family's threshold (model score units).
+        in_range, range_reasons: from :class:`rankiq.service.scoring.SeriesScore`.
+        model, model_version, model_sha256, mode, input_kind: the model that scored it.
+        reference_mapped: scored against a mapped reference series (reference model).
+    """
+
+    scores: tuple[float, ...]
+    blank: tuple[int, ...]
+    aggregate: SeriesAggregate
+    status: Literal["passed", "flagged", "not_assessable"]
+    flagged: bool
+    rule: str
+    reason: str
+    statistic: str
+    statistic_value: float | None
+    threshold: float
+    in_range: bool
+    range_reasons: tuple[str, ...]
+    model: str
+    model_version: str
+    model_sha256: str
+    mode: str
+    input_kind: str
+    reference_mapped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (the journal's ``result``; lists for tuples)."""
+        out = asdict(self)
+        out.update(scores=[round(float(v), 6) for v in self.scores], blank=list(self.blank),
+                   range_reasons=list(self.range_reasons))
+        return out
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """What a worker hands back for one series.
+
+    Attributes:
+        status: ``done`` (scored: see ``result``), ``skipped`` (by a selection rule) or
+            ``failed`` (unreadable or unscorable).
+        reason: skip or failure reason code (``""`` when done); ``message``: failure details.
+        info: description, contrast, modality, rows, cols, pixel_spacing (mm).
+        result: the :class:`SeriesResult` when done.
+        assets: base64 PNGs of the worst slices of a flagged series (for report.html).
+        timings: seconds per stage (``decode``, ``preprocess``, ``score``, ``render``).
+    """
+
+    status: Literal["done", "skipped", "failed"]
+    timings: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+    result: SeriesResult | None = None
+    assets: dict[str, Any] | None = None
+    reason: str = ""
+    message: str = ""
+
+
+def judge(score: SeriesScore, thresholds: Thresholds, *, k: int = WORST_K,
+          reference_mapped: bool = False) -> SeriesResult:
+    """Aggregate a :class:`~rankiq.service.scoring.SeriesScore` and apply the threshold rule.
+
+    Out-of-range scores are ``not_assessable`` whatever their value. Otherwise the series is
+    ``flagged`` when its statistic is strictly above its family's threshold; the rule is
+    ``site_threshold`` when that threshold came from a site file, else ``model_threshold``.
+    """
+    agg = aggregate(score.scores, score.blank, k=k)
+    value = agg.statistic(thresholds.statistic)
+    status: Literal["passed", "flagged", "not_assessable"]
+    if not score.in_range:
+        status, flagged, rule = "not_assessable", False, ""
+        reason = "not assessable: " + (", ".join(score.range_reasons) or "out of range")
+    else:
+        flagged, reason = flag(agg, score.contrast, thresholds)
+        rule = threshold_rule(score.contrast, thresholds) if flagged else ""
+        status = "flagged" if flagged else "passed"
+    m = score.model
+    return SeriesResult(
+        scores=tuple(float(v) for v in score.scores),
+        blank=tuple(int(i) for i in np.flatnonzero(score.blank)),
+        aggregate=agg, status=status, flagged=flagged, rule=rule, reason=reason,
+        statistic=thresholds.statistic,
+        statistic_value=float(value) if np.isfinite(value) else None,
+        threshold=thresholds.for_family(score.contrast),
+        in_range=bool(score.in_range), range_reasons=tuple(score.range_reasons),
+        model=str(m.get("name")), model_version=str(m.get("version")),
+        model_sha256=str(m.get("sha256", "")), mode=str(m.get("mode", "no-reference")),
+        input_kind=str(m.get("input_kind", "magnitude")), reference_mapped=reference_mapped)
+
+
+def _take(series: ImageSeries, idx: list[int]) -> ImageSeries:
+    """The slices ``idx`` of a series (pixels and complex pixels)."""
+    cplx = None if series.complex_pixels is None else series.complex_pixels[idx]
+    return replace(series, pixels=series.pixels[idx], complex_pixels=cplx)
+
+
+def render_assets(model: ScoringModel, series: ImageSeries, reference: ImageSeries | None,
+                  worst: list[int], scores: list[float] | tuple[float, ...]) -> dict[str, Any]:
+    """Thumbnails (and saliency overlays when the model has a saliency graph) of the worst
+    slices of a series, for report.html.
+
+    Saliency is computed by the one scorer on the worst slices only (preprocessing is per
+    slice, so these are the same network inputs as in the full series).
+
+    Returns:
+        ``{"slices": [{"index", "score", "thumb", "overlay"?}]}`` (base64 PNGs).
+    """
+    from rankiq.service.qa.report import slice_assets
+    from rankiq.service.scoring import score_series
+
+    idx = [int(i) for i in worst]
+    sub = _take(series, idx)
+    ref = None if reference is None else _take(reference, idx)
+    slices = []
+    shown = None
+    if model.has_saliency:
+        shown = score_series(model, sub, ref, saliency=True, max_slices=max(1, len(idx)))
+    for j, i in enumerate(idx):
+        if shown is not None and shown.saliency is not None and shown.display is not None:
+            image = shown.display[j].astype(np.float64)
+            s_map = np.sqrt((np.asarray(shown.saliency[j], np.float64) ** 2).sum(axis=0))
+        else:
+            image, s_map = np.asarray(sub.pixels[j], np.float64), None
+        slices.append({"index": i, "score": float(scores[i]), **slice_assets(image, s_map)})
+    return {"slices": slices}
+
+
 # -- worker side -----------------------------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 
@@ -121,7 +288,8 @@ def _die_with_parent() -> None:
 
 def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: SeriesSelector,
                 worst_k: int, in_pool: bool = True, reference_model_dir: str | None = None,
-                reference_thresholds: Thresholds | None = None) -> None:
+                reference_thresholds: Thresholds | None = None,
+                max_slices: int = DEFAULT_MAX_SLICES, render: bool = True) -> None:
     """Load the model(s) once per worker process (ONNX Runtime sessions with ``threads``); the
     reference model only when series are mapped to references."""
     if in_pool:
@@ -130,7 +298,8 @@ def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: 
 
     _WORKER.update(model=ScoringModel.load(model_dir, threads=threads), thresholds=thresholds,
                    selector=selector, worst_k=worst_k, reference_model=None,
-                   reference_thresholds=reference_thresholds)
+                   reference_thresholds=reference_thresholds, max_slices=max_slices,
+                   render=render)
     if reference_model_dir is not None:
         _WORKER["reference_model"] = ScoringModel.load(reference_model_dir, threads=threads)
 
@@ -175,20 +344,25 @@ def _read_reference(path: str) -> Any:
     return found[0]
 
 
-def process_series(key: str, refs: list[bytes], reference: str | None = None
-                   ) -> dict[str, Any]:
-    """Decode, score, aggregate and flag one series (runs in a worker).
+def series_info(series: ImageSeries) -> dict[str, Any]:
+    """Journalled facts of a decoded series (no identifiers): description, contrast family,
+    modality, matrix, pixel spacing ``[row_mm, col_mm]`` or ``None``."""
+    spacing = series.pixel_spacing
+    return {"description": series.description, "contrast": series.contrast,
+            "modality": series.modality, "rows": series.shape[1], "cols": series.shape[2],
+            "pixel_spacing": None if spacing is None else [float(v) for v in spacing]}
+
+
+def process_series(key: str, refs: list[bytes], reference: str | None = None) -> SeriesOutcome:
+    """Decode, score (:func:`rankiq.service.scoring.score_series`) and judge one series (runs in
+    a worker).
 
     With ``reference`` (a mapped reference path) the series is scored against it by the
-    reference model and flagged by that model's thresholds.
-
-    Returns a dict with ``status`` (``done``/``skipped``/``failed``), ``result``, ``assets``,
-    ``info`` (description, contrast...), ``timings`` (seconds per stage) and for skips and
-    failures ``reason`` (and ``message``).
+    reference model and judged by that model's thresholds.
     """
     from rankiq.service.errors import RankIQError
     from rankiq.service.io import load_series
-    from rankiq.service.preprocess import prepare
+    from rankiq.service.scoring import score_series
 
     model = _WORKER["model"]
     thresholds: Thresholds = _WORKER["thresholds"]
@@ -199,71 +373,52 @@ def process_series(key: str, refs: list[bytes], reference: str | None = None
     try:
         series = load_series([pickle.loads(r) for r in refs], key=key, zips=_open_zips(refs))
     except RankIQError as exc:
-        return {"status": "failed", "reason": exc.reason, "message": str(exc),
-                "timings": timings}
-    t1 = time.perf_counter()
-    timings["decode"] = t1 - t0
-    info = {"description": series.description, "contrast": series.contrast,
-            "modality": series.modality, "rows": series.shape[1], "cols": series.shape[2]}
+        return SeriesOutcome("failed", timings, reason=exc.reason, message=str(exc))
+    timings["decode"] = time.perf_counter() - t0
+    info = series_info(series)
     decision = _WORKER["selector"].decide(loaded_attributes(series))
     if not decision.selected:
-        return {"status": "skipped", "reason": decision.reason, "info": info,
-                "timings": timings}
+        return SeriesOutcome("skipped", timings, info, reason=decision.reason)
     try:
         ref_series = None if reference is None else _read_reference(reference)
-
-        def pixels(s: Any) -> np.ndarray:
-            if model.input_kind == "complex" and s.complex_pixels is not None:
-                return s.complex_pixels
-            return s.pixels
-
-        percentile = float(model.metadata.get("percentile", 99.5))
-        prep = prepare(pixels(series), None if ref_series is None else pixels(ref_series),
-                       grid=tuple(model.grid), input_kind=model.input_kind,
-                       percentile=percentile)
+        score = score_series(model, series, ref_series, max_slices=_WORKER["max_slices"])
     except RankIQError as exc:
-        return {"status": "failed", "reason": exc.reason, "message": str(exc), "info": info,
-                "timings": timings}
-    t2 = time.perf_counter()
-    timings["preprocess"] = t2 - t1
-    x = prep.network_input
-    scores = np.concatenate([np.asarray(model.score(x[i:i + SCORE_BATCH]), np.float32)
-                             for i in range(0, x.shape[0], SCORE_BATCH)])
-    t3 = time.perf_counter()
-    timings["score"] = t3 - t2
-    agg = aggregate(scores, prep.empty, k=_WORKER["worst_k"])
-    flagged, reason = flag(agg, series.contrast, thresholds)
+        return SeriesOutcome("failed", timings, info, reason=exc.reason, message=str(exc))
+    timings["preprocess"] = score.timings.get("prepare", 0.0)
+    timings["score"] = score.timings.get("inference", 0.0)
+    result = judge(score, thresholds, k=_WORKER["worst_k"],
+                   reference_mapped=reference is not None)
     assets = None
-    if flagged and agg.worst_slices:
-        from rankiq.service.qa.report import slice_assets
+    if result.flagged and result.aggregate.worst_slices and _WORKER["render"]:
+        t1 = time.perf_counter()
+        assets = render_assets(model, series, ref_series, result.aggregate.worst_slices,
+                               result.scores)
+        timings["render"] = time.perf_counter() - t1
+    return SeriesOutcome("done", timings, info, result, assets)
 
-        idx = np.asarray(agg.worst_slices)
-        sal = model.score_and_saliency(x[idx])[1] if model.has_saliency else None
-        slices = []
-        for j, i in enumerate(idx):
-            s_map = (None if sal is None
-                     else np.sqrt((np.asarray(sal[j], np.float64) ** 2).sum(axis=0)))
-            pics = slice_assets(np.sqrt((prep.image[i].astype(np.float64) ** 2).sum(axis=0)),
-                                s_map)
-            slices.append({"index": int(i), "score": float(scores[i]), **pics})
-        assets = {"slices": slices}
-        timings["render"] = time.perf_counter() - t3
-    result = {
-        "scores": [round(float(s), 6) for s in scores],
-        "blank": [int(i) for i in np.flatnonzero(prep.empty)],
-        "aggregate": agg.__dict__,
-        "flagged": flagged,
-        "reason": reason,
-        "statistic": thresholds.statistic,
-        "threshold": thresholds.for_family(series.contrast),
-        "model": model.name,
-        "model_version": str(model.version),
-        "mode": model.mode,
-        "input_kind": model.input_kind,
-        "reference_mapped": reference is not None,
-    }
-    return {"status": "done", "result": result, "assets": assets, "info": info,
-            "timings": timings}
+
+def finish_rows(rows: list[dict[str, Any]], *, outlier_z: float = DEFAULT_OUTLIER_Z,
+                min_group: int = MIN_GROUP) -> None:
+    """Apply the archive-relative rule to qa rows in place (see
+    :func:`rankiq.service.qa.aggregate.archive_outliers`).
+
+    Every assessable row gets ``robust_z`` (``None`` in groups under ``min_group``) and
+    ``protocol_series``; an outlier not already flagged becomes ``flagged`` by
+    ``archive_outlier``, with the threshold the rule implies for its group (``threshold``).
+    Not-assessable rows take no part.
+    """
+    judged = [r for r in rows if r["status"] != "not_assessable"]
+    found = archive_outliers(judged, z_cut=outlier_z, min_group=min_group)
+    for r in rows:
+        o = found.get(r["series_key"])
+        r["robust_z"] = None if o is None or o.z is None else round(o.z, 3)
+        r["protocol_series"] = 0 if o is None else o.n
+        if o is None or not o.outlier or r["flagged"]:
+            continue
+        r.update(flagged=True, status="flagged", rule="archive_outlier", threshold=o.limit,
+                 reason=(f"{r['statistic']} {r['statistic_value']:.3f} > {o.limit:.3f}: robust "
+                         f"z {o.z:.2f} > {outlier_z:g} among {o.n} series of its protocol "
+                         f"(median {o.median:.3f})"))
 
 
 # -- main side -------------------------------------------------------------------------------
@@ -342,8 +497,10 @@ def select_pending(journal: Journal, selector: SeriesSelector) -> None:
 
 
 def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Thresholds,
-              selector: SeriesSelector) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The qa.json document and the report assets, from the journal."""
+              selector: SeriesSelector, *, outlier_z: float = DEFAULT_OUTLIER_Z,
+              min_group: int = MIN_GROUP) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The qa.json document and the report assets, from the journal (the archive-relative rule
+    applied over every scored series: :func:`finish_rows`)."""
     from rankiq.service.qa.report import qa_row
 
     sizes = journal.series_sizes()
@@ -371,14 +528,25 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
         else:
             failed.append({"source": source, "reason": reason, "message": message})
     failed.sort(key=lambda r: r["source"])
+    finish_rows(series, outlier_z=outlier_z, min_group=min_group)
+    rules: dict[str, int] = {}
+    for r in series:
+        if r["rule"]:
+            rules[r["rule"]] = rules.get(r["rule"], 0) + 1
     doc = {
         "model": {"name": model_meta.get("name"), "version": model_meta.get("version"),
                   "mode": model_meta.get("mode")},
         "thresholds": thresholds.to_dict(),
         "rules": selector.source,
+        "archive_rule": {"z": float(outlier_z), "min_group": int(min_group),
+                         "statistic": thresholds.statistic,
+                         "protocol": "contrast family | rows x cols | pixel spacing (0.1 mm) | "
+                                     "SeriesDescription hash"},
         "summary": {
             "series": len(series),
             "flagged": sum(r["flagged"] for r in series),
+            "not_assessable": sum(r["status"] == "not_assessable" for r in series),
+            "rules": dict(sorted(rules.items())),
             "skipped": len(skipped),
             "failed_inputs": len(failed),
             "slices": sum(int(r["slices"]) for r in series),
@@ -433,6 +601,11 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         reference_setup = (refmap, load_thresholds(ref_meta, None))
         settings.update(references=refmap.fingerprint(), reference_model=_fingerprint(
             ref_meta.get("files", {})))
+    if options.outlier_z < 0 or not np.isfinite(options.outlier_z):
+        raise RulesError(f"--outlier-z must be a number >= 0 (0 turns the rule off), not "
+                         f"{options.outlier_z}")
+    if options.outlier_min_group < 3:
+        raise RulesError("the archive rule needs groups of at least 3 series")
     journal = Journal(out, settings, resume=options.resume)
     timings = dict.fromkeys(("scan", "decode", "preprocess", "score", "render", "report"), 0.0)
     try:
@@ -445,7 +618,10 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series,
                                     reference_setup)
         t0 = time.perf_counter()
-        doc, assets = build_doc(journal, meta, thresholds, selector)
+        doc, assets = build_doc(journal, meta, thresholds, selector, outlier_z=options.outlier_z,
+                                min_group=options.outlier_min_group)
+        if options.render:
+            _render_missing(journal, doc, assets, options, reference_setup)
         write_reports(out, doc, assets)
         wall = time.perf_counter() - t_start
         if options.textfile:
@@ -475,37 +651,30 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
     refmap, ref_thresholds = reference_setup or (None, None)
 
     def reference_of(key: str) -> str | None:
-        if refmap is None:
-            return None
-        refs = journal.refs(key)
-        first = str(pickle.loads(refs[0]).source) if refs else None
-        return refmap.lookup(key, first)
+        return _reference_of(journal, refmap, key)
 
-    def record(key: str, out: dict[str, Any]) -> None:
+    def record(key: str, out: SeriesOutcome) -> None:
         nonlocal slices
-        for k, v in out["timings"].items():
+        for k, v in out.timings.items():
             timings[k] += v
-        info = {**(out.get("info") or {})}
-        if out["status"] == "done":
-            journal.record(key, "done", result=out["result"], assets=out["assets"],
-                           info={**_info(journal, key), **info})
-            n = len(out["result"]["scores"])
+        info = {**_info(journal, key), **out.info}
+        if out.status == "done" and out.result is not None:
+            result = out.result.to_json()
+            journal.record(key, "done", result=result, assets=out.assets, info=info)
+            n = len(out.result.scores)
             slices += n
             if on_series:
                 from rankiq.service.qa.report import qa_row
 
-                on_series(qa_row({"series_key": key, "info": {**_info(journal, key), **info},
-                                  "result": out["result"]}), out["result"])
-        elif out["status"] == "skipped":
-            journal.record(key, "skipped", reason=out["reason"], info={**_info(journal, key),
-                                                                        **info})
+                on_series(qa_row({"series_key": key, "info": info, "result": result}), result)
+        elif out.status == "skipped":
+            journal.record(key, "skipped", reason=out.reason, info=info)
             n = sizes.get(key, 0)
         else:
             refs = journal.refs(key)
             first = str(pickle.loads(refs[0]).source) if refs else f"series {key}"
-            journal.record(key, "failed", reason=out["reason"],
-                           info={**_info(journal, key), **info, "first_source": first,
-                                 "message": out["message"]})
+            journal.record(key, "failed", reason=out.reason,
+                           info={**info, "first_source": first, "message": out.message})
             n = sizes.get(key, 0)
         bar.update(n)
 
@@ -513,16 +682,68 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
         ref_model = None if refmap is None else str(options.reference_model())
         if workers == 1:
             init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
-                        False, ref_model, ref_thresholds)
+                        False, ref_model, ref_thresholds, options.max_slices, options.render)
             for key in todo:
                 record(key, process_series(key, journal.refs(key), reference_of(key)))
         else:
             _run_pool(journal, todo, options, (str(options.model_dir), threads, thresholds,
                                                selector, options.worst_k, True, ref_model,
-                                               ref_thresholds), record, reference_of)
+                                               ref_thresholds, options.max_slices,
+                                               options.render), record, reference_of)
     finally:
         bar.close()
     return slices
+
+
+def _reference_of(journal: Journal, refmap: ReferenceMap | None, key: str) -> str | None:
+    """The mapped reference path of a series, or ``None``."""
+    if refmap is None:
+        return None
+    refs = journal.refs(key)
+    if not refs:
+        return refmap.lookup(key, None)
+    ref = pickle.loads(refs[0])
+    # the file's location (``source`` is only a display name, which may be a hash)
+    where = ref.path or ref.source
+    return refmap.lookup(key, f"{where}!{ref.member}" if ref.member else str(where))
+
+
+def _render_missing(journal: Journal, doc: dict[str, Any], assets: dict[str, dict[str, Any]],
+                    options: QAOptions,
+                    reference_setup: tuple[ReferenceMap, Thresholds] | None) -> None:
+    """Worst-slice PNGs (and saliency) for series flagged at report time (archive outliers),
+    decoded again in this process: few by construction, and not journalled (a rerun of the
+    reports may judge the archive differently)."""
+    from rankiq.service.errors import RankIQError
+    from rankiq.service.io import load_series
+    from rankiq.service.models import ScoringModel
+
+    todo = [r for r in doc["series"] if r["flagged"] and r["series_key"] not in assets
+            and r["worst_slices"]]
+    if not todo:
+        return
+    refmap = reference_setup[0] if reference_setup else None
+    threads = options.threads or 1
+    models: dict[str, ScoringModel] = {}
+    for r in todo:
+        key = r["series_key"]
+        reference = _reference_of(journal, refmap, key)
+        where = str(options.reference_model() if reference else options.model_dir)
+        if where not in models:
+            models[where] = ScoringModel.load(where, threads=threads)
+        try:
+            series = load_series([pickle.loads(b) for b in journal.refs(key)], key=key)
+            ref_series = None if reference is None else _read_reference(reference)
+            scores = _result(journal, key).get("scores") or []
+            assets[key] = render_assets(models[where], series, ref_series, r["worst_slices"],
+                                        scores)
+        except RankIQError:  # the input changed since it was scored: the row stands, no PNGs
+            continue
+
+
+def _result(journal: Journal, key: str) -> dict[str, Any]:
+    row = journal.db.execute("SELECT result FROM series WHERE series_key = ?", (key,)).fetchone()
+    return json.loads(row[0]) if row and row[0] else {}
 
 
 def _info(journal: Journal, key: str) -> dict[str, Any]:
@@ -531,7 +752,7 @@ def _info(journal: Journal, key: str) -> dict[str, Any]:
 
 
 def _run_pool(journal: Journal, todo: Iterable[str], options: QAOptions, initargs: tuple,
-              record: Callable[[str, dict[str, Any]], None],
+              record: Callable[[str, SeriesOutcome], None],
               reference_of: Callable[[str], str | None]) -> None:
     """Score series in ``options.workers`` processes, at most 2 per worker in flight."""
     import multiprocessing as mp
