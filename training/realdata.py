@@ -5,14 +5,14 @@ no-reference scores transfer to real data (``rankiq evaluate real``); nothing ma
 calibrate on them. Each is returned as one named 2D magnitude slice, float32, with its pixel
 spacing in mm when the file states it. Missing packages or files are skipped.
 
-==========================  =========================================================  =========
-name                        source                                                     matrix
-==========================  =========================================================  =========
-pydicom-mr-small            pydicom ``MR_small.dcm`` (T2 SE, cropped inside the anatomy) 64x64
-pydicom-mr-mpr              pydicom ``examples_overlay.dcm`` (abdomen, T1 post, an MPR)  300x484
-matplotlib-head-sagittal    matplotlib sample ``s1045.ima.gz`` (sagittal head, T1)      256x256
-nibabel-epi-z10/-z18        nibabel ``example4d.nii.gz`` (axial EPI, background zeroed)  96x128
-==========================  =========================================================  =========
+========================  ============================================================  =======
+name                      source                                                        matrix
+========================  ============================================================  =======
+pydicom-mr-small          pydicom ``MR_small.dcm`` (T2 SE, cropped inside the anatomy)  64x64
+pydicom-mr-mpr            pydicom ``examples_overlay.dcm`` (abdomen, T1 post, MPR)      300x484
+matplotlib-head-sagittal  matplotlib ``s1045.ima.gz`` (sagittal head, T1)               256x256
+nibabel-epi-z10/-z18      nibabel ``example4d.nii.gz`` (axial EPI, zero background)     96x128
+========================  ============================================================  =======
 
 Considered and left out: nibabel's ``nicom/tests/data/0.dcm``/``1.dcm`` (a synthetic ramp
 pattern, not anatomy), the ``siemens_dwi_*``/``philips_mprage``/``decimal_rescale`` test files
