@@ -41,6 +41,9 @@ os.environ.setdefault("RANKIQ_FFT_WORKERS", str(SETTINGS.ort_threads))
 os.environ.setdefault("OMP_NUM_THREADS", str(SETTINGS.ort_threads))
 
 from rankiq.service.guard import FormSpec, RequestGuard  # noqa: E402
+from rankiq.service.metrics import bound_http_metric_paths  # noqa: E402
+
+bound_http_metric_paths()
 
 logger = logging.getLogger("rankiq.service")
 
@@ -50,6 +53,7 @@ FORMS = {
     "/compare": FormSpec(required_files=("image_a", "image_b"), optional_files=("reference",)),
     # batch QA upload: one or more zips / DICOM files in the repeated field "files"
     "/qa/submit": FormSpec(required_files=("files",), repeated_files=("files",)),
+    "/qa": FormSpec(required_files=("files",), repeated_files=("files",)),
 }
 
 
@@ -93,12 +97,13 @@ class RankIQ:
     """Scores MR images with the shipped models (one ONNX Runtime session per model)."""
 
     def __init__(self) -> None:
-        from rankiq.service.io.limits import ReadLimits
+        from rankiq.service.io.privacy import silence_library_loggers
         from rankiq.service.metrics import service_metrics
+        from rankiq.service.settings import read_limits
 
+        silence_library_loggers()  # pydicom/h5py messages may quote element values
         self.settings = SETTINGS
-        self.read_limits = ReadLimits(max_bytes=SETTINGS.max_upload_bytes,
-                                      max_slices=SETTINGS.max_slices)
+        self.read_limits = read_limits(SETTINGS)
         self.metrics = service_metrics()
         self.models: dict[str, Any] = {}
         self.ready = False
@@ -140,22 +145,25 @@ class RankIQ:
             "worker": {"index": server_context.worker_index, "pid": os.getpid()},
             "ort_threads": self.settings.ort_threads,
             "limits": {"max_upload_bytes": self.settings.max_upload_bytes,
-                       "max_slices": self.settings.max_slices},
+                       "max_slices": self.settings.max_slices,
+                       "max_series_bytes": self.settings.max_series_bytes},
             "models": [{**model_info(m), "metadata": m.metadata}
                        for m in self.models.values()],
         }
 
-    def _read(self, path: Path | None, field: str) -> Any:
-        """Read one uploaded file into a single :class:`ImageSeries` (None stays None)."""
+    def _read(self, path: Path | None, field: str, budget: Any) -> Any:
+        """Read one uploaded file into a single :class:`ImageSeries` (None stays None);
+        ``budget`` (a :class:`rankiq.service.io.ReadBudget`) is shared by a request's files."""
         if path is None:
             return None
         from rankiq.service.errors import RankIQError, UnreadableInput
         from rankiq.service.io import read_upload
+        from rankiq.service.io.dicom import check_scorable
         from rankiq.service.scoring import MultipleSeries
 
         data = Path(path).read_bytes()
         try:
-            found = read_upload(data, field, limits=self.read_limits)
+            found = read_upload(data, field, limits=self.read_limits, budget=budget)
         except RankIQError:
             raise
         except Exception as exc:  # noqa: BLE001 - a decoder crash on hostile bytes is bad input
@@ -165,7 +173,13 @@ class RankIQ:
         if len(found) != 1:
             raise MultipleSeries(f"holds {len(found)} series; send one series per request",
                                  source=field)
+        check_scorable(found[0], field)
         return found[0]
+
+    def _budget(self) -> Any:
+        from rankiq.service.io import ReadBudget
+
+        return ReadBudget(self.read_limits)
 
     def _guarded(self, route: str, work: Any) -> dict[str, Any] | JSONResponse:
         """Run ``work()``; map RankIQError to its status and count the rejection."""
@@ -181,6 +195,15 @@ class RankIQ:
             self.metrics.reject(exc.reason)
             logger.info("refused %s: %d %s", route, exc.http_status, exc.reason)
             return error_response(exc.http_status, exc.reason, str(exc))
+        except MemoryError:
+            self.metrics.reject("too_large")
+            logger.warning("refused %s: 413 too_large (out of memory)", route)
+            return error_response(413, "too_large", "the images need more memory than this "
+                                  "server has; send a smaller series")
+        finally:
+            import gc
+
+            gc.collect()  # large pixel arrays go back to the allocator before the next request
 
     def _observe(self, result: Any) -> None:
         keep = [float(s) for s, b in zip(result.scores, result.blank, strict=True) if not b]
@@ -203,8 +226,9 @@ class RankIQ:
             from rankiq.service.scoring import score_series, select_model, series_json
 
             t0 = time.perf_counter()
-            img = self._read(image, "image")
-            ref = self._read(reference, "reference")
+            budget = self._budget()
+            img = self._read(image, "image", budget)
+            ref = self._read(reference, "reference", budget)
             t1 = time.perf_counter()
             model = select_model(self.models, reference=ref is not None)
             result = score_series(model, img, ref, saliency=saliency,
@@ -228,9 +252,10 @@ class RankIQ:
             from rankiq.service.scoring import compare_series, comparison_json, select_model
 
             t0 = time.perf_counter()
-            a = self._read(image_a, "image_a")
-            b = self._read(image_b, "image_b")
-            ref = self._read(reference, "reference")
+            budget = self._budget()
+            a = self._read(image_a, "image_a", budget)
+            b = self._read(image_b, "image_b", budget)
+            ref = self._read(reference, "reference", budget)
             t1 = time.perf_counter()
             model = select_model(self.models, reference=ref is not None)
             cmp = compare_series(model, a, b, ref, max_slices=self.settings.max_slices)

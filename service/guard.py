@@ -10,7 +10,10 @@ service's error shape ``{"error": reason, "detail": message}``:
 * 413 ``too_large``: body above ``max_body`` bytes (from Content-Length, or counted while
   streaming a chunked body), refused before it is parsed;
 * 400 ``bad_request``: malformed multipart, a missing, duplicated or unknown field, a text value
-  where a file is expected, an unparsable boolean.
+  where a file is expected, an unparsable boolean, a file name over ``MAX_FILENAME`` bytes, a
+  request with more than one ``Authorization`` header (which one would count is ambiguous).
+
+The bearer scheme is matched case-insensitively (``bearer`` is accepted: RFC 7235 section 2.1).
 
 The body of an accepted request is buffered (at most ``max_body`` bytes) and replayed to BentoML
 unchanged. Messages name the form field, never the client's file name (which may identify a
@@ -39,6 +42,7 @@ logger = logging.getLogger("rankiq.service")
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
 MAX_VALUE_BYTES = 64  # non-file form values are short flags
+MAX_FILENAME = 250  # bytes of a part's filename parameter (never used: content is sniffed)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class RequestRejected(Exception):
 class _Part:
     name: str | None = None
     is_file: bool = False
+    long_name: bool = False
     value: bytearray = field(default_factory=bytearray)
 
 
@@ -101,7 +106,9 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
             _, opts = parse_options_header(bytes(header["value"]))
             name = opts.get(b"name")
             parts[-1].name = name.decode("utf-8", "replace") if name is not None else None
-            parts[-1].is_file = b"filename" in opts
+            parts[-1].is_file = b"filename" in opts or b"filename*" in opts
+            name_len = max(len(opts.get(b"filename", b"")), len(opts.get(b"filename*", b"")))
+            parts[-1].long_name = name_len > MAX_FILENAME
         header["field"], header["value"] = bytearray(), bytearray()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -133,6 +140,10 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
         if part.name in seen and part.name not in spec.repeated_files:
             raise RequestRejected(400, "bad_request", f"field {part.name!r} given twice")
         seen.add(part.name)
+        if part.long_name:
+            raise RequestRejected(400, "bad_request",
+                                  f"field {part.name!r}: file name longer than {MAX_FILENAME} "
+                                  "bytes")
         if part.name in spec.files and not part.is_file:
             raise RequestRejected(400, "bad_request",
                                   f"field {part.name!r} must be a file upload (curl -F "
@@ -190,8 +201,12 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        raw = scope.get("headers", [])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+        if sum(k.lower() == b"authorization" for k, _ in raw) > 1:
+            await self._refuse(send, path, RequestRejected(
+                400, "bad_request", "more than one Authorization header"))
+            return
         if needs_auth(path, self.token) and not token_matches(
                 self.token, headers.get("authorization")):  # type: ignore[arg-type]
             await self._refuse(send, path, RequestRejected(

@@ -69,6 +69,10 @@ class LiveServer:
         # a private home keeps concurrent servers from wiping each other's metrics
         if "BENTOML_HOME" not in (env or {}):
             self.env["BENTOML_HOME"] = str(Path(self._tmp.name) / "bentoml")
+        # as `rankiq serve` does: this instance's own state (QA jobs) unless told otherwise
+        self.env.setdefault("RANKIQ_STATE_DIR", str(Path(self._tmp.name) / "state"))
+        if "RANKIQ_JOBS_DIR" not in (env or {}):
+            self.env["RANKIQ_JOBS_DIR"] = str(Path(self.env["RANKIQ_STATE_DIR"]) / "jobs")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LiveServer:

@@ -96,3 +96,53 @@ def _create() -> ServiceMetrics:
                          ["model", "version", "mode", "input_kind", "provider", "sha256"],
                          multiprocess_mode="livemax"),
     )
+
+
+#: Paths BentoML's HTTP metrics may label by name; any other path is labelled ``/other`` (and
+#: BentoML's Swagger assets ``/static_content``), so random paths cannot grow ``/metrics``.
+KNOWN_PATHS = frozenset({"/", "/score", "/compare", "/models", "/livez", "/readyz", "/healthz",
+                         "/metrics", "/docs", "/docs.json", "/qa", "/qa/submit", "/qa/status",
+                         "/qa/get", "/qa/cancel", "/qa/retry"})
+
+
+def metric_path(path: str) -> str:
+    """The bounded ``endpoint`` label of a request path."""
+    if path in KNOWN_PATHS:
+        return path
+    if path.startswith("/static_content/"):
+        return "/static_content"
+    return "/other"
+
+
+def bound_http_metric_paths() -> None:
+    """Make BentoML's HTTP metrics middleware label requests by :func:`metric_path` instead of
+    the raw path (BentoML 1.4 labels ``bentoml_service_request_*`` by ``scope["path"]``).
+
+    The middleware sees a copy of the scope with the bounded path; the app behind it gets the
+    original scope, so routing is unchanged. Idempotent.
+    """
+    import copy
+
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as M
+
+    if getattr(M, "_rankiq_bounded", False):
+        return
+    original = M.__call__
+
+    async def bounded(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        path = scope.get("path", "") if scope.get("type") == "http" else ""
+        label = metric_path(path) if path else path
+        if label == path:
+            await original(self, scope, receive, send)
+            return
+        inner = self.app
+
+        async def unlabelled(_scope, rcv, snd):  # type: ignore[no-untyped-def]
+            await inner(scope, rcv, snd)
+
+        proxy = copy.copy(self)
+        proxy.app = unlabelled
+        await original(proxy, {**scope, "path": label}, receive, send)
+
+    M.__call__ = bounded  # type: ignore[method-assign]
+    M._rankiq_bounded = True  # type: ignore[attr-defined]

@@ -11,10 +11,20 @@ RANKIQ_API_TOKEN           bearer token; unset or empty = no auth         unset
 RANKIQ_MAX_UPLOAD_BYTES    largest request body (all files together)      512 MiB
 RANKIQ_MAX_SLICES          most slices in one image (or reference)        512
 RANKIQ_REQUEST_TIMEOUT     seconds before a request is abandoned (504)    60
+RANKIQ_MAX_SERIES_BYTES    largest decoded series (float32 pixels); also  256 MiB
+                           the decoded total of one request
+RANKIQ_RETENTION           seconds QA job data (uploads, results) stays   86400 (24 h)
+                           on disk after the job ended; 0 = purge at once
+RANKIQ_STATE_DIR           this instance's state (QA jobs, BentoML home:  a fresh private
+                           result store, metrics files)                   temp dir per serve
 RANKIQ_TRACING             1: let BentoML create OpenTelemetry spans      0 (off)
 =========================  =============================================  ====================
 
-Inputs above a limit are refused with 413, never truncated.
+Inputs above a limit are refused with 413, never truncated. Where patient data rests: uploads
+live in BentoML's request temp files while a request runs (deleted after it), QA job inputs
+and outputs under ``RANKIQ_STATE_DIR/jobs`` (or ``RANKIQ_JOBS_DIR``) until
+``RANKIQ_RETENTION`` seconds after the job ended, and QA results in BentoML's result store
+(``RANKIQ_STATE_DIR/bentoml``), which holds hashed names and scores only.
 """
 
 from __future__ import annotations
@@ -22,6 +32,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rankiq.service.io.limits import ReadLimits
 
 MiB = 1024**2
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -40,6 +54,25 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def read_limits(settings: ServiceSettings) -> ReadLimits:
+    """The :class:`ReadLimits` of one request: the decoded budget is shared by its files, and
+    the counts and time are bounded so a zip of thousands of tiny series is refused fast."""
+    from rankiq.service.io.limits import ReadLimits
+
+    return ReadLimits(
+        max_bytes=settings.max_upload_bytes, max_slices=settings.max_slices,
+        max_series_bytes=settings.max_series_bytes,
+        max_decoded_bytes=settings.max_series_bytes,
+        max_inflated_bytes=settings.max_series_bytes,
+        max_total_uncompressed=4 * settings.max_series_bytes,
+        max_entry_uncompressed=settings.max_series_bytes,
+        max_zip_entries=4 * settings.max_slices + 64,
+        max_instances=2 * settings.max_slices + 64,
+        max_series=16,
+        max_read_seconds=settings.request_timeout / 2,
+    )
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Settings of one service process (see the module docstring for the variables)."""
@@ -52,6 +85,8 @@ class ServiceSettings:
     max_upload_bytes: int = 512 * MiB
     max_slices: int = 512
     request_timeout: int = 60
+    max_series_bytes: int = 256 * MiB
+    retention_s: int = 86400
     tracing: bool = False
 
     @classmethod
@@ -67,5 +102,7 @@ class ServiceSettings:
             max_upload_bytes=_int_env("RANKIQ_MAX_UPLOAD_BYTES", 512 * MiB, minimum=1024),
             max_slices=_int_env("RANKIQ_MAX_SLICES", 512),
             request_timeout=_int_env("RANKIQ_REQUEST_TIMEOUT", 60),
+            max_series_bytes=_int_env("RANKIQ_MAX_SERIES_BYTES", 256 * MiB, minimum=1024),
+            retention_s=_int_env("RANKIQ_RETENTION", 86400, minimum=0),
             tracing=os.environ.get("RANKIQ_TRACING", "").strip().lower() in {"1", "true", "yes"},
         )

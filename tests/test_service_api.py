@@ -72,7 +72,8 @@ def test_probes_open_and_models_listed(server):
     for m in info["models"]:
         assert m["provider"].endswith("ExecutionProvider")
         assert len(m["sha256"]) == 64 and m["metadata"]["name"] == m["name"]
-    assert info["limits"] == {"max_upload_bytes": MAX_BYTES, "max_slices": MAX_SLICES}
+    assert info["limits"] == {"max_upload_bytes": MAX_BYTES, "max_slices": MAX_SLICES,
+                              "max_series_bytes": 256 * 1024 * 1024}
 
 
 @pytest.mark.parametrize("headers", [None, {"Authorization": "Bearer wrong"},

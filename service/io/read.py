@@ -166,7 +166,7 @@ class _Collector:
             raise
         except RankIQError as exc:
             self.failures.append(failure_of(exc, entry.source))
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - hostile bytes break parsers in many ways
             self.failures.append(ReadFailure(entry.source, UnreadableInput.reason,
                                              f"cannot be read ({type(exc).__name__})"))
 
@@ -247,7 +247,13 @@ def read_upload(data: bytes, name: str, *, limits: ReadLimits = DEFAULT_LIMITS,
     if kind == "dicom":
         budget.tick(name)
         with quiet_reads(name):
-            return _read_one_dicom(data, name, limits, budget)
+            try:
+                return _read_one_dicom(data, name, limits, budget)
+            except RankIQError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - hostile bytes break parsers many ways
+                raise UnreadableInput(f"cannot be read ({type(exc).__name__})",
+                                      source=name) from None
     collector = _Collector(limits, budget)
     for item in walk_bytes(data, name, limits):
         if isinstance(item, ReadFailure):
@@ -303,7 +309,7 @@ def scan_instances(paths: PathLike | Iterable[PathLike], *,
             yield ref
         except RankIQError as exc:
             yield failure_of(exc, item.source)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - hostile bytes break parsers in many ways
             yield ReadFailure(item.source, UnreadableInput.reason,
                               f"cannot be read ({type(exc).__name__})")
 
@@ -402,7 +408,13 @@ def load_series(refs: list[InstanceRef], *, limits: ReadLimits = DEFAULT_LIMITS,
                 ds = read_dataset(io.BytesIO(data), ref.source, header_only=False,
                                   limits=limits)
             with quiet_reads(ref.source):
-                frames.extend(decode_instance(ds, ref.source, limits))
+                try:
+                    frames.extend(decode_instance(ds, ref.source, limits))
+                except RankIQError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one hostile file: unreadable
+                    raise UnreadableInput(f"cannot be read ({type(exc).__name__})",
+                                          source=ref.source) from None
     finally:
         for zf in opened.values():
             zf.close()

@@ -43,10 +43,40 @@ TASK_NAME = "qa"
 
 
 def jobs_dir() -> Path:
-    """``$RANKIQ_JOBS_DIR``, else ``~/.rankiq/jobs`` (created)."""
-    d = Path(os.environ.get("RANKIQ_JOBS_DIR") or Path.home() / ".rankiq" / "jobs")
-    d.mkdir(parents=True, exist_ok=True)
+    """``$RANKIQ_JOBS_DIR``, else ``$RANKIQ_STATE_DIR/jobs``, else ``~/.rankiq/jobs``
+    (created, mode 0700: it holds uploads)."""
+    state = os.environ.get("RANKIQ_STATE_DIR", "").strip()
+    d = Path(os.environ.get("RANKIQ_JOBS_DIR") or (Path(state) / "jobs" if state else
+                                                   Path.home() / ".rankiq" / "jobs"))
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
+
+
+def purge_job(job_dir: Path) -> None:
+    """Delete a finished job's directory (uploads, journal, outputs)."""
+    shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def purge_expired(root: Path, retention_s: float, *, now: float | None = None) -> list[str]:
+    """Delete every finished job (``completed``/``failed``) that ended more than
+    ``retention_s`` seconds ago; returns their ids. Running jobs are never touched."""
+    now = time.time() if now is None else now
+    purged = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        try:
+            job = Job(root, d.name)
+        except RankIQError:
+            continue
+        if job.state().get("status") not in ("completed", "failed"):
+            continue
+        try:
+            ended = (d / "state.json").stat().st_mtime
+        except OSError:
+            continue
+        if now - ended >= retention_s:
+            purge_job(d)
+            purged.append(job.id)
+    return purged
 
 
 def _now() -> str:

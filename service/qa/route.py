@@ -6,7 +6,9 @@ files) answers ``{"task_id", "status"}``; ``GET /qa/status?task_id=`` and ``GET 
 give the state and, once completed, the result: the same per-series table as ``qa.json``
 (``series``, ``skipped``, ``failed``, ``summary``, ``model``, ``thresholds``) plus ``job_id``.
 
-Settings (environment): ``RANKIQ_JOBS_DIR`` (job directories, default ``~/.rankiq/jobs``),
+Settings (environment): ``RANKIQ_JOBS_DIR`` (job directories, default
+``$RANKIQ_STATE_DIR/jobs``), ``RANKIQ_RETENTION`` (seconds a finished job's files stay, 0 =
+deleted as soon as the job ends; its result stays in BentoML's result store),
 ``RANKIQ_QA_THRESHOLDS`` and ``RANKIQ_QA_RULES`` (site files, as ``rankiq qa --thresholds`` /
 ``--rules``), ``RANKIQ_QA_MODEL`` (model name, default ``iqnet-noref``) and the service's
 ``RANKIQ_MODELS_DIR`` / ``RANKIQ_ORT_THREADS``. Jobs survive a worker restart: see
@@ -22,7 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rankiq.service.qa.jobs import create_job, jobs_dir, run_job, start_recovery
+from rankiq.service.qa.jobs import (
+    create_job,
+    jobs_dir,
+    purge_expired,
+    purge_job,
+    run_job,
+    start_recovery,
+)
 from rankiq.service.qa.metrics import QAMetrics, make_qa_metrics
 from rankiq.service.qa.runner import DEFAULT_MODEL, QAOptions, run_qa
 
@@ -80,11 +89,39 @@ def _run(inputs: Path, out: Path, resume: bool) -> dict[str, Any]:
 
 def run_task(files: Sequence[Path], task_id: str | None) -> dict[str, Any]:
     """Body of the ``qa`` task: persist the uploads as a job, run it, return the table."""
+    from rankiq.service.settings import ServiceSettings
+
+    retention = ServiceSettings.from_env().retention_s
     job = create_job(jobs_dir(), list(files), task_id)
     response = run_job(job, _run)
     if response.get("status") == "failed":
         service_qa_metrics().jobs.labels(status="failed").inc()
+    if retention == 0:  # the response goes to BentoML's result store; nothing stays on disk
+        purge_job(job.dir)
+    else:
+        purge_expired(jobs_dir(), retention)
     return {"job_id": job.id, **response}
+
+
+def start_purger(interval_s: float = 60.0) -> None:
+    """Delete finished jobs older than ``RANKIQ_RETENTION`` every ``interval_s`` seconds (a
+    daemon thread per worker; deleting twice is harmless)."""
+    import threading
+    import time
+
+    from rankiq.service.settings import ServiceSettings
+
+    retention = ServiceSettings.from_env().retention_s
+
+    def loop() -> None:
+        while True:
+            try:
+                purge_expired(jobs_dir(), retention)
+            except OSError as exc:
+                log.error("QA job purge failed: %s", type(exc).__name__)
+            time.sleep(max(1.0, min(interval_s, retention or interval_s)))
+
+    threading.Thread(target=loop, name="rankiq-qa-purge", daemon=True).start()
 
 
 def init_label_sets() -> None:
@@ -110,5 +147,6 @@ def start_job_recovery() -> None:
 
     try:
         start_recovery(jobs_dir(), run)
+        start_purger()
     except OSError as exc:  # an unwritable jobs dir must not stop the service
-        log.error("QA job recovery unavailable: %s", exc)
+        log.error("QA job recovery unavailable: %s", type(exc).__name__)
