@@ -11,7 +11,7 @@ PORT   ?= 3000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test test-deps lint format models bench clean
+.PHONY: venv serve test test-deps lint format docs models bench clean
 
 venv: $(STAMP)
 
@@ -25,10 +25,16 @@ $(STAMP): pyproject.toml constraints.txt
 serve: venv
 	$(BIN)/rankiq serve --port $(PORT) --workers $(WORKERS)
 
-## make test: set up from nothing, then lint and run the whole suite (an empty suite fails: exit 5)
+## make test: set up from nothing, then lint, build the docs (warnings are errors) and run the
+## whole suite (an empty suite fails: exit 5)
 test: venv test-deps
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make docs: the documentation site (docs/, mkdocs.yml) built offline into site/, strict
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 ## system packages the tests need: a real Prometheus server (Debian package) scrapes the service
 test-deps:
@@ -46,7 +52,7 @@ format: venv
 ## make models: rebuild the shipped models from nothing (simulate -> panel -> consensus -> train
 ## -> evaluate -> export), deterministic for the seeds below; about an hour on 2 cores (training
 ## and evaluation measured 44 min, simulation 12-20 min). Training runs on
-## a 128x128 grid (the paper's 396 costs ~10x more per epoch on CPU: see README "Training").
+## a 128x128 grid (the paper's 396 costs ~10x more per epoch on CPU: see docs/deviations.md).
 DATA        ?= data
 RUNS        ?= runs/make-models
 REPORT      ?= report
@@ -57,7 +63,7 @@ MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
 MODEL_VERSION ?= 1.0.0
 # the no-reference model shipped: the distilled student (its score rises with every corruption
-# type; the plain no-reference IQ-Net ranks pairs but is flat in corruption level: README)
+# type; the plain no-reference IQ-Net ranks pairs but is flat in corruption level: docs/training.md)
 NOREF_RUN   ?= distill
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
@@ -85,4 +91,4 @@ models: venv
 	cat $(REPORT)/table.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache
