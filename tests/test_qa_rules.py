@@ -204,3 +204,17 @@ def test_calibrate_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "site.json").exists()
+
+
+def test_pydicom_mr_files_are_scored_by_batch_qa(tmp_path):
+    """Real MR files marked DERIVED\\SECONDARY (a slice, an MPR) are scored, not skipped."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "in").mkdir()
+    for name in ("MR_small.dcm", "examples_overlay.dcm"):
+        shutil.copy(get_testdata_file(name), tmp_path / "in" / name)
+    doc = _qa([tmp_path / "in"], tmp_path / "out").doc
+    assert doc["summary"]["series"] == 2 and doc["skipped"] == [] and doc["failed"] == []
+    assert sorted((r["slices"], r["status"] != "") for r in doc["series"]) == [(1, True)] * 2
