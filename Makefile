@@ -34,7 +34,7 @@ test: venv test-deps
 
 ## make docs: the documentation site (docs/, mkdocs.yml) built offline into site/, strict
 docs: venv
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## system packages the tests need: a real Prometheus server (Debian package) scrapes the service
 test-deps:
