@@ -42,8 +42,35 @@ os.environ.setdefault("OMP_NUM_THREADS", str(SETTINGS.ort_threads))
 
 from rankiq.service.guard import FormSpec, RequestGuard  # noqa: E402
 from rankiq.service.metrics import bound_http_metric_paths  # noqa: E402
+from rankiq.service.qa.route import QAJobRecorder  # noqa: E402
 
 bound_http_metric_paths()
+
+
+def one_shot_request_tempdirs() -> None:
+    """Give each request its own temporary directory, removed when the request ends.
+
+    BentoML writes uploads into a pooled directory (``bentoml-request-*``) that it empties but
+    never removes until a clean shutdown, so a killed or busy worker leaves empty directories
+    behind in the system temp dir. Its pool is a module global read at each request.
+    """
+    import shutil
+    import tempfile
+
+    from bentoml._internal import context
+    from bentoml._internal.utils.filesystem import TempfilePool
+
+    class OneShotPool(TempfilePool):
+        def acquire(self) -> str:
+            return tempfile.mkdtemp(prefix="rankiq-request-")
+
+        def release(self, dir: str) -> None:  # noqa: A002 - BentoML's signature
+            shutil.rmtree(dir, ignore_errors=True)
+
+    context.request_tempdir_pool = OneShotPool()
+
+
+one_shot_request_tempdirs()
 
 logger = logging.getLogger("rankiq.service")
 
@@ -280,11 +307,51 @@ class RankIQ:
     def qa(self, files: list[Path], ctx: bentoml.Context) -> dict[str, Any]:
         """Batch QA of uploaded zips / DICOM files as a background task (``/qa/submit``,
         ``/qa/status``, ``/qa/get``): the per-series table of ``rankiq qa``."""
+        from rankiq.service.qa.jobs import FAILED_HTTP_STATUS
         from rankiq.service.qa.route import run_task
 
-        return run_task(files, getattr(ctx.request.state, "task_id", None))
+        out = run_task(files, getattr(ctx.request.state, "task_id", None))
+        if out.get("status") == "failed":  # the task's status becomes "failed" too
+            ctx.response.status_code = FAILED_HTTP_STATUS
+        return out
 
 
+class ApiDocs:
+    """ASGI middleware answering ``GET /docs.json`` (the corrected OpenAPI document) and
+    ``GET /`` (a static page without third-party scripts) in place of BentoML's
+    (:mod:`rankiq.service.openapi`)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._doc: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        if self._doc is None:
+            from importlib.metadata import version
+
+            from rankiq.service.openapi import api_document
+
+            self._doc = api_document(RankIQ.openapi_spec.asdict(), version=version("rankiq"),
+                                     auth=SETTINGS.api_token is not None)
+        return self._doc
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path")
+        if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD") or \
+                path not in ("/", "/docs.json"):
+            await self.app(scope, receive, send)
+            return
+        from rankiq.service.openapi import api_page
+        from starlette.responses import HTMLResponse
+
+        doc = self.document()
+        response = JSONResponse(doc) if path == "/docs.json" else HTMLResponse(api_page(doc))
+        await response(scope, receive, send)
+
+
+# outermost first: the guard answers bad requests before the job recorder buffers anything
 RankIQ.add_asgi_middleware(RequestGuard, token=SETTINGS.api_token,
                            max_body=SETTINGS.max_upload_bytes, forms=FORMS,
                            on_reject=_reject_metric)
+RankIQ.add_asgi_middleware(ApiDocs)
+RankIQ.add_asgi_middleware(QAJobRecorder)

@@ -13,6 +13,10 @@ service's error shape ``{"error": reason, "detail": message}``:
   where a file is expected, an unparsable boolean, a file name over ``MAX_FILENAME`` bytes, a
   request with more than one ``Authorization`` header (which one would count is ambiguous).
 
+Every error answer of the wrapped app that is not already in that shape (BentoML's own
+validation errors, ``{"error": "task_id is required"}``, Starlette's plain-text 404/405, a 500) is
+rewritten into it by :class:`ErrorShaper`; a 5xx never carries the exception's text.
+
 The bearer scheme is matched case-insensitively (``bearer`` is accepted: RFC 7235 section 2.1).
 
 The body of an accepted request is buffered (at most ``max_body`` bytes) and replayed to BentoML
@@ -158,6 +162,76 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
         raise RequestRejected(400, "bad_request", f"missing file field(s): {', '.join(missing)}")
 
 
+REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+           405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "too_large",
+           415: "unsupported_request", 422: "invalid_input", 429: "too_many_requests",
+           503: "not_ready", 504: "timeout"}
+MAX_DETAIL = 300  # characters of a rewritten message
+
+
+def error_shape(status: int, body: bytes) -> dict[str, Any] | None:
+    """The service's error shape for an error answer ``body``; ``None`` when it already has
+    it (a JSON object with string ``error`` and ``detail``)."""
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, list) and len(doc) == 1:  # BentoML answers some errors as [{...}]
+        doc = doc[0]
+    if (isinstance(doc, dict) and isinstance(doc.get("error"), str)
+            and isinstance(doc.get("detail"), str)):
+        return None
+    reason = REASONS.get(status, "internal" if status >= 500 else "bad_request")
+    if status >= 500:
+        return {"error": reason, "detail": "internal error (see the server log)"}
+    detail = ""
+    if isinstance(doc, dict):
+        extra = doc.get("detail")
+        if isinstance(extra, list):  # pydantic errors, input values left out
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                for e in extra if isinstance(e, dict))
+        detail = detail or str(doc.get("error") or doc.get("detail") or "")
+    elif body:
+        detail = body.decode("utf-8", "replace")
+    return {"error": reason, "detail": (detail or reason.replace("_", " "))[:MAX_DETAIL]}
+
+
+class ErrorShaper:
+    """Wraps an ASGI ``send``: error answers (status >= 400) not in the service's shape are
+    buffered and rewritten (see :func:`error_shape`); other answers pass through."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if int(message["status"]) >= 400:
+                self.start = message
+                return
+        elif message["type"] == "http.response.body" and self.start is not None:
+            self.chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            status = int(self.start["status"])
+            fixed = error_shape(status, b"".join(self.chunks))
+            headers = [(k, v) for k, v in self.start.get("headers", [])
+                       if k.lower() not in (b"content-length", b"content-type")]
+            body = b"".join(self.chunks) if fixed is None else json.dumps(fixed).encode()
+            ctype = b"application/json"
+            if fixed is None:
+                ctype = next((v for k, v in self.start.get("headers", [])
+                              if k.lower() == b"content-type"), ctype)
+            self.start = None
+            await self.send({"type": "http.response.start", "status": status, "headers": [
+                *headers, (b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+            await self.send({"type": "http.response.body", "body": body})
+            return
+        await self.send(message)
+
+
 async def send_json(send: Send, status: int, payload: dict[str, Any],
                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Send a complete JSON response."""
@@ -200,6 +274,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = ErrorShaper(send)
         path = scope.get("path", "")
         raw = scope.get("headers", [])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers_qa import MODEL_DIR, build, rankiq, read_csv, read_json
+from rankiq.service.io import description_label, display_name
 
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "metadata.json").exists(),
                                 reason="models/iqnet-noref not exported yet")
@@ -70,7 +71,8 @@ def test_outputs_selection_and_failures(tmp_path):
         assert float(r["p90"]) >= float(r["median"]) > 0
         assert r["model"] == "iqnet-noref" and r["model_version"]
         t = next(t for t in mr if t["key"] == r["series_key"])
-        assert int(r["slices"]) == t["slices"] and r["description"] == t["description"]
+        assert int(r["slices"]) == t["slices"]
+        assert r["description"] == description_label(t["description"])  # a hash, no free text
         assert r["contrast"] == t["contrast"]
     doc = read_json(out / "qa.json")
     assert [r["series_key"] for r in doc["series"]] == [r["series_key"] for r in rows]
@@ -82,10 +84,11 @@ def test_outputs_selection_and_failures(tmp_path):
     der = next(t for t in truth if t["corruption"] == "derived")
     assert skipped["localizer"]["series_key"] == loc["key"]
     assert skipped["derived"]["series_key"] == der["key"]
-    assert skipped["non_image"]["source"].endswith("report.dcm")
+    names = {display_name(str(p)): p.name for p in (tmp_path / "archive").rglob("*")}
+    assert names[skipped["non_image"]["source"]] == "report.dcm"  # sources are hashed names
     # failed: the unreadable file, with a reason
     failed = read_csv(out / "failed.csv")
-    assert [Path(f["source"]).name for f in failed] == ["broken.dcm"]
+    assert [names.get(f["source"]) for f in failed] == ["broken.dcm"]
     assert failed[0]["reason"] == "unreadable" and failed[0]["message"]
     # report.html: well-formed, offline, worst slices (image + saliency) of every flagged series
     page = (out / "report.html").read_text()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from rankiq.service.io.kspace import read_kspace
 from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
-from rankiq.service.io.privacy import display_name, member_name
+from rankiq.service.io.privacy import description_label, display_name, member_name
 from rankiq.service.io.read import (
     ReadBudget,
     error_of,
@@ -42,6 +42,7 @@ __all__ = [
     "ReadFailure",
     "ReadLimits",
     "SeriesList",
+    "description_label",
     "display_name",
     "error_of",
     "group_instances",

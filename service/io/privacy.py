@@ -73,6 +73,18 @@ def member_name(archive: str, index: int, member: str) -> str:
     return f"{archive}!{index}-{_hash(member, 8)}"
 
 
+def description_label(description: str | None) -> str:
+    """A SeriesDescription as shown in outputs: ``desc-<8 hex>`` (``""`` when empty).
+
+    Free text typed at the scanner may name the patient, so outputs carry SHA-256 of the
+    description case-folded with whitespace collapsed: the hash that the QA protocol key
+    (:func:`rankiq.service.qa.aggregate.protocol_key`) groups series by, so a label can be
+    matched to its protocol group and series named alike share it.
+    """
+    text = " ".join(str(description or "").casefold().split())
+    return f"desc-{hashlib.sha256(text.encode()).hexdigest()[:8]}" if text else ""
+
+
 def reason_of(message: str) -> str:
     """The bounded reason code of a library diagnostic (its text is never kept)."""
     low = message.lower()

@@ -4,17 +4,22 @@ BentoML runs a task in the worker that accepted it and keeps only the request an
 the response in its result store: a worker killed mid-job would leave the task ``in_progress``
 for ever (a silent loss). So each job persists itself under ``JOBS_DIR/<task_id>/``:
 
-    inputs/           the uploaded files (copied out of BentoML's temporary files first)
-    state.json        {"status": "running"|"completed"|"failed", "created", "updated", ...}
-    lock              flock()ed by the process running the job (released by the kernel on death)
+    inputs/           the uploaded files, ``upload_000``... in upload order
+    state.json        {"status": "queued"|"running"|"completed"|"failed", "created", ...}
+    lock              flock()ed by the worker that owns the job, from the moment it is accepted
+                      until it ends (the kernel releases it when that process dies)
     out/              the QA run: journal.sqlite (resumable), qa.json, qa.csv, report.html...
+    response.json     the final answer (also written into BentoML's result store)
 
-When a worker starts, :func:`recover_jobs` (in a background thread) takes over every job left
-``running`` whose lock is free (its process died), resumes it from its journal (nothing
-rescored, lost or duplicated) and writes the outcome into BentoML's result store, so
-``GET /qa/status`` and ``GET /qa/get`` answer as if nothing happened. A job that cannot be
-resumed is marked ``failed`` there with a clear message; a task whose worker died before its job
-directory existed is marked failed ("resubmit") after a grace period.
+A job is saved *before* its task id is answered (:func:`accept_job`, called by
+:class:`rankiq.service.qa.route.QAJobRecorder` on ``POST /qa/submit``): a client never holds the
+id of a job that is not on disk. Every worker runs :func:`recover_jobs` in a background loop: a
+job ``queued`` or ``running`` whose lock is free lost its worker; the first worker to take the
+lock resumes it from its journal (nothing rescored, lost or duplicated) and writes the outcome
+into BentoML's result store, so ``GET /qa/status`` and ``GET /qa/get`` answer as if nothing
+happened. A finished job whose worker died before BentoML stored its answer gets its
+``response.json`` stored. Each task ends ``completed`` or ``failed`` exactly once: the store is
+only written where it has no answer yet, and only for jobs whose owner is dead.
 """
 
 from __future__ import annotations
@@ -38,8 +43,14 @@ from typing import Any
 from rankiq.service.errors import RankIQError
 
 log = logging.getLogger("rankiq.qa.jobs")
-ORPHAN_GRACE_S = 60.0  # a task row without a job directory this old lost its worker
+ORPHAN_GRACE_S = 60.0  # a task row without a job directory this old was never answered
+STORE_GRACE_S = 10.0  # a finished job's answer not in the store after this lost its worker
+RECOVERY_INTERVAL_S = 2.0
 TASK_NAME = "qa"
+FAILED_HTTP_STATUS = 422  # a failed job's /qa/get answer (the task's status is "failed")
+# job id -> lock fd of the jobs this process owns (accepted, not yet ended)
+_OWNED: dict[str, int] = {}
+_OWNED_GUARD = threading.Lock()
 
 
 def jobs_dir() -> Path:
@@ -116,12 +127,28 @@ class Job:
 
     # -- lock ------------------------------------------------------------------------------
     def try_lock(self) -> bool:
-        """Take the job's lock (non-blocking); ``False`` if a live process holds it."""
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the job's lock (non-blocking); ``False`` if a live process holds it (this one
+        included: a job this process owns is adopted with :meth:`adopt`, not locked twice)."""
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # purged meanwhile
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            return False
+        self._lock_fd = fd
+        with _OWNED_GUARD:
+            _OWNED[self.id] = fd
+        return True
+
+    def adopt(self) -> bool:
+        """Take over the lock this process already holds for the job (accepted by
+        :func:`accept_job` in this worker); ``False`` when it holds none."""
+        with _OWNED_GUARD:
+            fd = _OWNED.get(self.id)
+        if fd is None:
             return False
         self._lock_fd = fd
         return True
@@ -129,17 +156,56 @@ class Job:
     def unlock(self) -> None:
         """Release the lock."""
         if self._lock_fd is not None:
+            with _OWNED_GUARD:
+                if _OWNED.get(self.id) == self._lock_fd:
+                    del _OWNED[self.id]
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def finished(self) -> bool:
+        """Whether the job ended (``completed`` or ``failed``)."""
+        return self.state().get("status") in ("completed", "failed")
+
+    def response(self) -> dict[str, Any] | None:
+        """``response.json`` of a finished job (``None`` when absent)."""
+        try:
+            return json.loads((self.dir / "response.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+def accept_job(root: Path, job_id: str, write_inputs: Callable[[Path], int]) -> Job:
+    """Save a just-submitted job as ``queued``, owned (locked) by this process until it ends.
+
+    ``write_inputs(inputs_dir)`` writes the uploads as ``upload_000``... and returns how many.
+    The lock is taken before ``state.json`` exists, so no other worker can see the job as
+    ownerless.
+    """
+    job = Job(root, job_id)
+    job.inputs.mkdir(parents=True, exist_ok=True)
+    if not job.try_lock():
+        raise RankIQError(f"job {job.id} already exists")
+    try:
+        n = write_inputs(job.inputs)
+        job.set_state(status="queued", created=_now(), pid=os.getpid(), uploads=n)
+    except BaseException:
+        job.unlock()
+        purge_job(job.dir)
+        raise
+    return job
+
 
 def create_job(root: Path, uploads: Sequence[Path], job_id: str | None = None) -> Job:
-    """Persist a new job: copy the uploads into ``inputs/`` and write ``state.json``.
+    """The job to run for a task: the one :func:`accept_job` saved in this process, else a new
+    one (``POST /qa``, or a submit the recorder did not see) with the uploads copied into
+    ``inputs/``.
 
     Upload names are not trusted (content is sniffed by :mod:`rankiq.service.io`): files are stored
     as ``upload_000`` ... in upload order.
     """
     job = Job(root, job_id or uuid.uuid4().hex)
+    if job.adopt():
+        return job
     job.inputs.mkdir(parents=True, exist_ok=True)
     if not job.try_lock():
         raise RankIQError(f"job {job.id} is already running")
@@ -153,28 +219,39 @@ def run_job(job: Job, run: Callable[[Path, Path, bool], dict[str, Any]]) -> dict
     """Run (or resume) ``job`` with ``run(inputs_dir, out_dir, resume) -> response`` while
     holding its lock; records ``completed`` or ``failed`` (with the message) in its state.
 
-    Returns the response dict (also saved as ``response.json``).
+    Returns the response dict (also saved as ``response.json``); a job that already ended
+    (taken over and finished by another worker) is not run again: its saved response is
+    returned.
     """
     try:
+        if job.finished() and (done := job.response()) is not None:
+            return done
         resume = (job.out / "journal.sqlite").exists()
         job.set_state(status="running", pid=os.getpid())
         try:
             response = run(job.inputs, job.out, resume)
         except RankIQError as exc:
-            response = {"job_id": job.id, "status": "failed", "reason": exc.reason,
-                        "error": str(exc)}
-            job.set_state(status="failed", error=str(exc))
+            response = failed_response(job.id, exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - recorded, never a silent loss
-            log.exception("QA job %s failed", job.id)
-            response = {"job_id": job.id, "status": "failed", "reason": "internal",
-                        "error": f"internal error: {type(exc).__name__}"}
+            log.error("QA job %s failed: %s", job.id, type(exc).__name__)
+            response = failed_response(job.id, "internal", f"internal error: "
+                                       f"{type(exc).__name__}")
+        # the answer first, then the state: a finished state always has its answer on disk
+        tmp = job.dir / "response.json.tmp"
+        tmp.write_text(json.dumps(response))
+        os.replace(tmp, job.dir / "response.json")
+        if response.get("status") == "failed":
             job.set_state(status="failed", error=response["error"])
         else:
             job.set_state(status="completed")
-        (job.dir / "response.json").write_text(json.dumps(response))
         return response
     finally:
         job.unlock()
+
+
+def failed_response(job_id: str, reason: str, detail: str) -> dict[str, Any]:
+    """A failed job's answer: the service's error shape plus ``job_id`` and ``status``."""
+    return {"job_id": job_id, "status": "failed", "error": reason, "detail": detail}
 
 
 # -- BentoML result store --------------------------------------------------------------------
@@ -199,7 +276,7 @@ def store_result(task_id: str, response: dict[str, Any], *, failed: bool,
         return False
     body = json.dumps(response).encode()
     serialized = json.dumps({
-        "status": 500 if failed else 200,
+        "status": FAILED_HTTP_STATUS if failed else 200,
         "headers": [["content-type", "application/json"], ["content-length", str(len(body))]],
         "content": base64.b64encode(body).decode("ascii"),
     })
@@ -211,68 +288,102 @@ def store_result(task_id: str, response: dict[str, Any], *, failed: bool,
         return cur.rowcount == 1
 
 
-def _orphan_tasks(store: str, root: Path, older_than_s: float) -> list[str]:
-    """In-progress ``qa`` tasks without a job directory, created more than ``older_than_s`` ago."""
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than_s)
+def _open_tasks(store: str) -> dict[str, dt.datetime]:
+    """``qa`` tasks of the result store without an answer yet: task id -> created (UTC)."""
     with sqlite3.connect(store, timeout=30) as db:
         try:
             rows = db.execute("SELECT task_id, created_at FROM result WHERE name = ? AND "
-                              "status = 'in_progress' AND completed_at IS NULL",
-                              (TASK_NAME,)).fetchall()
+                              "completed_at IS NULL", (TASK_NAME,)).fetchall()
         except sqlite3.OperationalError:  # no table yet
-            return []
-    out = []
+            return {}
+    out = {}
     for task_id, created in rows:
         try:
             when = dt.datetime.fromisoformat(str(created))
         except ValueError:
             continue
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        if when < cutoff and not (root / str(task_id)).exists():
-            out.append(str(task_id))
+        out[str(task_id)] = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
     return out
 
 
-def recover_jobs(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]], *,
-                 store: str | None = None, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
-    """Resume every ``running`` job whose process died; returns the job ids recovered.
+def _take_over(job: Job) -> bool:
+    """Lock an ownerless unfinished job (its worker died); ``False`` when a live process owns
+    it or it has ended."""
+    if job.state().get("status") not in ("queued", "running") or not job.try_lock():
+        return False
+    if job.finished():  # it ended between the look and the lock
+        job.unlock()
+        return False
+    return True
 
-    Also fails (with a message) tasks whose worker died before their job directory existed.
-    Safe to call from several workers at once: each job's flock admits one of them.
+
+def recover_jobs(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]], *,
+                 store: str | None = None, grace_s: float = ORPHAN_GRACE_S,
+                 store_grace_s: float = STORE_GRACE_S) -> list[str]:
+    """One pass: resume every ``queued``/``running`` job whose worker died, store the answer of
+    finished jobs whose worker died before BentoML stored it, and fail store rows that never got
+    a job directory (their id was never answered). Returns the job ids resumed.
+
+    Safe to run from several workers at once: each job's flock admits one of them, and the
+    store is only written where it has no answer yet.
     """
     recovered = []
+    path = store or _store_path()
+    has_store = bool(path) and path != ":memory:" and Path(path).exists()
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         try:
             job = Job(root, d.name)
         except RankIQError:
             continue
-        if job.state().get("status") != "running" or not job.try_lock():
+        if not _take_over(job):
             continue
         log.warning("resuming QA job %s after its worker stopped", job.id)
         job.set_state(recovered=job.state().get("recovered", 0) + 1)
         response = run_job(job, run)
-        store_result(job.id, response, failed=response.get("status") == "failed", store=store)
+        store_result(job.id, response, failed=response.get("status") == "failed", store=path)
         recovered.append(job.id)
-    path = store or _store_path()
-    if path and Path(path).exists():
-        deadline = time.monotonic() + grace_s
-        while True:
-            for task_id in _orphan_tasks(path, root, grace_s):
-                store_result(task_id, {"job_id": task_id, "status": "failed", "reason": "lost",
-                                       "error": "the worker handling this QA job stopped before "
-                                                "the job was saved; please resubmit"},
-                             failed=True, store=path)
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(min(grace_s, 5.0))
+    if not has_store:
+        return recovered
+    now = dt.datetime.now(dt.UTC)
+    for task_id, created in _open_tasks(path).items():
+        try:
+            job = Job(root, task_id)
+        except RankIQError:
+            continue
+        if job.dir.exists():
+            if not job.finished():
+                continue  # queued/running with a live owner (or just resumed above)
+            try:
+                age = time.time() - (job.dir / "state.json").stat().st_mtime
+            except OSError:
+                continue
+            response = job.response()
+            if age >= store_grace_s and response is not None and job.try_lock():
+                job.unlock()  # no live owner: its worker died before BentoML stored the answer
+                store_result(task_id, response, failed=response.get("status") == "failed",
+                             store=path)
+        elif (now - created).total_seconds() >= grace_s:
+            store_result(task_id, failed_response(
+                task_id, "lost", "the worker stopped before this QA job was accepted; "
+                "its id was never answered"), failed=True, store=path)
     return recovered
+
+
+def recovery_loop(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]], *,
+                  interval_s: float = RECOVERY_INTERVAL_S) -> None:
+    """:func:`recover_jobs` every ``interval_s`` seconds, for ever (a worker's daemon thread)."""
+    while True:
+        try:
+            recover_jobs(root, run)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("QA job recovery pass failed: %s", type(exc).__name__)
+        time.sleep(interval_s)
 
 
 def start_recovery(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]]
                    ) -> threading.Thread:
-    """:func:`recover_jobs` in a daemon thread (called when a service worker starts)."""
-    t = threading.Thread(target=recover_jobs, args=(root, run), name="rankiq-qa-recovery",
+    """:func:`recovery_loop` in a daemon thread (called when a service worker starts)."""
+    t = threading.Thread(target=recovery_loop, args=(root, run), name="rankiq-qa-recovery",
                          daemon=True)
     t.start()
     return t

@@ -8,7 +8,9 @@ series not yet recorded (nothing rescored, nothing lost, nothing duplicated).
 Tables:
     meta(key, value)                      settings fingerprint, scan_complete, runs
     instances(source PK, series_key, group_key, rows, cols, ref)
-                                          header-only scan results (``ref`` pickled InstanceRef);
+                                          header-only scan results (``ref``: the InstanceRef as
+                                          JSON, :func:`ref_to_json`; never pickled, so opening
+                                          a journal runs no code from it);
                                           ``group_key`` is the series key, or a per-matrix key
                                           for a series mixing matrix sizes (split like
                                           :func:`rankiq.service.io.group_instances`)
@@ -21,6 +23,7 @@ Tables:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -28,13 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from rankiq.service.errors import RankIQError
+from rankiq.service.io.types import InstanceRef
 
 JOURNAL_NAME = "journal.sqlite"
+REF_FORMAT = "json-1"  # meta "refs": how instance refs are stored
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS instances (source TEXT PRIMARY KEY, series_key TEXT NOT NULL,
                                       group_key TEXT NOT NULL, rows INTEGER, cols INTEGER,
-                                      ref BLOB NOT NULL);
+                                      ref TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_key);
 CREATE INDEX IF NOT EXISTS instances_group ON instances(group_key);
 CREATE TABLE IF NOT EXISTS failures (source TEXT PRIMARY KEY, reason TEXT, message TEXT);
@@ -42,6 +47,20 @@ CREATE TABLE IF NOT EXISTS series (series_key TEXT PRIMARY KEY, status TEXT NOT 
                                    reason TEXT DEFAULT '', info TEXT DEFAULT '{}',
                                    result TEXT, assets TEXT, run INTEGER);
 """
+
+
+def ref_to_json(ref: InstanceRef) -> str:
+    """An :class:`~rankiq.service.io.types.InstanceRef` as a JSON object (its fields)."""
+    return json.dumps(dataclasses.asdict(ref), separators=(",", ":"))
+
+
+def ref_from_json(text: str) -> InstanceRef:
+    """The :class:`~rankiq.service.io.types.InstanceRef` of :func:`ref_to_json` (lists back
+    to tuples; unknown fields ignored)."""
+    data = json.loads(text)
+    names = {f.name for f in dataclasses.fields(InstanceRef)}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    return InstanceRef(**fields)
 
 
 class JournalError(RankIQError):
@@ -80,6 +99,12 @@ class Journal:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise JournalError(f"{out_dir}: the journal was written with different settings "
                                f"({', '.join(diff)}); use a new --out to start afresh")
+        refs = self.get_meta("refs")
+        if refs is None and self.db.execute("SELECT 1 FROM instances LIMIT 1").fetchone():
+            raise JournalError(f"{out_dir}: the journal was written by an older version "
+                               "(pickled instance refs); use a new --out to start afresh")
+        if refs is None:
+            self.set_meta("refs", REF_FORMAT)
         self.run = int(self.get_meta("runs") or 0) + 1
         self.set_meta("runs", str(self.run))
 
@@ -103,12 +128,12 @@ class Journal:
         self.set_meta("scan_complete", "1")
 
     # -- scan ------------------------------------------------------------------------------
-    def add_scanned(self, instances: Iterable[tuple[str, str, int, int, bytes, dict[str, Any]]],
+    def add_scanned(self, instances: Iterable[tuple[str, str, int, int, str, dict[str, Any]]],
                     failures: Iterable[tuple[str, str, str]]) -> None:
         """Record a batch of scanned instances and failures in one transaction.
 
         Args:
-            instances: ``(source, series_key, rows, cols, pickled_ref, series_info)``; a series
+            instances: ``(source, series_key, rows, cols, ref_json, series_info)``; a series
                 row is created (``pending``) on its first instance with ``series_info``.
             failures: ``(source, reason, message)``.
         """
@@ -150,8 +175,8 @@ class Journal:
         return dict(self.db.execute(
             "SELECT group_key, COUNT(*) FROM instances GROUP BY group_key"))
 
-    def refs(self, series_key: str) -> list[bytes]:
-        """Pickled instance refs of one series (group), in scan order."""
+    def refs(self, series_key: str) -> list[str]:
+        """Instance refs (JSON, :func:`ref_from_json`) of one series (group), in scan order."""
         rows = self.db.execute("SELECT ref FROM instances WHERE group_key = ? ORDER BY rowid",
                                (series_key,))
         return [r[0] for r in rows]

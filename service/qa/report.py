@@ -3,8 +3,9 @@
 ``report.html`` is self-contained (viewable offline, e.g. attached to a ticket): styles inline
 and every image a base64 PNG ``data:`` URI. Flagged series get thumbnails of their worst slices
 and the saliency overlay (where the score is most sensitive), made by :func:`slice_assets`.
-Nothing here writes patient identifiers: series are named by their anonymised key and
-SeriesDescription.
+Nothing here writes patient identifiers or free text from the headers: series are named by
+their anonymised key and a hash of their SeriesDescription
+(:func:`rankiq.service.io.description_label`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def slice_assets(image: np.ndarray, saliency: np.ndarray | None, size: int = 160
 def qa_row(row: dict[str, Any]) -> dict[str, Any]:
     """A journal ``done`` row -> the flat per-series record of qa.csv / qa.json.
 
-    Columns (qa.csv, in this order): ``series_key``, ``description``, ``contrast``,
+    Columns (qa.csv, in this order): ``series_key``, ``description`` (a hash of the
+    SeriesDescription: :func:`rankiq.service.io.description_label`), ``contrast``,
     ``protocol`` (:func:`rankiq.service.qa.aggregate.protocol_key`), ``slices``,
     ``blank_slices``, ``median``/``p90``/``mean``/``worst`` (model score units, lower is
     better), ``worst_slices``, ``statistic`` (the one thresholds apply to), ``threshold`` (the
@@ -88,6 +90,7 @@ def qa_row(row: dict[str, Any]) -> dict[str, Any]:
     ``in_range``, ``range_reasons`` (why the model cannot assess it), ``model``,
     ``model_version``, ``mode``. Rows of journals from earlier versions get the defaults.
     """
+    from rankiq.service.io import description_label
     from rankiq.service.qa.aggregate import protocol_key
 
     info, res = row["info"], row["result"]
@@ -96,7 +99,7 @@ def qa_row(row: dict[str, Any]) -> dict[str, Any]:
     value = res.get("statistic_value", agg.get(res["statistic"]))
     return {
         "series_key": row["series_key"],
-        "description": info.get("description", ""),
+        "description": description_label(info.get("description", "")),
         "contrast": info.get("contrast", "other"),
         "protocol": protocol_key(info),
         "slices": agg["slices"],

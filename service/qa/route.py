@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rankiq.service.qa.jobs import (
+    accept_job,
     create_job,
     jobs_dir,
     purge_expired,
@@ -46,7 +47,9 @@ def service_qa_metrics() -> QAMetrics:
 
 
 def _options() -> QAOptions:
-    from rankiq.service.settings import ServiceSettings
+    """A job's settings: the service's read limits (zip entries, decoded bytes, slices...) and
+    a header-walk budget of ``RANKIQ_REQUEST_TIMEOUT`` seconds, as for ``/score``."""
+    from rankiq.service.settings import ServiceSettings, read_limits
 
     st = ServiceSettings.from_env()
     env = os.environ.get
@@ -54,7 +57,9 @@ def _options() -> QAOptions:
         model_dir=st.models_dir / (env("RANKIQ_QA_MODEL") or DEFAULT_MODEL),
         thresholds_file=Path(env("RANKIQ_QA_THRESHOLDS")) if env("RANKIQ_QA_THRESHOLDS") else None,
         rules_file=Path(env("RANKIQ_QA_RULES")) if env("RANKIQ_QA_RULES") else None,
-        workers=1, threads=st.ort_threads, progress=False, textfile=False)
+        workers=1, threads=st.ort_threads, progress=False, textfile=False,
+        limits=read_limits(st), max_slices=st.max_slices,
+        max_scan_seconds=float(st.request_timeout))
 
 
 def _on_series(row: dict[str, Any], result: dict[str, Any]) -> None:
@@ -88,7 +93,9 @@ def _run(inputs: Path, out: Path, resume: bool) -> dict[str, Any]:
 
 
 def run_task(files: Sequence[Path], task_id: str | None) -> dict[str, Any]:
-    """Body of the ``qa`` task: persist the uploads as a job, run it, return the table."""
+    """Body of the ``qa`` task: run the job (saved at submit time by :class:`QAJobRecorder`,
+    or now from ``files``), return the table (a failed job: ``status: failed``, ``error``,
+    ``detail``)."""
     from rankiq.service.settings import ServiceSettings
 
     retention = ServiceSettings.from_env().retention_s
@@ -101,6 +108,119 @@ def run_task(files: Sequence[Path], task_id: str | None) -> dict[str, Any]:
     else:
         purge_expired(jobs_dir(), retention)
     return {"job_id": job.id, **response}
+
+
+def save_uploads(body: bytes, content_type: str, dest: Path, field: str = "files") -> int:
+    """Write the file parts named ``field`` of a multipart body as ``dest/upload_000``... (in
+    upload order; client file names are never used). Returns how many were written."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    count = 0
+    state: dict[str, Any] = {"header": bytearray(), "value": bytearray(), "out": None}
+
+    def on_part_begin() -> None:
+        state["out"] = None
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        nonlocal count
+        if bytes(state["header"]).strip().lower() == b"content-disposition":
+            _, opts = parse_options_header(bytes(state["value"]))
+            if opts.get(b"name") == field.encode() and (b"filename" in opts
+                                                        or b"filename*" in opts):
+                state["out"] = (dest / f"upload_{count:03d}").open("wb")
+                count += 1
+        state["header"], state["value"] = bytearray(), bytearray()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["out"] is not None:
+            state["out"].write(data[start:end])
+
+    def on_part_end() -> None:
+        if state["out"] is not None:
+            state["out"].close()
+            state["out"] = None
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_part_data": on_part_data, "on_part_end": on_part_end})
+    try:
+        parser.write(body)
+        parser.finalize()
+    finally:
+        on_part_end()
+    return count
+
+
+class QAJobRecorder:
+    """ASGI middleware for ``POST /qa/submit``: saves the job (its uploads, ``queued``, locked by
+    this worker) when BentoML answers its task id, *before* that answer leaves, so a task whose
+    worker dies while it waits in the queue is resumed by another worker (see
+    :mod:`rankiq.service.qa.jobs`). Runs behind :class:`rankiq.service.guard.RequestGuard`, which
+    has checked and buffered the body (at most ``RANKIQ_MAX_UPLOAD_BYTES``).
+    """
+
+    def __init__(self, app: Any, path: str = "/qa/submit") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] != "http" or scope.get("path") != self.path
+                or scope.get("method") != "POST"):
+            await self.app(scope, receive, send)
+            return
+        import json
+
+        from anyio import to_thread
+
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        ctype = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                      if k.lower() == b"content-type"), "")
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        status = 0
+
+        async def record(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and status == 200:
+                try:
+                    task_id = str(json.loads(message.get("body", b"{}"))["task_id"])
+                except (ValueError, KeyError, TypeError):
+                    task_id = ""
+                if task_id:
+                    try:
+                        await to_thread.run_sync(lambda: accept_job(
+                            jobs_dir(), task_id, lambda d: save_uploads(body, ctype, d)))
+                    except Exception as exc:  # noqa: BLE001 - the task still runs from its files
+                        log.error("QA job %s not saved at submit: %s", task_id,
+                                  type(exc).__name__)
+            await send(message)
+
+        await self.app(scope, replay, record)
 
 
 def start_purger(interval_s: float = 60.0) -> None:
@@ -139,7 +259,8 @@ def init_label_sets() -> None:
 
 
 def start_job_recovery() -> None:
-    """Resume jobs whose worker died (call once when a service worker starts)."""
+    """Resume jobs whose worker died, now and every few seconds (call once when a service
+    worker starts)."""
     init_label_sets()
     def run(inputs: Path, out: Path, resume: bool) -> dict[str, Any]:
         response = _run(inputs, out, resume)

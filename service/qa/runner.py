@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
 from rankiq.service.qa.aggregate import (
     DEFAULT_OUTLIER_Z,
     MIN_GROUP,
@@ -50,7 +50,7 @@ from rankiq.service.qa.aggregate import (
     load_thresholds,
     threshold_rule,
 )
-from rankiq.service.qa.journal import Journal
+from rankiq.service.qa.journal import Journal, ref_from_json, ref_to_json
 from rankiq.service.qa.references import ReferenceMap, load_reference_map
 from rankiq.service.qa.selection import RulesError, SeriesSelector, load_selector
 from rankiq.service.scoring import DEFAULT_MAX_SLICES
@@ -91,6 +91,9 @@ class QAOptions:
         outlier_min_group: fewest series of one protocol that the rule compares.
         max_slices: larger series fail with ``too_large`` (the scorer's limit, never truncated).
         render: saliency and PNGs of the worst slices of flagged series (off for calibration).
+        limits: size limits of every read (the service passes its own; the CLI the library's).
+        max_scan_seconds: wall-clock budget of the header walk (``None``: unlimited); past it
+            the run fails with ``too_large`` before anything is scored.
     """
 
     model_dir: Path
@@ -108,6 +111,8 @@ class QAOptions:
     outlier_min_group: int = MIN_GROUP
     max_slices: int = DEFAULT_MAX_SLICES
     render: bool = True
+    limits: ReadLimits = DEFAULT_LIMITS
+    max_scan_seconds: float | None = None
 
     def reference_model(self) -> Path:
         """The reference-mode model directory used for mapped series."""
@@ -289,7 +294,8 @@ def _die_with_parent() -> None:
 def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: SeriesSelector,
                 worst_k: int, in_pool: bool = True, reference_model_dir: str | None = None,
                 reference_thresholds: Thresholds | None = None,
-                max_slices: int = DEFAULT_MAX_SLICES, render: bool = True) -> None:
+                max_slices: int = DEFAULT_MAX_SLICES, render: bool = True,
+                limits: ReadLimits = DEFAULT_LIMITS) -> None:
     """Load the model(s) once per worker process (ONNX Runtime sessions with ``threads``); the
     reference model only when series are mapped to references."""
     if in_pool:
@@ -299,7 +305,7 @@ def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: 
     _WORKER.update(model=ScoringModel.load(model_dir, threads=threads), thresholds=thresholds,
                    selector=selector, worst_k=worst_k, reference_model=None,
                    reference_thresholds=reference_thresholds, max_slices=max_slices,
-                   render=render)
+                   render=render, limits=limits)
     if reference_model_dir is not None:
         _WORKER["reference_model"] = ScoringModel.load(reference_model_dir, threads=threads)
 
@@ -315,12 +321,12 @@ def loaded_attributes(series: Any) -> dict[str, Any]:
             "Columns": series.shape[2], "_slices": series.shape[0]}
 
 
-def _open_zips(refs: list[bytes]) -> dict[str, Any]:
+def _open_zips(refs: list[str]) -> dict[str, Any]:
     """Per-worker cache of open zips (a huge zip's central directory is parsed once)."""
     import zipfile
 
     cache: dict[str, zipfile.ZipFile] = _WORKER.setdefault("zips", {})
-    first = pickle.loads(refs[0]) if refs else None
+    first = ref_from_json(refs[0]) if refs else None
     path = getattr(first, "path", None)
     if first is not None and first.member is not None and path and path not in cache:
         while len(cache) >= 4:
@@ -353,7 +359,7 @@ def series_info(series: ImageSeries) -> dict[str, Any]:
             "pixel_spacing": None if spacing is None else [float(v) for v in spacing]}
 
 
-def process_series(key: str, refs: list[bytes], reference: str | None = None) -> SeriesOutcome:
+def process_series(key: str, refs: list[str], reference: str | None = None) -> SeriesOutcome:
     """Decode, score (:func:`rankiq.service.scoring.score_series`) and judge one series (runs in
     a worker).
 
@@ -371,7 +377,8 @@ def process_series(key: str, refs: list[bytes], reference: str | None = None) ->
     timings = dict.fromkeys(("decode", "preprocess", "score", "render"), 0.0)
     t0 = time.perf_counter()
     try:
-        series = load_series([pickle.loads(r) for r in refs], key=key, zips=_open_zips(refs))
+        series = load_series([ref_from_json(r) for r in refs], key=key, zips=_open_zips(refs),
+                             limits=_WORKER["limits"])
     except RankIQError as exc:
         return SeriesOutcome("failed", timings, reason=exc.reason, message=str(exc))
     timings["decode"] = time.perf_counter() - t0
@@ -437,24 +444,34 @@ def read_model_metadata(model_dir: Path) -> dict[str, Any]:
 
 
 def scan_into(journal: Journal, paths: Sequence[str | Path],
-              on_progress: Callable[[int], None] | None = None) -> None:
-    """Walk ``paths`` (header only) and journal every instance and unreadable input."""
+              on_progress: Callable[[int], None] | None = None, *,
+              limits: ReadLimits = DEFAULT_LIMITS, max_seconds: float | None = None) -> None:
+    """Walk ``paths`` (header only, within ``limits``) and journal every instance and
+    unreadable input.
+
+    Raises:
+        InputTooLarge: the walk took longer than ``max_seconds``.
+    """
+    from rankiq.service.errors import InputTooLarge
     from rankiq.service.io import scan_instances
     from rankiq.service.io.types import ReadFailure
 
-    batch: list[tuple[str, str, bytes, dict[str, Any]]] = []
+    batch: list[tuple[str, str, int, int, str, dict[str, Any]]] = []
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     failures: list[tuple[str, str, str]] = []
     import warnings
 
     # pydicom warns (to stderr) about every malformed header; failures are reported in
     # failed.csv instead
     warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
-    for n, item in enumerate(scan_instances([str(p) for p in paths]), start=1):
+    for n, item in enumerate(scan_instances([str(p) for p in paths], limits=limits), start=1):
+        if deadline is not None and time.monotonic() > deadline:
+            raise InputTooLarge(f"reading the inputs took longer than {max_seconds:g} s")
         if isinstance(item, ReadFailure):
             failures.append((item.source, item.reason, item.message))
         else:
             batch.append((str(item.source), item.series_key, int(item.rows), int(item.cols),
-                          pickle.dumps(item), series_attributes(item)))
+                          ref_to_json(item), series_attributes(item)))
         if len(batch) + len(failures) >= SCAN_BATCH:
             journal.add_scanned(batch, failures)
             batch, failures = [], []
@@ -501,6 +518,7 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
               min_group: int = MIN_GROUP) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The qa.json document and the report assets, from the journal (the archive-relative rule
     applied over every scored series: :func:`finish_rows`)."""
+    from rankiq.service.io import description_label
     from rankiq.service.qa.report import qa_row
 
     sizes = journal.series_sizes()
@@ -513,8 +531,8 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
                 assets[row["series_key"]] = row["assets"]
         elif row["status"] == "skipped":
             skipped.append({"series_key": row["series_key"],
-                            "description": str(info.get("description",
-                                                        info.get("SeriesDescription", ""))),
+                            "description": description_label(str(info.get(
+                                "description", info.get("SeriesDescription", "")))),
                             "modality": str(info.get("modality", info.get("Modality", ""))),
                             "instances": sizes.get(row["series_key"], 0),
                             "reason": row["reason"]})
@@ -612,7 +630,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         before = journal.counts().get("done", 0)
         t0 = time.perf_counter()
         if not journal.scan_complete:
-            scan_into(journal, paths)
+            scan_into(journal, paths, limits=options.limits,
+                      max_seconds=options.max_scan_seconds)
         select_pending(journal, selector)
         timings["scan"] = time.perf_counter() - t0
         slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series,
@@ -672,7 +691,7 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
             n = sizes.get(key, 0)
         else:
             refs = journal.refs(key)
-            first = str(pickle.loads(refs[0]).source) if refs else f"series {key}"
+            first = str(ref_from_json(refs[0]).source) if refs else f"series {key}"
             journal.record(key, "failed", reason=out.reason,
                            info={**info, "first_source": first, "message": out.message})
             n = sizes.get(key, 0)
@@ -682,14 +701,16 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
         ref_model = None if refmap is None else str(options.reference_model())
         if workers == 1:
             init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
-                        False, ref_model, ref_thresholds, options.max_slices, options.render)
+                        False, ref_model, ref_thresholds, options.max_slices, options.render,
+                        options.limits)
             for key in todo:
                 record(key, process_series(key, journal.refs(key), reference_of(key)))
         else:
             _run_pool(journal, todo, options, (str(options.model_dir), threads, thresholds,
                                                selector, options.worst_k, True, ref_model,
                                                ref_thresholds, options.max_slices,
-                                               options.render), record, reference_of)
+                                               options.render, options.limits), record,
+                      reference_of)
     finally:
         bar.close()
     return slices
@@ -702,7 +723,7 @@ def _reference_of(journal: Journal, refmap: ReferenceMap | None, key: str) -> st
     refs = journal.refs(key)
     if not refs:
         return refmap.lookup(key, None)
-    ref = pickle.loads(refs[0])
+    ref = ref_from_json(refs[0])
     # the file's location (``source`` is only a display name, which may be a hash)
     where = ref.path or ref.source
     return refmap.lookup(key, f"{where}!{ref.member}" if ref.member else str(where))
@@ -732,7 +753,8 @@ def _render_missing(journal: Journal, doc: dict[str, Any], assets: dict[str, dic
         if where not in models:
             models[where] = ScoringModel.load(where, threads=threads)
         try:
-            series = load_series([pickle.loads(b) for b in journal.refs(key)], key=key)
+            series = load_series([ref_from_json(b) for b in journal.refs(key)], key=key,
+                                  limits=options.limits)
             ref_series = None if reference is None else _read_reference(reference)
             scores = _result(journal, key).get("scores") or []
             assets[key] = render_assets(models[where], series, ref_series, r["worst_slices"],
