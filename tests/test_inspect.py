@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from helpers_io import assert_no_phi, bundled, mr_dataset, write, write_zip
 from rankiq.service.cli import EXIT_INPUT, EXIT_USAGE, main
-from rankiq.service.io import display_name
+from rankiq.service.io import description_label, display_name
 
 VARIANTS = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm",
             "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm")
@@ -47,7 +47,8 @@ def test_series_and_failures_are_listed_with_exit_0(tmp_path, capsys):
     assert code == 0
     (series,) = out["series"]
     assert series["slices"] == 2 and series["contrast"] == "T2"
-    assert series["description"] == "AX T2 FSE" and series["slice_order"] == "position"
+    assert series["description"] == description_label("AX T2 FSE")
+    assert series["slice_order"] == "position"
     reasons = {f["source"]: f["reason"] for f in out["failures"]}
     assert reasons == {display_name(str(tmp_path / "notes.txt")): "unsupported",
                        display_name(str(bundled("test-SR.dcm"))): "non_image"}

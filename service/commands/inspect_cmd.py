@@ -1,6 +1,7 @@
 """``rankiq inspect PATH... [--json]``: what RankIQ reads from files, folders, zips, k-space.
 
-Per series: kind, modality, description, contrast family, slices, rows, columns, spacing,
+Per series: kind, modality, description (a hash of the SeriesDescription, which is free text
+typed at the scanner), contrast family, slices, rows, columns, spacing,
 transfer syntax and ``pixel_sha256`` (SHA-256 of the decoded float32 pixels in C order, so
 differently encoded copies of one image can be checked equal); then every unreadable input
 with its reason. Exit 0 when at least one series was read, 2 when none, 1 on usage errors.
@@ -38,12 +39,14 @@ def pixel_sha256(pixels: np.ndarray) -> str:
 
 def describe(series: ImageSeries) -> dict[str, Any]:
     """JSON-able summary of a series (no identifiers)."""
+    from rankiq.service.io import description_label
+
     s, r, c = series.shape
     return {
         "kind": series.kind,
         "series_key": series.series_key,
         "modality": series.modality,
-        "description": series.description,
+        "description": description_label(series.description),
         "contrast": series.contrast,
         "slices": s,
         "rows": r,

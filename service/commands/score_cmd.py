@@ -108,8 +108,11 @@ def run_score(args: argparse.Namespace) -> int:
         json.dump(out, sys.stdout, indent=2)
         print()
         return 0
+    from rankiq.service.io import display_name
+
     m = result.model
-    print(f"{args.image}: {m['mode']} model {m['name']} {m['version']} "
+    # the path is hashed like every name RankIQ prints (a folder may be named after the patient)
+    print(f"{display_name(str(args.image))}: {m['mode']} model {m['name']} {m['version']} "
           f"(contrast {result.contrast}, {len(result.scores)} slice(s); lower is better)")
     print(f"  median {result.median:.4g}  worst {result.worst:.4g} (slice {result.worst_slice})")
     for i, s in enumerate(result.scores):
