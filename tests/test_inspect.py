@@ -59,7 +59,8 @@ def test_text_output_and_no_identifiers(tmp_path, capsys):
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
     assert main(["inspect", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for field in ("dicom", "MR", "AX T2 FSE", "contrast T2", "slices 1", "rows 16",
+    for field in ("dicom", "MR", description_label("AX T2 FSE"), "contrast T2", "slices 1",
+                      "rows 16",
                   "columns 16", "spacing 0.9 x 0.8 mm", "Explicit VR Little Endian",
                   "pixel_sha256 ", "unreadable inputs (1)",
                   display_name(str(tmp_path / "bad.dcm"))):
