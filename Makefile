@@ -11,7 +11,7 @@ PORT   ?= 3000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test test-deps lint format docs models bench clean
+.PHONY: venv serve test test-deps lint format docs models bench fuzz clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,15 @@ test: venv test-deps
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make fuzz: the hostile-input corpus (fixed seed: byte-mutated DICOMs, every bomb kind,
+## malformed multipart, marker strings) and schemathesis against a live 2-worker server with a
+## token; fails on any 5xx, answer slower than the request timeout or leaked marker (a few
+## minutes; a short version of the corpus runs in make test)
+FUZZ_MUTATED ?= 2500
+FUZZ_EXAMPLES ?= 150
+fuzz: venv
+	$(BIN)/python tests/fuzz_service.py --mutated $(FUZZ_MUTATED) --examples $(FUZZ_EXAMPLES)
 
 ## make docs: the documentation site (docs/, mkdocs.yml) built offline into site/, strict
 docs: venv

@@ -10,7 +10,8 @@ service's error shape ``{"error": reason, "detail": message}``:
 * 413 ``too_large``: body above ``max_body`` bytes (from Content-Length, or counted while
   streaming a chunked body), refused before it is parsed;
 * 400 ``bad_request``: malformed multipart, a missing, duplicated or unknown field, a text value
-  where a file is expected, an unparsable boolean, a file name over ``MAX_FILENAME`` bytes, a
+  where a file is expected, an unparsable boolean, a file name over ``MAX_FILENAME`` bytes or
+  with control characters, a
   request with more than one ``Authorization`` header (which one would count is ambiguous).
 
 Every error answer of the wrapped app that is not already in that shape (BentoML's own
@@ -77,6 +78,7 @@ class _Part:
     name: str | None = None
     is_file: bool = False
     long_name: bool = False
+    odd_name: bool = False
     value: bytearray = field(default_factory=bytearray)
 
 
@@ -113,6 +115,9 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
             parts[-1].is_file = b"filename" in opts or b"filename*" in opts
             name_len = max(len(opts.get(b"filename", b"")), len(opts.get(b"filename*", b"")))
             parts[-1].long_name = name_len > MAX_FILENAME
+            # control characters (NUL...) break BentoML's temp file, whose error would quote it
+            parts[-1].odd_name = any(c < 0x20 or c == 0x7F for key in (b"filename", b"filename*")
+                                     for c in opts.get(key, b""))
         header["field"], header["value"] = bytearray(), bytearray()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -139,8 +144,8 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
             raise RequestRejected(400, "bad_request", "a multipart part has no field name")
         if part.name not in spec.files and part.name not in spec.bool_values:
             allowed = ", ".join(spec.files + spec.bool_values)
-            raise RequestRejected(400, "bad_request",
-                                  f"unknown field {part.name[:40]!r} (fields: {allowed})")
+            raise RequestRejected(400, "bad_request",  # the name is the client's: not echoed
+                                  f"unknown field (fields: {allowed})")
         if part.name in seen and part.name not in spec.repeated_files:
             raise RequestRejected(400, "bad_request", f"field {part.name!r} given twice")
         seen.add(part.name)
@@ -148,6 +153,9 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
             raise RequestRejected(400, "bad_request",
                                   f"field {part.name!r}: file name longer than {MAX_FILENAME} "
                                   "bytes")
+        if part.odd_name:
+            raise RequestRejected(400, "bad_request",
+                                  f"field {part.name!r}: control characters in the file name")
         if part.name in spec.files and not part.is_file:
             raise RequestRejected(400, "bad_request",
                                   f"field {part.name!r} must be a file upload (curl -F "
