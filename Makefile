@@ -36,8 +36,8 @@ test: venv test-deps
 ## malformed multipart, marker strings) and schemathesis against a live 2-worker server with a
 ## token; fails on any 5xx, answer slower than the request timeout or leaked marker (a few
 ## minutes; a short version of the corpus runs in make test)
-FUZZ_MUTATED ?= 2500
-FUZZ_EXAMPLES ?= 150
+FUZZ_MUTATED ?= 3000
+FUZZ_EXAMPLES ?= 200
 fuzz: venv
 	$(BIN)/python tests/fuzz_service.py --mutated $(FUZZ_MUTATED) --examples $(FUZZ_EXAMPLES)
 

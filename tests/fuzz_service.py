@@ -31,8 +31,8 @@ ACCESS = re.compile(r"\(status=(\d{3}),")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mutated", type=int, default=2500, help="byte-mutated inputs")
-    ap.add_argument("--examples", type=int, default=150,
+    ap.add_argument("--mutated", type=int, default=3000, help="byte-mutated inputs")
+    ap.add_argument("--examples", type=int, default=200,
                     help="schemathesis examples per operation")
     ap.add_argument("--seed", type=int, default=12)
     args = ap.parse_args()
