@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,6 +39,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=12)
     args = ap.parse_args()
     server = start_server(workers=2, env=SERVER_ENV)
+    scratch = tempfile.mkdtemp(prefix="rankiq-fuzz-")  # schemathesis writes its state here
     problems: list[str] = []
     try:
         cases = hostile_cases(seed=args.seed, mutated=args.mutated)
@@ -61,7 +64,7 @@ def main() -> int:
              "--checks", "not_a_server_error", "--max-response-time", str(TIMEOUT_S),
              "--max-examples", str(args.examples), "--seed", str(args.seed),
              "--generation-database", "none", "--no-color", "--workers", "2"],
-            capture_output=True, text=True, timeout=3600)
+            capture_output=True, text=True, timeout=3600, cwd=scratch)
         tail = "\n".join(st.stdout.splitlines()[-25:])
         print(tail, flush=True)
         if st.returncode != 0:
@@ -77,6 +80,7 @@ def main() -> int:
             problems.append(f"{fives} answers 5xx in the access log")
     finally:
         server.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     for p in problems:
         print("PROBLEM", p)
     print("fuzz:", "FAILED" if problems else "passed")
