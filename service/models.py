@@ -121,6 +121,53 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class OrdinalClassifier:
+    """A rank classifier that agrees with its model's scores by construction.
+
+    With ``d = log(s2) - log(s1)`` (positive when image 1 scores lower, i.e. better)::
+
+        P(1 better) = sigmoid(beta d - theta),  P(2 better) = sigmoid(-beta d - theta),
+        P(similar)  = 1 - both
+
+    (Davidson-type ties). ``beta > 0`` and ``theta >= 0``: P(1 better) rises with
+    ``s2 - s1``, swapping the images swaps the outer probabilities, and the image with the
+    lower score is never the less likely winner. Scores must be positive (no-reference models'
+    scores are); ``floor`` keeps the log finite.
+    """
+
+    beta: float
+    theta: float
+    floor: float = 1e-6
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OrdinalClassifier:
+        beta, theta = float(data["beta"]), float(data["theta"])
+        if not (beta > 0 and theta >= 0 and np.isfinite(beta) and np.isfinite(theta)):
+            raise ValueError("ordinal classifier needs beta > 0 and theta >= 0")
+        return cls(beta, theta, float(data.get("floor", 1e-6)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "ordinal", "beta": self.beta, "theta": self.theta, "floor": self.floor}
+
+    def probabilities(self, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+        """``(N,)``, ``(N,)`` scores -> float64 ``(N, 3)`` (1 better, similar, 2 better)."""
+        a = np.log(np.maximum(np.asarray(s1, np.float64).reshape(-1), self.floor))
+        b = np.log(np.maximum(np.asarray(s2, np.float64).reshape(-1), self.floor))
+        d = b - a
+        p1 = _sigmoid(self.beta * d - self.theta)
+        p2 = _sigmoid(-self.beta * d - self.theta)
+        return np.stack([p1, np.clip(1.0 - p1 - p2, 0.0, 1.0), p2], axis=1)
+
+
+def load_classifier(data: dict[str, Any]) -> RankClassifierNP | OrdinalClassifier:
+    """The classifier described by a classifier.json document (``kind`` ``"ordinal"`` or
+    IQ-Net's two-branch network, the default)."""
+    if data.get("kind") == "ordinal":
+        return OrdinalClassifier.from_json(data)
+    return RankClassifierNP.from_json(data)
+
+
+@dataclass(frozen=True)
 class RankClassifierNP:
     """numpy twin of ``rankiq.training.models.RankClassifier`` read from classifier.json."""
 
@@ -178,7 +225,8 @@ def _verify_files(d: Path, meta: dict[str, Any]) -> None:
     files = meta["files"]
     if not isinstance(files, dict):
         raise ModelCorrupt("metadata.json 'files' is not a mapping", source=str(d))
-    for required in _REQUIRED_FILES + (("saliency.onnx",) if meta.get("saliency") else ()):
+    graph_saliency = meta.get("saliency") and meta.get("kind", "iqnet") == "iqnet"
+    for required in _REQUIRED_FILES + (("saliency.onnx",) if graph_saliency else ()):
         if required not in files:
             raise ModelCorrupt(f"metadata.json does not list {required}", source=str(d))
     for name, digest in files.items():
@@ -203,7 +251,7 @@ class ScoringModel:
     path: Path
     metadata: dict[str, Any]
     provider: str
-    classifier: RankClassifierNP
+    classifier: RankClassifierNP | OrdinalClassifier
     _score: ort.InferenceSession = field(repr=False)
     _saliency: ort.InferenceSession | None = field(repr=False, default=None)
     batch_size: int = DEFAULT_BATCH
@@ -231,12 +279,13 @@ class ScoringModel:
                 f"prepares images with version {PREPROCESS_VERSION!r}: re-export the model",
                 source=str(d))
         if meta["input_kind"] not in ("magnitude", "complex") or meta["mode"] not in (
-                "reference", "no-reference"):
+                "reference", "no-reference") or meta.get("kind", "iqnet") not in (
+                "iqnet", "features"):
             raise ModelIncompatible(f"unknown mode/input_kind {meta['mode']!r}/"
                                     f"{meta['input_kind']!r}", source=str(d))
         _verify_files(d, meta)
         try:
-            clf = RankClassifierNP.from_json(json.loads((d / "classifier.json").read_text()))
+            clf = load_classifier(json.loads((d / "classifier.json").read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelCorrupt(f"classifier.json is invalid: {exc}", source=str(d)) from exc
         chain = list(providers) if providers is not None else _default_providers()
@@ -278,13 +327,31 @@ class ScoringModel:
         return 1 if self.input_kind == "magnitude" else 2
 
     @property
+    def kind(self) -> str:
+        """``"iqnet"`` (network on prepared images) or ``"features"`` (no-reference model on
+        :mod:`rankiq.service.noref` features)."""
+        return str(self.metadata.get("kind", "iqnet"))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Feature order of a ``"features"`` model (empty for IQ-Net models)."""
+        return tuple(self.metadata.get("features", ()))
+
+    @property
     def has_saliency(self) -> bool:
-        return self._saliency is not None
+        # a features model explains its score with evidence maps (rankiq.service.noref)
+        return self._saliency is not None or self.kind == "features"
 
     # -- inference -----------------------------------------------------------------------------
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        want = (self.channels, *self.grid)
+        want: tuple[int, ...] = (self.channels, *self.grid)
+        if self.kind == "features":
+            want = (len(self.feature_names),)
+            if x.ndim != 2 or tuple(x.shape[1:]) != want:
+                raise InvalidImage(f"model {self.name} expects features (N, {want[0]}), got "
+                                   f"{tuple(x.shape)}")
+            return np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise InvalidImage(f"model {self.name} expects network input (N, {want[0]}, "
                                f"{want[1]}, {want[2]}), got {tuple(x.shape)}")

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rankiq.service.domain import check_range
 from rankiq.service.errors import InputTooLarge, InvalidImage, RankIQError
-from rankiq.service.preprocess import DEFAULT_PERCENTILE, prepare
+from rankiq.service.noref import FeatureInput, evidence_maps, prepare_features
+from rankiq.service.preprocess import DEFAULT_PERCENTILE, as_slices, prepare
 
 if TYPE_CHECKING:
     from rankiq.service.io.types import ImageSeries
@@ -70,6 +72,10 @@ class SeriesScore:
             spacing, modality, features); scores out of range are reported, not trusted.
         range_reasons: why not, as short reason codes (``"matrix_too_small"``...); empty when
             in range.
+        threshold: the model's QA threshold for the series' contrast family (median score),
+            or ``None`` when the model has none.
+        flagged: ``median > threshold``; ``None`` without a threshold or out of range (a score
+            outside the model's domain neither passes nor fails).
     """
 
     model: dict[str, Any]
@@ -85,6 +91,8 @@ class SeriesScore:
     display: np.ndarray | None = None
     in_range: bool = True
     range_reasons: tuple[str, ...] = ()
+    threshold: float | None = None
+    flagged: bool | None = None
 
     @property
     def mean(self) -> float:
@@ -198,13 +206,22 @@ def score_series(
     if reference is not None:
         _check_size(reference, max_slices, "reference")
         ref_px = _pixels(reference, model, "reference")
-    prepared = prepare(_pixels(series, model, "image"), ref_px, grid=model.grid,
-                       input_kind=model.input_kind,  # type: ignore[arg-type]
-                       percentile=float(model.metadata.get("percentile", DEFAULT_PERCENTILE)))
-    x = prepared.network_input
+    pixels = _pixels(series, model, "image")
+    if model.kind == "features":
+        fi = prepare_features(as_slices(pixels))
+        x, empty = fi.features, fi.empty
+    else:
+        prepared = prepare(pixels, ref_px, grid=model.grid,
+                           input_kind=model.input_kind,  # type: ignore[arg-type]
+                           percentile=float(model.metadata.get("percentile",
+                                                               DEFAULT_PERCENTILE)))
+        x, empty = prepared.network_input, prepared.empty
     t1 = time.perf_counter()
     maps = None
-    if saliency:
+    if saliency and model.kind == "features":
+        scores = model.score(x)
+        maps = feature_saliency(model, fi)
+    elif saliency:
         scores, maps = model.score_and_saliency(x)
     else:
         scores = model.score(x)
@@ -212,20 +229,62 @@ def score_series(
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     if not np.isfinite(scores).all():
         raise RuntimeError(f"model {model.name} returned non-finite scores")  # a model bug
-    blank = np.asarray(prepared.empty, dtype=bool)
+    blank = np.asarray(empty, dtype=bool)
     median, worst, worst_slice = summarise(scores, blank)
     display = None
     if saliency:
-        img = prepared.image
-        display = (np.abs(img[:, 0]) if img.shape[1] == 1
-                   else np.hypot(img[:, 0], img[:, 1])).astype(np.float32)
+        if model.kind == "features":
+            display = fi.grids / np.maximum(fi.grids.reshape(len(fi.grids), -1).max(1),
+                                            1e-12)[:, None, None]
+        else:
+            img = prepared.image
+            display = (np.abs(img[:, 0]) if img.shape[1] == 1
+                       else np.hypot(img[:, 0], img[:, 1])).astype(np.float32)
+    in_range, reasons = check_range(model, series, x, blank)
+    threshold = model_threshold(model, series.contrast)
+    flagged = None if threshold is None or not in_range else bool(median > threshold)
     return SeriesScore(
         model=model_info(model), contrast=series.contrast, scores=scores, blank=blank,
         median=median, worst=worst, worst_slice=worst_slice,
         timings={"prepare": t1 - t0, "inference": t2 - t1, "total": time.perf_counter() - t0},
         shape=tuple(int(n) for n in series.pixels.shape),  # type: ignore[arg-type]
-        saliency=maps, display=display,
+        saliency=maps, display=display, in_range=in_range, range_reasons=reasons,
+        threshold=threshold, flagged=flagged,
     )
+
+
+def model_threshold(model: ScoringModel, contrast: str) -> float | None:
+    """The model's default QA threshold for a contrast family (``other`` as the fallback)."""
+    values = model.metadata.get("qa_thresholds") or {}
+    value = values.get(contrast, values.get("other"))
+    if value is None and values:
+        value = max(values.values())
+    return None if value is None else float(value)
+
+
+def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
+    """Saliency of a features model, float32 ``(S, 1, G, G)``: the evidence map of each feature
+    (:func:`rankiq.service.noref.evidence_maps`) weighted by how much the score moves with that
+    feature (``|d score / d feature|``, central differences through the model), so the map
+    shows where the evidence that raised the score lies; each map sums to the slice's score.
+    """
+    f = fi.features.astype(np.float64)
+    n, k = f.shape
+    h = 1e-3
+    eye = h * np.eye(k)[None]
+    steps = np.concatenate([f[:, None, :] + eye, f[:, None, :] - eye], axis=1).reshape(-1, k)
+    s = model.score(steps.astype(np.float32)).astype(np.float64).reshape(n, 2, k)
+    grad = np.abs(s[:, 0] - s[:, 1]) / (2 * h)  # (S, F)
+    base = model.score(fi.features).astype(np.float64)
+    out = np.zeros((n, 1, *fi.grids.shape[1:]), np.float32)
+    for i in range(n):
+        if fi.empty[i]:
+            continue
+        m = np.tensordot(grad[i], evidence_maps(fi.grids[i]), axes=1)
+        total = float(m.sum())
+        if total > 0:
+            out[i, 0] = m * (base[i] / total)
+    return out
 
 
 def compare_series(
@@ -266,6 +325,8 @@ def series_json(result: SeriesScore, *, png: bool = True, raw: bool = True) -> d
         {"mode", "model": {...}, "contrast", "score_direction": "lower_is_better",
          "shape": [S, rows, cols],
          "summary": {"median", "worst", "worst_slice", "mean", "slices", "blank_slices"},
+         "in_range": bool, "range_reasons": [str], "threshold": float | null,
+         "flagged": bool | null,
          "slices": [{"index", "score", "blank",
                      "saliency": {"overlay_png": b64, "map": {"data", "shape", "dtype",
                                                              "byte_order"}}}],
@@ -296,6 +357,10 @@ def series_json(result: SeriesScore, *, png: bool = True, raw: bool = True) -> d
         "summary": {"median": result.median, "worst": result.worst,
                     "worst_slice": result.worst_slice, "mean": result.mean,
                     "slices": len(result.scores), "blank_slices": int(result.blank.sum())},
+        "in_range": result.in_range,
+        "range_reasons": list(result.range_reasons),
+        "threshold": result.threshold,
+        "flagged": result.flagged,
         "slices": slices,
         "timings_ms": _ms(result.timings),
     }
@@ -309,6 +374,8 @@ def comparison_json(cmp: Comparison) -> dict[str, Any]:
                 "summary": {"median": r.median, "worst": r.worst, "worst_slice": r.worst_slice,
                             "mean": r.mean, "slices": len(r.scores),
                             "blank_slices": int(r.blank.sum())},
+                "in_range": r.in_range, "range_reasons": list(r.range_reasons),
+                "threshold": r.threshold, "flagged": r.flagged,
                 "scores": [float(s) for s in r.scores]}
 
     probs = {k: float(v) for k, v in zip(OUTCOMES, cmp.probabilities, strict=True)}

@@ -115,6 +115,12 @@ def run_score(args: argparse.Namespace) -> int:
     print(f"{display_name(str(args.image))}: {m['mode']} model {m['name']} {m['version']} "
           f"(contrast {result.contrast}, {len(result.scores)} slice(s); lower is better)")
     print(f"  median {result.median:.4g}  worst {result.worst:.4g} (slice {result.worst_slice})")
+    if result.threshold is not None:
+        verdict = {True: "FLAGGED", False: "passes", None: "not assessable"}[result.flagged]
+        print(f"  QA threshold {result.threshold:.4g} ({result.contrast}): {verdict}")
+    if not result.in_range:
+        print(f"  out of the model's range: {', '.join(result.range_reasons)} "
+              "(score shown, not to be trusted)")
     for i, s in enumerate(result.scores):
         print(f"  slice {i:3d}: {s:.4g}" + ("  (blank)" if result.blank[i] else ""))
     for p in written:

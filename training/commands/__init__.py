@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "rankiq.training.commands.panel_cmd",  # rankiq panel / agreement
     "rankiq.training.commands.train_cmd",  # rankiq train / evaluate / bench train
     "rankiq.training.commands.export_cmd",  # rankiq export / bench score
+    "rankiq.training.commands.noref_cmd",  # rankiq train-noref
 )
 
 

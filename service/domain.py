@@ -1,0 +1,64 @@
+"""Is an input inside what a model was trained on? (``in_range`` and its reasons)
+
+A model's ``metadata.json`` may carry a ``domain`` written at export from its training data::
+
+    {"matrix": [lo, hi],              # largest in-plane side, pixels
+     "spacing_mm": [lo, hi],          # in-plane pixel spacing, mm
+     "feature_mean": [...],           # features models: mean of the training features (F,)
+     "feature_precision": [[...]],    # inverse covariance (F, F) of the training features
+     "distance_p99": d}               # 99th percentile of the training Mahalanobis distances
+
+Reasons (short codes, in this order): ``not_mr`` (the Modality is not MR), ``matrix_too_small``
+/ ``matrix_too_large``, ``spacing_too_small`` / ``spacing_too_large`` (when the spacing is
+known), ``features_out_of_distribution`` (features models: the median slice is farther from the
+training features than 99 % of the training slices). Scores out of range are still returned:
+callers label them (HTTP, CLI) or report the series as not assessable (batch QA).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.models import ScoringModel
+
+
+def mahalanobis(features: np.ndarray, domain: dict[str, Any]) -> np.ndarray:
+    """Distances ``(S,)`` of feature rows ``(S, F)`` from the training distribution."""
+    mu = np.asarray(domain["feature_mean"], np.float64)
+    prec = np.asarray(domain["feature_precision"], np.float64)
+    d = np.asarray(features, np.float64) - mu
+    return np.sqrt(np.maximum(np.einsum("sf,fg,sg->s", d, prec, d), 0.0))
+
+
+def check_range(model: ScoringModel, series: ImageSeries, x: np.ndarray,
+                blank: np.ndarray) -> tuple[bool, tuple[str, ...]]:
+    """``(in_range, reasons)`` for a series scored by ``model`` (``x``: its network input)."""
+    reasons: list[str] = []
+    if str(series.modality or "MR").upper() != "MR":
+        reasons.append("not_mr")
+    domain = model.metadata.get("domain") or {}
+    if "matrix" in domain:
+        side = max(series.pixels.shape[-2:])
+        lo, hi = domain["matrix"]
+        if side < lo:
+            reasons.append("matrix_too_small")
+        elif side > hi:
+            reasons.append("matrix_too_large")
+    if "spacing_mm" in domain and series.pixel_spacing:
+        sp = min(float(s) for s in series.pixel_spacing)
+        lo, hi = domain["spacing_mm"]
+        if sp < lo:
+            reasons.append("spacing_too_small")
+        elif sp > hi:
+            reasons.append("spacing_too_large")
+    if model.kind == "features" and "feature_precision" in domain:
+        keep = ~np.asarray(blank, bool)
+        if keep.any():
+            dist = mahalanobis(np.asarray(x)[keep], domain)
+            if float(np.median(dist)) > float(domain["distance_p99"]):
+                reasons.append("features_out_of_distribution")
+    return not reasons, tuple(reasons)

@@ -1,0 +1,283 @@
+"""No-reference image-quality features of one magnitude slice (pure NumPy/SciPy, no torch).
+
+The no-reference model (:mod:`rankiq.service.models`, ``kind: "features"``) scores a slice
+from a small set of physically defined measurements, combined by a scorer fitted to graded
+corruption ladders of realistic simulated acquisitions and the reference-subtracted IQ-Net's
+order (``rankiq train-noref``, :mod:`rankiq.training.noref`). Every measurement is relative
+to the slice's own tissue level, so the score does not depend on intensity scale, and is
+taken on an *analysis grid* that never upsamples.
+
+Analysis grid (:func:`analysis_grid`): zero rows and columns at the border (padding of the
+field of view) are cropped, the slice is zero-padded to a square; a side above
+``ANALYSIS_MAX`` is brought down to it by Fourier cropping (the scanner's own interpolation),
+a smaller one is kept as acquired. A 512x512 and a 256x256 acquisition of the same field of
+view thus land on the same grid, and a 64x64 slice is never interpolated into blur.
+
+Masks (:func:`masks`): *pad* = pixels outside the zero padding added by the grid or present in
+the file (exact zeros in both directions from the border); *foreground* = the image smoothed
+by a Gaussian (sigma ``SMOOTH_PX``) above ``FG_FRACTION`` of its maximum, holes filled;
+*air* = pad-free pixels farther than ``AIR_MARGIN`` of the side from the foreground. The
+tissue *level* is the median of the foreground.
+
+Features (:data:`FEATURES`, all dimensionless, higher = worse unless noted):
+
+* ``noise``: log of the noise standard deviation over the level. The noise is the median
+  absolute response of Immerkaer's Laplacian-difference kernel inside the foreground,
+  divided by 0.6745 (Gaussian MAD) and the kernel's norm 6; structure adds little to a median.
+* ``air``: log of the mean air intensity over the level (thermal noise, ghosts and aliasing
+  land in the air); when a slice has no air it takes ``noise + log(1.25)`` (a Rayleigh floor).
+* ``air_far``: the same for air farther than ``FAR`` of the side from the foreground (ghosts
+  of a larger displacement land farther out; the thermal floor is the same everywhere).
+* ``air_reach``: how far from the foreground the air's excess over its own median lies: the
+  excess-weighted mean distance (fraction of the side) over the plain mean distance of the
+  air pixels (about 1 for a uniform floor; ghosts of a larger displacement reach farther).
+* ``air_structure``: log of (RMS / mean) of the air: 0.12 for a Rayleigh floor, more for
+  ghosts and aliasing that are brighter in some places than in others.
+* ``ghost``: ``|log|`` of the ratio of the mean air intensity beside the foreground along
+  the columns (above/below it) to that along the rows (left/right of it): motion and 1D
+  undersampling replicate the object along the phase-encode axis only, thermal noise is
+  isotropic (0 without air on both sides).
+* ``echo``: the largest autocorrelation of the Laplacian-filtered slice at lags of 3 px to a
+  quarter of the side, in any direction (Fisher z): an object displaced during the
+  acquisition leaves a shifted copy of its edges, white noise and a single set of edges
+  do not correlate at such lags.
+* ``blur``: the Crete-Roffet blur measure of the foreground (1 - the fraction of first
+  differences that a 9-pixel box blur removes; larger = blurrier), as a logit.
+* ``band_k``: log of the share of the slice's spectral energy (DC excluded) in radial band
+  ``k`` of ``BANDS`` (cycles per pixel of the analysis grid): noise raises the high bands,
+  blur lowers them, undersampling removes parts of them.
+* ``efc``: MRIQC's entropy focus criterion over the non-zero pixels, normalised by its
+  maximum for the object's own area (the dilated foreground), so zero padding and masked
+  air change nothing (ghosting, noise and blur spread the energy: higher).
+
+Arrays: slices are float ``(H, W)`` magnitudes; features float64 ``(F,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from rankiq.service.fft import center_pad
+from rankiq.service.preprocess import to_grid
+from scipy import ndimage
+
+ANALYSIS_MAX = 256
+SMOOTH_PX = 1.5
+FG_FRACTION = 0.15
+AIR_MARGIN = 1 / 32
+FAR = 1 / 8
+BANDS: tuple[float, ...] = (0.0, 0.04, 0.08, 0.15, 0.25, 0.35, 0.5, 0.71)
+IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+FEATURES: tuple[str, ...] = (
+    "noise", "air", "air_far", "air_reach", "air_structure", "ghost", "echo", "blur",
+    *(f"band_{i}" for i in range(len(BANDS) - 1)), "efc",
+)
+_EPS = 1e-6
+AIR_MIN = 1e-3  # air below this fraction of the tissue level is not measurable (round-off)
+AIR_FLOOR = math.log(AIR_MIN)  # ``air`` of a slice without measurable air
+
+
+def analysis_grid(x: np.ndarray) -> np.ndarray:
+    """``(H, W)`` magnitude -> float32 ``(G, G)``: crop exact-zero border rows and columns
+    (field-of-view padding), zero-pad to square, Fourier-crop a side above
+    :data:`ANALYSIS_MAX` to it, never upsample."""
+    x = np.abs(np.asarray(x)).astype(np.float32)
+    rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
+    if rows.size and cols.size:  # zero padding of the field of view carries no information
+        x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    side = max(x.shape)
+    if x.shape != (side, side):
+        x = center_pad(x, (side, side))
+    if side > ANALYSIS_MAX:
+        x = to_grid(x, (ANALYSIS_MAX, ANALYSIS_MAX))
+        x = np.maximum(x, 0)  # Fourier cropping rings slightly below zero at sharp edges
+    return x.astype(np.float32, copy=False)
+
+
+def masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(near, foreground, air, level)`` of an analysis-grid slice (see module docstring)."""
+    sm = ndimage.gaussian_filter(x.astype(np.float64), SMOOTH_PX)
+    peak = float(sm.max())
+    if peak <= 0:
+        z = np.zeros(x.shape, dtype=bool)
+        return z, z, z, 0.0
+    fg = ndimage.binary_fill_holes(sm > FG_FRACTION * peak)
+    margin = max(2, int(round(AIR_MARGIN * x.shape[0])))
+    near = ndimage.binary_dilation(fg, iterations=margin)
+    # exact zeros are padding or a background masked by the scanner: neither is measured air
+    air = (x > 0) & ~near
+    level = float(np.median(x[fg])) if fg.any() else 0.0
+    return near, fg, air, level
+
+
+def _blur_measure(x: np.ndarray, fg: np.ndarray) -> float:
+    """Crete-Roffet blur (0 sharp .. 1 flat) over the foreground, the blurrier axis."""
+    out = []
+    for axis in (0, 1):
+        d = np.abs(np.diff(x, axis=axis))
+        db = np.abs(np.diff(ndimage.uniform_filter1d(x, 9, axis=axis), axis=axis))
+        m = (fg[1:, :] & fg[:-1, :]) if axis == 0 else (fg[:, 1:] & fg[:, :-1])
+        s = float(d[m].sum())
+        if s <= 0:
+            out.append(1.0)
+            continue
+        v = float(np.maximum(0.0, d - db)[m].sum())
+        out.append((s - v) / s)
+    return max(out)
+
+
+def _band_shares(x: np.ndarray) -> np.ndarray:
+    """Share of the spectral energy (DC excluded) in each radial band of :data:`BANDS`."""
+    n = x.shape[0]
+    p = np.abs(scipy.fft.fftshift(scipy.fft.fft2(x))) ** 2
+    f = (np.arange(n) - n // 2) / n
+    r = np.hypot(f[:, None], f[None, :])
+    p[n // 2, n // 2] = 0.0
+    total = float(p.sum()) or 1.0
+    idx = np.digitize(r, BANDS[1:-1])
+    return np.bincount(idx.ravel(), weights=p.ravel(), minlength=len(BANDS) - 1) / total
+
+
+def _reach(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
+    """Excess-weighted over plain mean distance of air from the foreground (``air_reach``)."""
+    dist = ndimage.distance_transform_edt(~fg)[air]
+    a = x[air].astype(np.float64)
+    excess = np.maximum(a - float(np.median(a)), 0.0)
+    if excess.sum() <= 0 or dist.mean() <= 0:
+        return 1.0
+    return max(float((excess * dist).sum() / excess.sum()) / float(dist.mean()), 1e-3)
+
+
+def _ghost(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
+    """Anisotropy of the air beside the foreground (see ``ghost`` in the module docstring)."""
+    cols = fg.any(axis=0)[None, :] & air  # above/below the object
+    rows = fg.any(axis=1)[:, None] & air  # left/right of it
+    if cols.sum() < 32 or rows.sum() < 32:
+        return 0.0
+    return abs(math.log((float(x[cols].mean()) + _EPS) / (float(x[rows].mean()) + _EPS)))
+
+
+def _echo(lap: np.ndarray, valid: np.ndarray) -> float:
+    """Largest edge autocorrelation at lags 3..side/4 (see ``echo`` in the module docstring)."""
+    y = np.where(valid, lap, 0.0)
+    y = y - y[valid].mean() if valid.any() else y
+    n = y.shape[0]
+    f = scipy.fft.rfft2(y, s=(2 * n, 2 * n))
+    ac = scipy.fft.irfft2(np.abs(f) ** 2, s=(2 * n, 2 * n))
+    if ac[0, 0] <= 0:
+        return 0.0
+    m = 2 * n
+    d = np.minimum(np.arange(m), m - np.arange(m))  # circular lag per axis
+    lag = np.hypot(d[:, None], d[None, :])
+    ring = (lag >= 3) & (lag <= max(4, n // 4))
+    r = float(ac[ring].max()) / float(ac[0, 0])
+    r = min(max(r, 0.0), 0.999)
+    return math.atanh(r)
+
+
+def _efc(x: np.ndarray, near: np.ndarray) -> float:
+    """EFC of every non-zero pixel, normalised by the maximum for the object's own area
+    (``near``): zeros (padding, masked air) add nothing, ghosts anywhere add entropy."""
+    v = np.abs(x[x > 0]).astype(np.float64)
+    n = int(near.sum())
+    b = math.sqrt(float((v ** 2).sum()))
+    if b <= 0 or n < 2:
+        return 0.0
+    p = v / b
+    e = float(-(p * np.log(p)).sum())
+    e_max = -n * (1 / math.sqrt(n)) * math.log(1 / math.sqrt(n))
+    return e / e_max
+
+
+def features(x: np.ndarray) -> np.ndarray:
+    """:data:`FEATURES` of one analysis-grid slice, float64 ``(F,)``; NaN-free.
+
+    Raises:
+        ValueError: the slice has no foreground (blank or constant).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    near, fg, air, level = masks(x)
+    if level <= 0 or fg.sum() < 16:
+        raise ValueError("no foreground")
+    lap = ndimage.convolve(x, IMMERKAER, mode="nearest")
+    inner = ndimage.binary_erosion(fg, iterations=1)
+    if inner.sum() < 16:
+        inner = fg
+    sigma = float(np.median(np.abs(lap[inner]))) / 0.6745 / 6.0
+    noise = math.log(sigma / level + _EPS)
+    a = x[air] if air.sum() >= 32 else np.zeros(0)
+    if a.size and float(a.mean()) > AIR_MIN * level:
+        mean = float(a.mean())
+        air_f = math.log(mean / level)
+        far_mask = air & ~ndimage.binary_dilation(fg, iterations=max(3, int(FAR * x.shape[0])))
+        far = x[far_mask] if far_mask.sum() >= 32 else a
+        air_far = math.log(max(float(far.mean()), AIR_MIN * level) / level)
+        reach = _reach(x, fg, air)
+        structure = math.log(math.sqrt(float((a ** 2).mean())) / mean)
+    else:  # no measurable air (masked to zero, or no background in the field of view)
+        air_f = air_far = AIR_FLOOR
+        reach = 1.0
+        structure = math.log(1.128)
+    ghost = _ghost(x, fg, air)
+    echo = _echo(lap, near)
+    b = min(max(_blur_measure(x, fg), 1e-4), 1 - 1e-4)
+    bands = np.log(_band_shares(x) + 1e-9)
+    return np.array([noise, air_f, air_far, math.log(reach), structure, ghost, echo,
+                     math.log(b / (1 - b)), *bands, _efc(x, near)], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class FeatureInput:
+    """What the no-reference model sees for a stack of slices.
+
+    Attributes:
+        features: float32 ``(S, F)``, :data:`FEATURES` per slice (zeros for blank slices).
+        empty: bool ``(S,)``, slices without foreground (blank or constant): not scored.
+        grids: float32 ``(S, G, G)``, the analysis-grid slices (for saliency and display).
+    """
+
+    features: np.ndarray
+    empty: np.ndarray
+    grids: np.ndarray
+
+
+def prepare_features(pixels: np.ndarray) -> FeatureInput:
+    """``(S, H, W)`` magnitude slices -> :class:`FeatureInput` (one slice at a time)."""
+    grids = np.stack([analysis_grid(p) for p in pixels]) if len(pixels) else np.zeros((0, 1, 1))
+    feats = np.zeros((len(grids), len(FEATURES)), np.float32)
+    empty = np.zeros(len(grids), bool)
+    for i, g in enumerate(grids):
+        try:
+            feats[i] = features(g)
+        except ValueError:
+            empty[i] = True
+    return FeatureInput(feats, empty, grids.astype(np.float32, copy=False))
+
+
+def evidence_maps(x: np.ndarray) -> np.ndarray:
+    """Where each feature's evidence lies in an analysis-grid slice: float32 ``(F, G, G)``,
+    each map non-negative with unit sum (uniform where a feature has no spatial support).
+
+    noise/blur/bands: local high-pass energy inside the foreground (noise and lost or added
+    detail); air/air_structure/ghost: air intensity; echo/efc: the EFC density ``-p log p``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    near, fg, air, _ = masks(x)
+    lap = np.abs(ndimage.convolve(x, IMMERKAER, mode="nearest"))
+    detail = ndimage.gaussian_filter(lap * fg, 2.0)
+    air_map = ndimage.gaussian_filter(np.where(air, x, 0.0), 2.0)
+    b = math.sqrt(float((x ** 2).sum())) or 1.0
+    p = np.where(near & (x > 0), x / b, 1.0)
+    efc_map = ndimage.gaussian_filter(-p * np.log(p), 2.0)
+    by_name = {"noise": detail, "blur": detail, "air": air_map, "air_far": air_map,
+               "air_reach": air_map, "air_structure": air_map, "ghost": air_map,
+               "echo": efc_map, "efc": efc_map}
+    out = []
+    for name in FEATURES:
+        m = by_name.get(name, detail)
+        s = float(m.sum())
+        out.append(m / s if s > 0 else np.full(x.shape, 1.0 / x.size))
+    return np.stack(out).astype(np.float32)

@@ -1,0 +1,117 @@
+"""No-reference features, the features model's plumbing, the ordinal classifier and in_range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom.data
+import pytest
+from rankiq.service.domain import check_range, mahalanobis
+from rankiq.service.models import OrdinalClassifier, load_classifier
+from rankiq.service.noref import (
+    ANALYSIS_MAX,
+    FEATURES,
+    analysis_grid,
+    evidence_maps,
+    features,
+    prepare_features,
+)
+
+import rankiq
+
+
+def _phantom(n: int = 128, seed: int = 0, noise: float = 0.01) -> np.ndarray:
+    """A textured ellipse in noisy air (magnitude)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:n, :n] / n - 0.5
+    obj = ((x / 0.35) ** 2 + (y / 0.42) ** 2 < 1).astype(np.float64)
+    obj *= 1 + 0.3 * (((x / 0.12) ** 2 + (y / 0.2) ** 2) < 1)
+    tex = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * (np.hypot(*np.meshgrid(
+        np.fft.fftfreq(n), np.fft.fftfreq(n))) < 0.1)).real
+    img = obj * (1 + 0.5 * tex / tex.std() * 0.1)
+    z = img + noise * (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n)))
+    return np.abs(z).astype(np.float32)
+
+
+def test_analysis_grid_never_upsamples_and_crops_padding() -> None:
+    small = _phantom(64)
+    assert analysis_grid(small).shape == (64, 64)
+    big = _phantom(512)
+    assert analysis_grid(big).shape == (ANALYSIS_MAX, ANALYSIS_MAX)
+    padded = np.pad(small, ((10, 30), (0, 50)))
+    np.testing.assert_array_equal(analysis_grid(padded), analysis_grid(small))
+
+
+def test_features_are_invariant_to_scale_flips_rotations_and_padding() -> None:
+    img = _phantom(128)
+    f = features(analysis_grid(img))
+    assert f.shape == (len(FEATURES),) and np.isfinite(f).all()
+    for variant in (img * 37.5, img[::-1], img[:, ::-1], np.rot90(img), np.rot90(img, 3),
+                    np.pad(img, 40)):
+        np.testing.assert_allclose(features(analysis_grid(variant)), f, rtol=1e-4, atol=1e-4)
+
+
+def test_noise_and_blur_move_their_features_the_right_way() -> None:
+    img = _phantom(128)
+    rng = np.random.default_rng(1)
+    noisy = np.abs(img + 0.05 * rng.standard_normal(img.shape)).astype(np.float32)
+    k = np.fft.fftshift(np.fft.fft2(img))
+    f = np.fft.fftshift(np.fft.fftfreq(128))
+    blurred = np.abs(np.fft.ifft2(np.fft.ifftshift(
+        k * np.exp(-2.0 * np.hypot(f[:, None], f[None, :]) * 2)))).astype(np.float32)
+    base, fn, fb = (features(analysis_grid(x)) for x in (img, noisy, blurred))
+    i = {n: j for j, n in enumerate(FEATURES)}
+    assert fn[i["noise"]] > base[i["noise"]] + 0.5
+    assert fn[i["air"]] > base[i["air"]]
+    assert fb[i["blur"]] > base[i["blur"]]
+    assert fb[i["band_0"]] > base[i["band_0"]]  # energy moves to the lowest band
+
+
+def test_blank_slices_are_marked_not_scored() -> None:
+    stack = np.stack([_phantom(64), np.zeros((64, 64), np.float32)])
+    fi = prepare_features(stack)
+    assert fi.empty.tolist() == [False, True]
+    assert fi.features.shape == (2, len(FEATURES))
+    with pytest.raises(ValueError):
+        features(np.zeros((64, 64)))
+
+
+def test_evidence_maps_are_normalised() -> None:
+    maps = evidence_maps(analysis_grid(_phantom(96)))
+    assert maps.shape == (len(FEATURES), 96, 96)
+    assert (maps >= 0).all()
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=1e-4)
+
+
+def test_ordinal_classifier_agrees_with_scores_by_construction() -> None:
+    clf = load_classifier({"kind": "ordinal", "beta": 3.0, "theta": 0.8})
+    assert isinstance(clf, OrdinalClassifier)
+    s1 = np.array([1.0, 1.0, 2.0, 5.0])
+    s2 = np.array([1.0, 1.5, 1.0, 5.5])
+    p = clf.probabilities(s1, s2)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    assert p[0, 0] == pytest.approx(p[0, 2])  # a tie is symmetric
+    assert p[0, 1] == p[:, 1].max()  # and the most "similar"
+    assert p[1, 0] > p[1, 2] and p[2, 2] > p[2, 0]  # the lower score is the likelier winner
+    np.testing.assert_allclose(clf.probabilities(s2, s1), p[:, ::-1])  # swap symmetry
+    d = np.linspace(0.01, 3, 50)
+    p_a = clf.probabilities(np.ones_like(d), np.exp(d))[:, 0]
+    assert (np.diff(p_a) > 0).all()  # P(a better) rises with score(b) - score(a)
+    for bad in ({"kind": "ordinal", "beta": 0, "theta": 1}, {"kind": "ordinal", "beta": 1,
+                                                              "theta": -1}):
+        with pytest.raises(ValueError):
+            load_classifier(bad)
+
+
+def test_mahalanobis_and_domain_reasons() -> None:
+    dom = {"feature_mean": [0.0, 0.0], "feature_precision": [[1.0, 0.0], [0.0, 4.0]]}
+    np.testing.assert_allclose(mahalanobis(np.array([[3.0, 0.0], [0.0, 1.0]]), dom), [3.0, 2.0])
+
+    class _M:
+        kind = "iqnet"
+        metadata = {"domain": {"matrix": [128, 512], "spacing_mm": [0.4, 2.0]}}
+
+    series = rankiq.read_series(pydicom.data.get_testdata_file("MR_small.dcm"))  # 64x64
+    ok, reasons = check_range(_M(), series, np.zeros((1, 1)), np.zeros(1, bool))  # type: ignore[arg-type]
+    assert not ok and "matrix_too_small" in reasons
+    series.modality = "CT"
+    assert "not_mr" in check_range(_M(), series, np.zeros((1, 1)), np.zeros(1, bool))[1]  # type: ignore[arg-type]
