@@ -45,11 +45,18 @@ fuzz: venv
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-## system packages the tests need: a real Prometheus server (Debian package) scrapes the service
+## system packages the tests need: a real Prometheus server (Debian package) scrapes the service;
+## a real Orthanc PACS with its DICOMweb plugin serves the PACS tests, and dciodvfy (dicom3tools)
+## validates the DICOM objects RankIQ writes back
 test-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing the Debian package prometheus (the metrics tests scrape with it)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@{ command -v Orthanc >/dev/null 2>&1 && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* \
+	    >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; } || { \
+	  echo "installing the Debian packages orthanc, orthanc-dicomweb, dicom3tools (PACS tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    orthanc orthanc-dicomweb dicom3tools >/dev/null; }
 
 lint: venv
 	$(BIN)/ruff check .

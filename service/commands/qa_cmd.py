@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rankiq.service.cli import Registry
+    from rankiq.service.pacs.qa import DicomwebResult
+    from rankiq.service.qa.runner import QAOptions
 
 
 def default_model_dir() -> Path:
@@ -26,7 +28,8 @@ def add_commands(reg: Registry) -> None:
     """Add ``rankiq qa`` and ``rankiq bench qa``."""
     p = reg.command("qa", "rankiq.service.commands.qa_cmd:qa",
                     "batch QA of scan archives: flag low-quality MR series, write reports")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files, directories, zips")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="DICOM files, directories, zips (or --dicomweb)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="output directory (qa.csv, qa.json, failed.csv, report.html, journal)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
@@ -56,6 +59,7 @@ def add_commands(reg: Registry) -> None:
                         "score)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_dicomweb_options(p)
 
     b = reg.bench("qa", "rankiq.service.commands.qa_cmd:bench_qa",
                   "end-to-end QA throughput on a synthetic DICOM archive (slices/s, stage split)")
@@ -70,6 +74,28 @@ def add_commands(reg: Registry) -> None:
                    help="build (or reuse) the archive here instead of a temporary directory")
     b.add_argument("--model", type=Path, default=None, metavar="DIR")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
+    b.add_argument("--dicomweb", metavar="URL",
+                   help="also measure QA through this DICOMweb service (the archive is stored "
+                        "there first with STOW-RS), with and without write-back")
+
+
+def add_dicomweb_options(p: argparse.ArgumentParser) -> None:
+    """``rankiq qa`` options of a PACS run (credentials come from the environment only)."""
+    g = p.add_argument_group("PACS over DICOMweb (credentials from RANKIQ_DICOMWEB_TOKEN, or "
+                             "RANKIQ_DICOMWEB_USER and RANKIQ_DICOMWEB_PASSWORD)")
+    g.add_argument("--dicomweb", metavar="URL",
+                   help="query (QIDO-RS) and retrieve (WADO-RS) series from this DICOMweb "
+                        "service instead of PATHs")
+    g.add_argument("--study", action="append", default=[], metavar="UID",
+                   help="only this StudyInstanceUID (repeatable)")
+    g.add_argument("--series", action="append", default=[], metavar="UID",
+                   help="only this SeriesInstanceUID (repeatable)")
+    g.add_argument("--since", metavar="DATE", help="only studies from DATE on (YYYY-MM-DD)")
+    g.add_argument("--modality", default="MR", metavar="M",
+                   help="only series of this modality (default MR; '' for any)")
+    g.add_argument("--write-back", metavar="KINDS",
+                   help="store results in the PACS with STOW-RS: sr (TID 1500 measurement "
+                        "report), saliency (parametric map), or sr,saliency")
 
 
 def _check_workers(n: int, threads: int = 0) -> None:
@@ -99,6 +125,10 @@ def qa(args: argparse.Namespace) -> int:
     from rankiq.service.qa.runner import QAOptions, run_qa
 
     _check_workers(args.workers, args.threads)
+    if bool(args.paths) == bool(args.dicomweb):
+        raise RankIQError("give PATHs or --dicomweb URL (one of the two)")
+    if not args.dicomweb and (args.write_back or args.study or args.series or args.since):
+        raise RankIQError("--write-back, --study, --series and --since need --dicomweb")
     for p in args.paths:
         if not Path(p).exists():
             raise RankIQError("no such file or directory", source=str(p))
@@ -113,11 +143,21 @@ def qa(args: argparse.Namespace) -> int:
         if args.max_slices < 1:
             raise RankIQError(f"--max-slices must be at least 1, not {args.max_slices}")
         opts.max_slices = args.max_slices
-    res = run_qa(args.paths, args.out, opts)
+    pacs = None
+    if args.dicomweb:
+        pacs = _qa_dicomweb(args, opts)
+        res = pacs.qa
+    else:
+        res = run_qa(args.paths, args.out, opts)
     s = res.doc["summary"]
     summary = {**s, "scored_now": res.scored_now, "scored_before": res.scored_before,
                "slices_now": res.slices_now, "wall_s": round(res.wall_s, 3),
                "out": str(res.out_dir)}
+    if pacs is not None:
+        summary["dicomweb"] = {"found": pacs.found, "retrieved": pacs.retrieved,
+                               "instances": pacs.instances, "gone": pacs.gone,
+                               "written": pacs.written, "unsupported": pacs.unsupported,
+                               "timings_s": {k: round(v, 3) for k, v in pacs.timings.items()}}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -128,7 +168,28 @@ def qa(args: argparse.Namespace) -> int:
               f"{res.scored_now} scored in this run ({res.slices_now} slices, "
               f"{res.wall_s:.1f} s); reports in {res.out_dir}/ (qa.csv, qa.json, failed.csv, "
               "report.html)")
+        if pacs is not None:
+            wrote = ", ".join(f"{n} {k}" for k, n in pacs.written.items())
+            print(f"rankiq qa: DICOMweb: {pacs.found} series found, {pacs.retrieved} retrieved "
+                  f"({pacs.instances} instances), {pacs.gone} gone"
+                  + (f"; written back: {wrote}" if pacs.written else ""))
     return 0
+
+
+def _qa_dicomweb(args: argparse.Namespace, opts: QAOptions) -> DicomwebResult:
+    """``rankiq qa --dicomweb``: see :mod:`rankiq.service.pacs.qa`."""
+    from importlib.metadata import version
+
+    from rankiq.service.pacs.dicomweb import SeriesQuery, check_uid, parse_date
+    from rankiq.service.pacs.qa import parse_write_back, run_dicomweb_qa
+
+    kinds = parse_write_back(args.write_back)
+    query = SeriesQuery(studies=tuple(check_uid(u, "--study") for u in args.study),
+                        series=tuple(check_uid(u, "--series") for u in args.series),
+                        since=parse_date(args.since) if args.since else None,
+                        modality=args.modality.strip())
+    return run_dicomweb_qa(args.dicomweb, args.out, opts, query, write_back_kinds=kinds,
+                           software_version=version("rankiq"))
 
 
 def bench_qa(args: argparse.Namespace) -> int:

@@ -31,11 +31,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
@@ -445,9 +445,10 @@ def read_model_metadata(model_dir: Path) -> dict[str, Any]:
 
 def scan_into(journal: Journal, paths: Sequence[str | Path],
               on_progress: Callable[[int], None] | None = None, *,
-              limits: ReadLimits = DEFAULT_LIMITS, max_seconds: float | None = None) -> None:
+              limits: ReadLimits = DEFAULT_LIMITS, max_seconds: float | None = None,
+              complete: bool = True) -> None:
     """Walk ``paths`` (header only, within ``limits``) and journal every instance and
-    unreadable input.
+    unreadable input (``complete``: then mark the scan complete, so a resume skips it).
 
     Raises:
         InputTooLarge: the walk took longer than ``max_seconds``.
@@ -481,7 +482,8 @@ def scan_into(journal: Journal, paths: Sequence[str | Path],
     from rankiq.service.io.dicom import shape_key
 
     journal.split_mixed_shapes(shape_key)
-    journal.mark_scan_complete()
+    if complete:
+        journal.mark_scan_complete()
 
 
 def series_attributes(ref: Any) -> dict[str, Any]:
@@ -577,9 +579,23 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
     return doc, assets
 
 
+class SeriesFeed(Protocol):
+    """A source of series other than files named up front (e.g. a PACS over DICOMweb).
+
+    ``fingerprint`` replaces the input paths in the journal's settings (a resumed run must
+    name the same source). Called with the journal, it yields folders as they become
+    available, each holding series not yet journalled; the run scans and scores each batch
+    as it comes, so fetching the next overlaps scoring this one.
+    """
+
+    fingerprint: dict[str, Any]
+
+    def __call__(self, journal: Journal) -> Iterator[list[Path]]: ...
+
+
 def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
-           *, on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
-           ) -> QAResult:
+           *, on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+           feed: SeriesFeed | None = None) -> QAResult:
     """Run (or resume) batch QA of ``paths`` into ``out_dir``; see the module docstring.
 
     Args:
@@ -589,6 +605,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         options: :class:`QAOptions`.
         on_series: called in the main process with each newly scored series' qa.csv row and
             its full result (per-slice ``scores``...); the service feeds its metrics with it.
+        feed: series arriving while the run goes (:class:`SeriesFeed`), scanned and scored
+            batch by batch; ``paths`` must then be empty.
 
     Raises:
         RankIQError: bad model directory, thresholds or rules file, or a journal that cannot
@@ -608,7 +626,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         "model_files": _fingerprint(meta.get("files", {})),
         "thresholds": thresholds.fingerprint(),
         "rules": _fingerprint(selector.document),
-        "inputs": sorted(str(Path(p).resolve()) for p in paths),
+        "inputs": feed.fingerprint if feed is not None else
+        sorted(str(Path(p).resolve()) for p in paths),
     }
     reference_setup = None
     if refmap is not None:
@@ -629,13 +648,22 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
     try:
         before = journal.counts().get("done", 0)
         t0 = time.perf_counter()
-        if not journal.scan_complete:
+        if feed is None and not journal.scan_complete:
             scan_into(journal, paths, limits=options.limits,
                       max_seconds=options.max_scan_seconds)
         select_pending(journal, selector)
         timings["scan"] = time.perf_counter() - t0
         slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series,
                                     reference_setup)
+        if feed is not None:  # pending series of an interrupted run are scored first
+            for batch in feed(journal):
+                t0 = time.perf_counter()
+                scan_into(journal, batch, limits=options.limits, complete=False)
+                select_pending(journal, selector)
+                timings["scan"] += time.perf_counter() - t0
+                slices_now += _score_pending(journal, options, thresholds, selector, timings,
+                                             on_series, reference_setup)
+            journal.mark_scan_complete()
         t0 = time.perf_counter()
         doc, assets = build_doc(journal, meta, thresholds, selector, outlier_z=options.outlier_z,
                                 min_group=options.outlier_min_group)

@@ -1,0 +1,286 @@
+"""RankIQ results as DICOM objects that sit next to the images in a PACS (built with highdicom).
+
+* :func:`build_sr`: a Comprehensive 3D SR holding a TID 1500 *Measurement Report*: one
+  measurement per slice (the slice's score, referencing its image), the series statistics
+  (median, 90th percentile) and the flag threshold as numeric measurements, the verdict
+  (passed / flagged / not assessable), whether it is flagged and the rule that fired as coded
+  qualitative evaluations, and the model name and version as the algorithm identification
+  (TID 4019). Concepts RankIQ defines are coded in the private scheme ``99RANKIQ``
+  (:data:`CODES`), units in UCUM (``1``: no units).
+* :func:`build_saliency`: a *Parametric Map* (float pixels, one frame per source slice, the
+  source's own matrix, pixel spacing, orientation and positions) of where the score comes from,
+  which viewers overlay on the series; :func:`saliency_on_matrix` brings the model's map back
+  from its analysis grid to the scan's matrix.
+
+Both copy the source study's patient, study and equipment-independent attributes from the
+source images as the IODs require (highdicom does so from the evidence), invent none, and get
+new UIDs that are derived deterministically from the source series, the model and the kind of
+object (:func:`derived_uid`): storing the same result twice replaces nothing and duplicates
+nothing, so an interrupted write-back is simply repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Private coding scheme of the concepts RankIQ defines.
+SCHEME = "99RANKIQ"
+SR_SERIES_NUMBER = 9901
+SALIENCY_SERIES_NUMBER = 9902
+#: (code value, meaning) of every RankIQ concept (code values at most 16 characters).
+CODES: dict[str, tuple[str, str]] = {
+    "procedure": ("RIQ100", "MR image quality assessment"),
+    "slice_score": ("RIQ001", "Image quality score (lower is better)"),
+    "median": ("RIQ002", "Series median image quality score"),
+    "p90": ("RIQ003", "Series 90th percentile image quality score"),
+    "threshold": ("RIQ004", "Image quality flag threshold"),
+    "verdict": ("RIQ010", "Image quality verdict"),
+    "passed": ("RIQ011", "Passed"),
+    "flagged": ("RIQ012", "Flagged"),
+    "not_assessable": ("RIQ013", "Not assessable"),
+    "rule": ("RIQ020", "Flag rule"),
+    "model_threshold": ("RIQ021", "Model threshold"),
+    "site_threshold": ("RIQ022", "Site threshold"),
+    "archive_outlier": ("RIQ023", "Archive outlier"),
+    "flag": ("RIQ030", "Flagged for image quality review"),
+    "saliency": ("RIQ040", "Image quality score saliency"),
+    "tracking": ("RIQ050", "RankIQ image quality"),
+}
+
+
+@dataclass(frozen=True)
+class SeriesVerdict:
+    """What the SR reports of one scored series (the qa.json row and its per-slice scores).
+
+    Attributes:
+        scores: per-slice scores in slice order (model units, lower is better).
+        median, p90: series statistics over non-blank slices (``None`` when undefined).
+        threshold: the flag threshold that applied (same units), or ``None``.
+        status: ``passed``, ``flagged`` or ``not_assessable``; ``flagged``: the flag;
+            ``rule``: ``model_threshold``, ``site_threshold``, ``archive_outlier`` or ``""``.
+        model, model_version, model_sha256: the model that scored the series.
+    """
+
+    scores: tuple[float, ...]
+    median: float | None
+    p90: float | None
+    threshold: float | None
+    status: str
+    flagged: bool
+    rule: str
+    model: str
+    model_version: str
+    model_sha256: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], scores: Sequence[float], model_sha256: str = ""
+                 ) -> SeriesVerdict:
+        """From a qa.json series row and the journalled per-slice scores."""
+        def num(key: str) -> float | None:
+            v = row.get(key)
+            return None if v is None or v == "" else float(v)
+
+        return cls(scores=tuple(float(s) for s in scores), median=num("median"),
+                   p90=num("p90"), threshold=num("threshold"), status=str(row["status"]),
+                   flagged=bool(row["flagged"]), rule=str(row.get("rule") or ""),
+                   model=str(row.get("model")), model_version=str(row.get("model_version")),
+                   model_sha256=model_sha256)
+
+
+#: Type 2 attributes of the Patient and General Study modules that derived objects copy from
+#: their source: present in every object, empty when the source lacks them (unknown).
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def with_type2(sources: Sequence[Any]) -> list[Any]:
+    """Copies of the source headers in which every :data:`TYPE2_COPIED` attribute the source
+    lacks is present and empty (DICOM's "unknown"), so the derived objects carry exactly the
+    source's values and nothing invented."""
+    import copy
+
+    out = []
+    for ds in sources:
+        ds = copy.copy(ds)
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        out.append(ds)
+    return out
+
+
+def code(name: str) -> Any:
+    """The :class:`highdicom.sr.CodedConcept` of a RankIQ concept."""
+    from highdicom.sr import CodedConcept
+
+    value, meaning = CODES[name]
+    return CodedConcept(value, SCHEME, meaning)
+
+
+def derived_uid(kind: str, series_uid: str, model_sha256: str) -> str:
+    """A new UID for a derived object, the same for the same source series, model and kind
+    (``sr-series``, ``sr``, ``saliency-series``, ``saliency``...)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["rankiq", kind, series_uid.strip(), model_sha256])
+
+
+def _no_units() -> Any:
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept("1", "UCUM", "no units")
+
+
+def build_sr(sources: Sequence[Any], verdict: SeriesVerdict, *, software_version: str) -> Any:
+    """The TID 1500 measurement report of one series (a Comprehensive 3D SR dataset).
+
+    Args:
+        sources: the series' source images (pydicom datasets, header only is enough), one per
+            slice, in slice order (the order of ``verdict.scores``).
+        verdict: the scores and the verdict.
+        software_version: RankIQ's version (SoftwareVersions of the SR).
+
+    Raises:
+        ValueError: sources and scores of different lengths.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if len(sources) != len(verdict.scores):
+        raise ValueError(f"{len(sources)} source images for {len(verdict.scores)} scores")
+    sources = with_type2(sources)
+    series_uid = str(sources[0].SeriesInstanceUID)
+    sha = verdict.model_sha256
+    algorithm = hd.sr.AlgorithmIdentification(name=f"RankIQ {verdict.model}",
+                                              version=verdict.model_version)
+    unit = _no_units()
+    slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(ds) for ds in sources]
+    measurements = [hd.sr.Measurement(name=code("slice_score"), value=float(s), unit=unit,
+                                      algorithm_id=algorithm, referenced_images=[ref])
+                    for s, ref in zip(verdict.scores, slice_refs, strict=True)]
+    for name in ("median", "p90", "threshold"):
+        value = getattr(verdict, name)
+        if value is not None and np.isfinite(value):
+            measurements.append(hd.sr.Measurement(name=code(name), value=float(value),
+                                                  unit=unit, algorithm_id=algorithm))
+    yes, no = codes.SCT.Yes, codes.SCT.No
+    evaluations = [
+        hd.sr.QualitativeEvaluation(code("verdict"), code(verdict.status)),
+        hd.sr.QualitativeEvaluation(code("flag"), yes if verdict.flagged else no),
+    ]
+    if verdict.rule:
+        evaluations.append(hd.sr.QualitativeEvaluation(code("rule"), code(verdict.rule)))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid("sr-tracking", series_uid, sha), identifier=CODES["tracking"][1]),
+        algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
+                       for ds in sources])
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", verdict.model, sha), name="RankIQ",
+            manufacturer_name="RankIQ", model_name=verdict.model))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=code("procedure"), imaging_measurements=[group])
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(sources), content=report,
+        series_instance_uid=derived_uid("sr-series", series_uid, sha),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=derived_uid("sr", series_uid, sha),
+        instance_number=1, manufacturer="RankIQ", is_complete=True)
+    sr.SeriesDescription = "RankIQ image quality report"
+    sr.SoftwareVersions = f"rankiq {software_version}"
+    return sr
+
+
+def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bool
+                       ) -> np.ndarray:
+    """Bring a model's saliency back to the scan's own matrix, float32 ``(S, rows, cols)``.
+
+    Args:
+        saliency: float ``(S, C, G, G)`` from :func:`rankiq.service.scoring.score_series`; the
+            channels are combined as their root sum of squares.
+        pixels: the series' pixels ``(S, rows, cols)`` (where the analysis grid came from).
+        features: the no-reference features model (its analysis grid crops the zero border,
+            pads to a square and brings a side above 256 down to 256, per slice:
+            :func:`rankiq.service.noref.analysis_grid`); otherwise the network grid (the slice
+            padded to a square and resampled: :func:`rankiq.service.preprocess.to_grid`).
+
+    Returns:
+        the magnitude of the map on the scan's pixels, linearly interpolated and scaled by
+        the pixel area ratio (so a slice's total is the same on either grid); zero outside
+        the analysed region.
+    """
+    from scipy.ndimage import zoom
+
+    s = np.asarray(saliency, np.float64)
+    mag = np.sqrt((s ** 2).sum(axis=1))  # (S, G, G)
+    n, rows, cols = pixels.shape
+    out = np.zeros((n, rows, cols), np.float32)
+    for i in range(n):
+        if features:
+            px = np.abs(pixels[i])
+            r, c = np.flatnonzero(px.any(axis=1)), np.flatnonzero(px.any(axis=0))
+            if not (r.size and c.size):
+                continue
+            r0, r1, c0, c1 = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+        else:
+            r0, r1, c0, c1 = 0, rows, 0, cols
+        h, w = r1 - r0, c1 - c0
+        side = max(h, w)
+        g = mag[i]
+        if g.shape[0] != side:
+            g = zoom(g, side / g.shape[0], order=1, grid_mode=True, mode="nearest")
+            g = g[:side, :side] * (mag[i].size / float(side * side))
+        top, left = (side - h) // 2, (side - w) // 2  # where analysis_grid / to_grid padded
+        out[i, r0:r1, c0:c1] = np.maximum(g[top:top + h, left:left + w], 0)
+    return out
+
+
+def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerdict, *,
+                   software_version: str) -> Any:
+    """The saliency maps of one series as a Parametric Map (one float frame per source slice).
+
+    Args:
+        sources: the source images, one per slice, in slice order (header only is enough).
+        maps: float32 ``(S, rows, cols)`` on the source matrix (:func:`saliency_on_matrix`),
+            in score units per pixel.
+        verdict: for the model name, version and hash.
+        software_version: RankIQ's version.
+    """
+    import highdicom as hd
+
+    maps = np.ascontiguousarray(maps, dtype=np.float32)
+    sources = with_type2(sources)
+    if maps.shape[0] != len(sources):
+        raise ValueError(f"{len(sources)} source images for {maps.shape[0]} saliency maps")
+    series_uid = str(sources[0].SeriesInstanceUID)
+    sha = verdict.model_sha256
+    lo, hi = float(maps.min()), float(maps.max())
+    top = float(np.percentile(maps, 99.5)) or hi or 1.0
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="SALIENCY", lut_explanation=CODES["saliency"][1], unit=_no_units(),
+        value_range=(lo, max(hi, lo + 1e-6)), slope=1.0, intercept=0.0,
+        quantity_definition=code("saliency"))
+    pm = hd.pm.ParametricMap(
+        source_images=list(sources), pixel_array=maps,
+        series_instance_uid=derived_uid("saliency-series", series_uid, sha),
+        series_number=SALIENCY_SERIES_NUMBER,
+        sop_instance_uid=derived_uid("saliency", series_uid, sha), instance_number=1,
+        manufacturer="RankIQ", manufacturer_model_name=verdict.model[:64],
+        software_versions=f"rankiq {software_version}",
+        device_serial_number=(sha or "none")[:16],
+        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(  # maps are << 1: exact windowing
+            window_center=top / 2, window_width=top, voi_lut_function="LINEAR_EXACT")],
+        content_label="SALIENCY",
+        content_description="Where the RankIQ image quality score comes from")
+    pm.SeriesDescription = "RankIQ saliency"
+    if "Laterality" in sources[0]:  # General Series, type 2C: the source's, never guessed
+        pm.Laterality = sources[0].Laterality
+    return pm

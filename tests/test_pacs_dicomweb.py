@@ -1,0 +1,295 @@
+"""`rankiq qa --dicomweb` against a real Orthanc (Debian packages orthanc, orthanc-dicomweb):
+QIDO-RS query, WADO-RS retrieval, the same QA as a folder run, STOW-RS write-back of the TID 1500
+SR and the saliency parametric map read back from Orthanc, reruns, and the PACS failures
+(down, 401, malformed QIDO answer, a series deleted mid-run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from helpers_orthanc import PASSWORD, USER, dicomweb_plugin, orthanc_binary, start_orthanc
+from helpers_qa import build, read_csv, read_json
+
+pytestmark = pytest.mark.skipif(
+    orthanc_binary() is None or dicomweb_plugin() is None,
+    reason="needs the Debian packages orthanc and orthanc-dicomweb (make test-deps)")
+
+ENV = {"RANKIQ_DICOMWEB_USER": USER, "RANKIQ_DICOMWEB_PASSWORD": PASSWORD}
+
+
+def qa_env(**extra: str) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKIQ_DICOMWEB_")}
+    return {**env, "OMP_NUM_THREADS": "1", "RANKIQ_FFT_WORKERS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc holding two synthetic MR series and pydicom's MR_small (3 studies)."""
+    root = tmp_path_factory.mktemp("pacs")
+    (root / "orthanc").mkdir()
+    orthanc = start_orthanc(root / "orthanc")
+    build(root, 2, size=64, slices=(4, 5), seed=3)
+    shutil.copy(pydicom.data.get_testdata_file("MR_small.dcm"), root / "archive" / "mr.dcm")
+    files = sorted(p for p in (root / "archive").rglob("*") if p.is_file())
+    for f in files:
+        orthanc.upload(f)
+    yield orthanc, root
+    orthanc.stop()
+
+
+def rankiq(*args: str, env: dict | None = None, timeout: float = 120
+           ) -> subprocess.CompletedProcess:
+    """The `rankiq` console script with exactly ``env`` (default: no DICOMweb credentials)."""
+    import sys
+
+    exe = Path(sys.executable).parent / "rankiq"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                          env=qa_env() if env is None else env)
+
+
+def run_pacs(url: str, out: Path, *args: str, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
+    return rankiq("qa", "--dicomweb", url, "--out", str(out), "--no-progress", "--json", *args,
+                  env=qa_env(**ENV) if env is None else env, timeout=120)
+
+
+def series_of_study(orthanc, study_uid: str) -> list[dict]:
+    import requests
+
+    r = requests.get(f"{orthanc.dicomweb}/studies/{study_uid}/series", auth=orthanc.auth,
+                     timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def retrieve(orthanc, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:
+    import requests
+    from dicomweb_client import DICOMwebClient
+
+    s = requests.Session()
+    s.auth = orthanc.auth
+    return DICOMwebClient(orthanc.dicomweb, session=s).retrieve_series(study_uid, series_uid)
+
+
+def journal_scores(out: Path) -> dict[str, list[float]]:
+    import sqlite3
+
+    db = sqlite3.connect(out / "journal.sqlite")
+    try:
+        return {k: json.loads(r)["scores"] for k, r in
+                db.execute("SELECT series_key, result FROM series WHERE status = 'done'")}
+    finally:
+        db.close()
+
+
+def test_pull_score_write_back_and_rerun(pacs, tmp_path):
+    import highdicom as hd
+    from rankiq.service.io.dicom import series_key_of
+
+    orthanc, root = pacs
+    out = tmp_path / "out"
+    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["dicomweb"]["found"] == 3 and summary["dicomweb"]["retrieved"] == 3
+    assert summary["dicomweb"]["written"] == {"sr": 3, "saliency": 3}
+    assert not (out / "dicomweb-staging").exists()  # the patient's images left the disk
+
+    # the same QA as a folder run of the same files
+    folder = rankiq("qa", str(root / "archive"), "--out", str(tmp_path / "folder"),
+                    "--no-progress", env=qa_env())
+    assert folder.returncode == 0, folder.stderr
+    rows = {r["series_key"]: r for r in read_csv(out / "qa.csv")}
+    assert rows == {r["series_key"]: r for r in read_csv(tmp_path / "folder" / "qa.csv")}
+    doc = {r["series_key"]: r for r in read_json(out / "qa.json")["series"]}
+    scores = journal_scores(out)
+
+    sources: dict[str, list[pydicom.Dataset]] = {}
+    for f in (root / "archive").rglob("*.dcm"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        sources.setdefault(series_key_of(ds.SeriesInstanceUID, ""), []).append(ds)
+    for key, src in sources.items():
+        first = src[0]
+        listed = series_of_study(orthanc, first.StudyInstanceUID)
+        modalities = sorted(s["00080060"]["Value"][0] for s in listed)
+        assert modalities == ["MR", "OT", "SR"]  # the image series and our two objects
+        by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0] for s in listed}
+
+        # the SR: valid TID 1500, measurements equal the JSON scores, references the images
+        (sr_ds,) = retrieve(orthanc, first.StudyInstanceUID, by_modality["SR"])
+        sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+        assert sr.SOPInstanceUID not in {d.SOPInstanceUID for d in src}
+        for kw in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate"):
+            assert str(sr_ds.get(kw, "")) == str(first.get(kw, "")), kw
+        (group,) = sr.content.get_image_measurement_groups()
+        slice_ms = [m for m in group.get_measurements()
+                    if m.name.value == "RIQ001"]
+        assert [round(m.value, 6) for m in slice_ms] == [round(v, 6) for v in scores[key]]
+        referenced = [m.referenced_images[0].referenced_sop_instance_uid for m in slice_ms]
+        assert sorted(referenced) == sorted(d.SOPInstanceUID for d in src)
+        named = {m.name.value: m.value for m in group.get_measurements()}
+        assert named["RIQ002"] == pytest.approx(doc[key]["median"], abs=1e-6)
+        assert named["RIQ004"] == pytest.approx(doc[key]["threshold"], abs=1e-6)
+        evals = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+        assert evals["RIQ030"] == ("373066001" if doc[key]["flagged"] else "373067005")
+        assert evals["RIQ010"] == {"passed": "RIQ011", "flagged": "RIQ012",
+                                   "not_assessable": "RIQ013"}[doc[key]["status"]]
+        if shutil.which("dciodvfy"):
+            path = tmp_path / f"{key}-sr.dcm"
+            sr_ds.save_as(path)
+            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            assert not [ln for ln in (check.stdout + check.stderr).splitlines()
+                        if ln.startswith("Error")], check.stderr
+
+        # the saliency parametric map: the source's matrix, spacing and slice positions
+        (pm,) = retrieve(orthanc, first.StudyInstanceUID, by_modality["OT"])
+        assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+        assert (pm.Rows, pm.Columns) == (first.Rows, first.Columns)
+        assert int(pm.NumberOfFrames) == len(src)
+        positions = sorted(tuple(round(float(v), 3) for v in
+                                 fg.PlanePositionSequence[0].ImagePositionPatient)
+                           for fg in pm.PerFrameFunctionalGroupsSequence)
+        assert positions == sorted(tuple(round(float(v), 3) for v in d.ImagePositionPatient)
+                                   for d in src)
+        spacing = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        assert [float(v) for v in spacing] == [float(v) for v in first.PixelSpacing]
+        maps = np.asarray(pm.pixel_array, np.float64).reshape(len(src), pm.Rows, pm.Columns)
+        assert np.isfinite(maps).all() and (maps >= 0).all()
+        assert (maps.reshape(len(src), -1).max(axis=1) > 0).all()  # every slice has a map
+
+    # a rerun finds everything done: nothing fetched, nothing stored twice
+    count = orthanc.get("/statistics")["CountInstances"]
+    again = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency", "--resume")
+    assert again.returncode == 0, again.stderr
+    info = json.loads(again.stdout)["dicomweb"]
+    assert info["retrieved"] == 0 and info["written"] == {"sr": 0, "saliency": 0}
+    assert orthanc.get("/statistics")["CountInstances"] == count
+
+
+def test_series_deleted_mid_run_then_rerun_completes(pacs, tmp_path):
+    """A series that vanishes between the query and its retrieval is reported, the others are
+    scored, and a rerun after it is back completes only that one."""
+    import requests
+    from dicomweb_client import DICOMwebClient
+    from rankiq.service.pacs.dicomweb import SeriesQuery
+    from rankiq.service.pacs.qa import run_dicomweb_qa
+    from rankiq.service.qa.runner import QAOptions
+
+    orthanc, root = pacs
+    victim = next(p for p in sorted((root / "archive").rglob("*.dcm")) if p.parent.name
+                  != "archive")
+    victim_uid = pydicom.dcmread(victim, stop_before_pixels=True).SeriesInstanceUID
+    (orthanc_id,) = [s for s in orthanc.get("/series")
+                     if orthanc.get(f"/series/{s}")["MainDicomTags"]["SeriesInstanceUID"]
+                     == victim_uid]
+
+    class ChangingPacs(DICOMwebClient):
+        """The real Orthanc, in which the series is deleted right after the query."""
+
+        def search_for_series(self, *a, **k):
+            found = super().search_for_series(*a, **k)
+            orthanc.delete(f"/series/{orthanc_id}")
+            return found
+
+    session = requests.Session()
+    session.auth = orthanc.auth
+    out = tmp_path / "out"
+    opts = QAOptions(model_dir=Path(__file__).resolve().parents[1] / "models" / "iqnet-noref",
+                     progress=False, threads=1)
+    res = run_dicomweb_qa(orthanc.dicomweb, out, opts, SeriesQuery(),
+                          write_back_kinds=("sr",),
+                          client=ChangingPacs(orthanc.dicomweb, session=session))
+    assert res.gone == 1 and res.retrieved == 2 and res.written == {"sr": 2}
+    failed = read_csv(out / "failed.csv")
+    assert [r["reason"] for r in failed] == ["series_not_found"]
+    assert victim_uid not in (out / "failed.csv").read_text()
+    staging = out / "dicomweb-staging"
+    assert not list(staging.glob("*.part"))  # nothing half-written
+    for f in sorted(victim.parent.glob("*.dcm")):  # the series is back
+        orthanc.upload(f)
+    again = run_pacs(orthanc.dicomweb, out, "--write-back", "sr", "--resume")
+    assert again.returncode == 0, again.stderr
+    info = json.loads(again.stdout)
+    assert info["dicomweb"]["retrieved"] == 1 and info["dicomweb"]["written"] == {"sr": 1}
+    assert info["series"] == 3 and info["failed_inputs"] == 0
+    assert not staging.exists()
+
+
+def test_pacs_failures_are_one_line_and_write_nothing(pacs, tmp_path):
+    orthanc, _ = pacs
+    # wrong credentials: 401
+    bad = run_pacs(orthanc.dicomweb, tmp_path / "a",
+                   env=qa_env(RANKIQ_DICOMWEB_USER=USER, RANKIQ_DICOMWEB_PASSWORD="wrong"))
+    assert bad.returncode == 2 and "answered 401" in bad.stderr
+    assert PASSWORD not in bad.stderr and "wrong" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    # credentials on the command line are refused
+    cl = run_pacs(orthanc.dicomweb.replace("http://", f"http://{USER}:{PASSWORD}@"),
+                  tmp_path / "b")
+    assert cl.returncode == 2 and "credentials in the URL" in cl.stderr
+    assert PASSWORD not in cl.stderr
+    # the server is down
+    from helpers_orthanc import free_port
+
+    down = run_pacs(f"http://127.0.0.1:{free_port()}/dicom-web", tmp_path / "c")
+    assert down.returncode == 2 and "cannot reach http://127.0.0.1" in down.stderr
+    assert not (tmp_path / "c").exists()
+
+
+class _BadQido(BaseHTTPRequestHandler):
+    answers = [b"not json at all", b'{"not": "a list"}',
+               b'[{"0020000E": {"vr": "UI", "Value": ["1.2.3"]}}]',
+               b'[{"0020000E": {"vr": "UI", "Value": ["<script>"]}, '
+               b'"0020000D": {"vr": "UI", "Value": ["1.2"]}}]']
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = self.answers[int(self.server.calls) % len(self.answers)]  # type: ignore[attr-defined]
+        self.server.calls += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_malformed_qido_answers(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BadQido)
+    server.calls = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        for i in range(len(_BadQido.answers)):
+            proc = run_pacs(url, tmp_path / f"o{i}")
+            assert proc.returncode == 2, proc.stderr
+            assert "QIDO-RS" in proc.stderr or "DICOMweb" in proc.stderr, proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1
+            assert "<script>" not in proc.stderr and "internal error" not in proc.stderr
+            assert not (tmp_path / f"o{i}").exists()
+    finally:
+        server.shutdown()
+
+
+def test_dicomweb_options_need_dicomweb(tmp_path):
+    proc = rankiq("qa", str(tmp_path), "--out", str(tmp_path / "o"), "--write-back", "sr")
+    assert proc.returncode == 2 and "need --dicomweb" in proc.stderr
+    proc = rankiq("qa", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "PATHs or --dicomweb" in proc.stderr
+    proc = rankiq("qa", "--dicomweb", "http://127.0.0.1:1/x", "--out", str(tmp_path / "o"),
+                  "--write-back", "png")
+    assert proc.returncode == 2 and "--write-back takes" in proc.stderr
+    proc = rankiq("qa", "--dicomweb", "http://127.0.0.1:1/x", "--out", str(tmp_path / "o"),
+                  "--study", "not-a-uid")
+    assert proc.returncode == 2 and "--study takes a DICOM UID" in proc.stderr
