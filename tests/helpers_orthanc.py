@@ -72,15 +72,18 @@ class Orthanc:
             self.proc.wait()
 
 
-def start_orthanc(root: Path, *, lua: Path | None = None, extra: dict | None = None) -> Orthanc:
+def start_orthanc(root: Path, *, lua: Path | None = None, extra: dict | None = None,
+                  env: dict[str, str] | None = None) -> Orthanc:
     """Start Orthanc with its storage under ``root`` and wait until it answers.
 
     Args:
         root: a fresh directory (storage, index, config, log).
         lua: a Lua script to load (``LuaScripts``).
         extra: more configuration entries.
+        env: Orthanc's environment (``{url}`` in a value becomes its REST URL).
     """
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     config = {
         "Name": "rankiq-test", "StorageDirectory": str(root / "db"),
         "IndexDirectory": str(root / "db"), "HttpPort": port, "DicomPort": 0,
@@ -93,8 +96,9 @@ def start_orthanc(root: Path, *, lua: Path | None = None, extra: dict | None = N
     (root / "orthanc.json").write_text(json.dumps(config))
     log = (root / "orthanc.log").open("wb")
     proc = subprocess.Popen([orthanc_binary() or "Orthanc", str(root / "orthanc.json")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    url = f"http://127.0.0.1:{port}"
+                            stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                            env=None if env is None else
+                            {k: v.replace("{url}", url) for k, v in env.items()})
     deadline = time.monotonic() + 60
     while True:
         try:

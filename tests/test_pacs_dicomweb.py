@@ -18,9 +18,9 @@ import pytest
 from helpers_orthanc import PASSWORD, USER, dicomweb_plugin, orthanc_binary, start_orthanc
 from helpers_qa import build, read_csv, read_json
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     orthanc_binary() is None or dicomweb_plugin() is None,
-    reason="needs the Debian packages orthanc and orthanc-dicomweb (make test-deps)")
+    reason="needs the Debian packages orthanc and orthanc-dicomweb (make test-deps)")]
 
 ENV = {"RANKIQ_DICOMWEB_USER": USER, "RANKIQ_DICOMWEB_PASSWORD": PASSWORD}
 
@@ -293,3 +293,33 @@ def test_dicomweb_options_need_dicomweb(tmp_path):
     proc = rankiq("qa", "--dicomweb", "http://127.0.0.1:1/x", "--out", str(tmp_path / "o"),
                   "--study", "not-a-uid")
     assert proc.returncode == 2 and "--study takes a DICOM UID" in proc.stderr
+
+
+def test_push_mode_lua_recipe(tmp_path):
+    """deploy/orthanc/rankiq.lua: Orthanc runs rankiq when a series is stable and the SR and
+    saliency map land back in the series' study."""
+    import sys
+    import time
+
+    root = tmp_path / "orthanc"
+    root.mkdir()
+    lua = Path(__file__).resolve().parents[1] / "deploy" / "orthanc" / "rankiq.lua"
+    env = qa_env(**ENV, RANKIQ_BIN=str(Path(sys.executable).parent / "rankiq"),
+                 RANKIQ_PUSH_OUT=str(tmp_path / "push"), RANKIQ_DICOMWEB="{url}/dicom-web")
+    orthanc = start_orthanc(root, lua=lua, env=env)
+    try:
+        path = Path(pydicom.data.get_testdata_file("MR_small.dcm"))
+        study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+        orthanc.upload(path)
+        deadline = time.monotonic() + 60
+        found: list[str] = []
+        while time.monotonic() < deadline:
+            found = sorted(s["00080060"]["Value"][0] for s in series_of_study(orthanc, study))
+            if found == ["MR", "OT", "SR"]:
+                break
+            time.sleep(0.5)
+        logs = "".join(p.read_text() for p in (tmp_path / "push").glob("*.log")) \
+            if (tmp_path / "push").exists() else ""
+        assert found == ["MR", "OT", "SR"], logs
+    finally:
+        orthanc.stop()
