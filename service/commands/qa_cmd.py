@@ -198,6 +198,10 @@ def bench_qa(args: argparse.Namespace) -> int:
     from rankiq.service.qa.synth import build_archive
 
     _check_workers(args.workers, args.threads)
+    if args.dicomweb:
+        from rankiq.service.pacs.bench import bench_qa_dicomweb
+
+        return bench_qa_dicomweb(args)
     with tempfile.TemporaryDirectory(prefix="rankiq-bench-qa-") as tmp:
         archive = args.archive or Path(tmp) / "archive"
         t0 = time.perf_counter()
