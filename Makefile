@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(PIP) --editable '.[train,dev]'
+	$(PIP) --editable '.[train,dev,ray]'
 	touch $(STAMP)
 
 ## make serve: set up from nothing, then serve the shipped models on port $(PORT)

@@ -57,6 +57,12 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--max-slices", type=int, default=None, metavar="N",
                    help="series with more slices fail as too_large (default 512, as rankiq "
                         "score)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where series are scored: local processes (default) or Ray actors "
+                        "(the ray extra; every node must see the inputs at the same path)")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="with --engine ray: the cluster to use (default: start a local Ray "
+                        "instance); --workers N > 1 then sets the actors, else one per CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_dicomweb_options(p)
@@ -73,6 +79,11 @@ def add_commands(reg: Registry) -> None:
     b.add_argument("--archive", type=Path, default=None, metavar="DIR",
                    help="build (or reuse) the archive here instead of a temporary directory")
     b.add_argument("--model", type=Path, default=None, metavar="DIR")
+    b.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: QA on a Ray cluster of local node processes with 1, then 2 "
+                        "nodes of --threads CPUs each (slices/s and scaling efficiency)")
+    b.add_argument("--nodes", type=int, default=2, metavar="N",
+                   help="with --engine ray: measure 1..N nodes")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.add_argument("--dicomweb", metavar="URL",
                    help="also measure QA through this DICOMweb service (the archive is stored "
@@ -125,6 +136,8 @@ def qa(args: argparse.Namespace) -> int:
     from rankiq.service.qa.runner import QAOptions, run_qa
 
     _check_workers(args.workers, args.threads)
+    if args.address is not None and args.engine != "ray":
+        raise RankIQError("--address needs --engine ray")
     if bool(args.paths) == bool(args.dicomweb):
         raise RankIQError("give PATHs or --dicomweb URL (one of the two)")
     if not args.dicomweb and (args.write_back or args.study or args.series or args.since):
@@ -136,7 +149,8 @@ def qa(args: argparse.Namespace) -> int:
                      thresholds_file=args.thresholds, rules_file=args.rules,
                      workers=args.workers, threads=args.threads, resume=args.resume,
                      progress=not args.no_progress, references_file=args.references,
-                     reference_model_dir=args.reference_model)
+                     reference_model_dir=args.reference_model, engine=args.engine,
+                     address=args.address)
     if args.outlier_z is not None:
         opts.outlier_z = args.outlier_z
     if args.max_slices is not None:
@@ -152,7 +166,11 @@ def qa(args: argparse.Namespace) -> int:
     s = res.doc["summary"]
     summary = {**s, "scored_now": res.scored_now, "scored_before": res.scored_before,
                "slices_now": res.slices_now, "wall_s": round(res.wall_s, 3),
-               "out": str(res.out_dir)}
+               "out": str(res.out_dir), "engine": args.engine}
+    if args.engine == "ray":
+        from rankiq.service.qa.ray_engine import LAST_STATS
+
+        summary["ray"] = LAST_STATS.to_json()
     if pacs is not None:
         summary["dicomweb"] = {"found": pacs.found, "retrieved": pacs.retrieved,
                                "instances": pacs.instances, "gone": pacs.gone,
@@ -202,6 +220,8 @@ def bench_qa(args: argparse.Namespace) -> int:
         from rankiq.service.pacs.bench import bench_qa_dicomweb
 
         return bench_qa_dicomweb(args)
+    if args.engine == "ray":
+        return bench_qa_ray(args)
     with tempfile.TemporaryDirectory(prefix="rankiq-bench-qa-") as tmp:
         archive = args.archive or Path(tmp) / "archive"
         t0 = time.perf_counter()
@@ -277,3 +297,102 @@ def _flag_rates(truth: list[dict], doc: dict) -> dict[str, dict[str, int]]:
         r["series"] += 1
         r["flagged"] += int(row["flagged"])
     return rates
+
+
+def _archive_for_bench(args: argparse.Namespace, tmp: Path) -> tuple[Path, list[dict]]:
+    """The bench archive (built, or reused from ``--archive``) and its ground truth."""
+    from rankiq.service.qa.synth import build_archive
+
+    archive = args.archive or tmp / "archive"
+    truth_file = archive.with_name(archive.name + ".truth.json")
+    if truth_file.exists() and archive.exists():
+        return archive, json.loads(truth_file.read_text())
+    return archive, [t.__dict__ for t in build_archive(archive, args.series, size=args.size,
+                                                       slices=tuple(args.slices),
+                                                       seed=args.seed, truth_path=truth_file)]
+
+
+def bench_qa_ray(args: argparse.Namespace) -> int:
+    """``rankiq bench qa --engine ray``: the same archive on a Ray cluster of 1..N local node
+    processes (``--threads`` CPUs each, one actor per CPU); slices/s per cluster size, the
+    scaling efficiency (rate with n nodes / (n x rate with 1)) and CPU seconds per slice.
+
+    Each size gets a fresh output directory. ``slices_per_s`` is end to end (driver start to
+    reports written: Ray connect and model loading included); ``scoring_slices_per_s`` counts
+    from the first ready actor to the last result.
+    """
+    from rankiq.service.errors import RankIQError
+    from rankiq.service.qa import ray_engine
+    from rankiq.service.qa.runner import QAOptions, run_qa
+
+    ray_engine.import_ray()  # a one-line error before anything starts
+    if args.nodes < 1 or args.nodes > 16:
+        raise RankIQError(f"--nodes must be between 1 and 16, not {args.nodes}")
+    cpus = max(1, args.threads)
+    rows: list[dict] = []
+    flags: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="rankiq-bench-qa-") as tmp:
+        archive, truth = _archive_for_bench(args, Path(tmp))
+        with ray_engine.LocalRayCluster(cpus=cpus) as cluster:
+            cluster.start(1)
+            for n in range(1, args.nodes + 1):
+                if n > 1:
+                    cluster.add_node()
+                opts = QAOptions(model_dir=args.model or default_model_dir(), threads=1,
+                                 progress=False, engine="ray", address=cluster.address)
+                own0 = _own_cpu_seconds()
+                res = run_qa([archive], Path(tmp) / f"out-{n}", opts)
+                driver_cpu = _own_cpu_seconds() - own0
+                st = ray_engine.LAST_STATS
+                cpu = st.actor_cpu_s + driver_cpu
+                scored = max(res.slices_now, 1)
+                rows.append({
+                    "nodes": n, "cpus": n * cpus, "actors": st.actors,
+                    "actor_nodes": len(st.nodes), "slices": res.slices_now,
+                    "wall_s": round(res.wall_s, 3),
+                    "slices_per_s": round(res.slices_now / res.wall_s, 1),
+                    "scoring_s": round(st.score_wall_s, 3),
+                    "scoring_slices_per_s": round(res.slices_now / st.score_wall_s, 1)
+                    if st.score_wall_s else None,
+                    "startup_s": round(st.startup_s, 3),
+                    "cpu_s": round(cpu, 2), "cpu_ms_per_slice": round(1000 * cpu / scored, 2),
+                    "flagged": res.doc["summary"]["flagged"],
+                    "series": res.doc["summary"]["series"],
+                })
+                if n == 1:
+                    flags = _flag_rates(truth, res.doc)
+    base = rows[0]
+    for r in rows:
+        r["efficiency"] = round(r["slices_per_s"] / (r["nodes"] * base["slices_per_s"]), 3)
+        if base["scoring_slices_per_s"] and r["scoring_slices_per_s"]:
+            r["scoring_efficiency"] = round(
+                r["scoring_slices_per_s"] / (r["nodes"] * base["scoring_slices_per_s"]), 3)
+    out = {"engine": "ray", "series": rows[0]["series"], "matrix": args.size,
+           "cpus_per_node": cpus, "machine_cpus": os.cpu_count(),
+           "load_avg_1m": round(os.getloadavg()[0], 2), "runs": rows, "flag_rate": flags}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"rankiq bench qa --engine ray: {out['series']} series, {rows[0]['slices']} slices of "
+          f"{args.size}x{args.size}; Ray nodes of {cpus} CPU each on this machine "
+          f"({out['machine_cpus']} CPUs, load average {out['load_avg_1m']})")
+    print(f"{'nodes':>5}{'actors':>8}{'slices/s':>10}{'scoring/s':>11}{'efficiency':>12}"
+          f"{'startup s':>11}{'CPU ms/slice':>14}")
+    for r in rows:
+        print(f"{r['nodes']:>5}{r['actors']:>8}{r['slices_per_s']:>10}"
+              f"{r['scoring_slices_per_s'] or '-':>11}{r['efficiency']:>12.0%}"
+              f"{r['startup_s']:>11}{r['cpu_ms_per_slice']:>14}")
+    print("efficiency = slices/s with n nodes / (n x slices/s with 1 node), end to end; "
+          "CPU = actors (model load included) + driver")
+    print("flag rate by corruption: " + ", ".join(
+        f"{k} {v['flagged']}/{v['series']}" for k, v in flags.items()))
+    sys.stdout.flush()
+    return 0
+
+
+def _own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (the Ray driver)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime

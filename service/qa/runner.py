@@ -94,6 +94,12 @@ class QAOptions:
         limits: size limits of every read (the service passes its own; the CLI the library's).
         max_scan_seconds: wall-clock budget of the header walk (``None``: unlimited); past it
             the run fails with ``too_large`` before anything is scored.
+        engine: where series are scored: ``local`` (this process or a process pool of
+            ``workers``) or ``ray`` (actors on a Ray cluster,
+            :mod:`rankiq.service.qa.ray_engine`; ``workers`` > 1 then sets the actors, else one
+            per CPU of the cluster). The journal does not depend on it: a run may resume on the
+            other engine.
+        address: the Ray cluster (``auto`` or ``HOST:PORT``; ``None``: a local Ray instance).
     """
 
     model_dir: Path
@@ -113,6 +119,8 @@ class QAOptions:
     render: bool = True
     limits: ReadLimits = DEFAULT_LIMITS
     max_scan_seconds: float | None = None
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None
 
     def reference_model(self) -> Path:
         """The reference-mode model directory used for mapped series."""
@@ -727,7 +735,15 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
 
     try:
         ref_model = None if refmap is None else str(options.reference_model())
-        if workers == 1:
+        if options.engine == "ray":  # imported here: Ray is an optional extra
+            from rankiq.service.qa.ray_engine import run_ray
+
+            run_ray(journal, todo, options, (str(options.model_dir), max(1, options.threads),
+                                             thresholds, selector, options.worst_k, False,
+                                             ref_model, ref_thresholds, options.max_slices,
+                                             options.render, options.limits), record,
+                    reference_of, timings)
+        elif workers == 1:
             init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
                         False, ref_model, ref_thresholds, options.max_slices, options.render,
                         options.limits)
