@@ -126,6 +126,9 @@ def test_ray_engine_errors_are_one_line(archive, tmp_path):
                  "--address", "127.0.0.1:1")
     assert bad.returncode == 2 and "--address needs --engine ray" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+    web = rankiq("qa", "--dicomweb", "http://127.0.0.1:1/dicom-web", "--out",
+                 str(tmp_path / "b"), "--engine", "ray")
+    assert web.returncode == 2 and "--engine ray" in web.stderr
 
 
 def test_driver_killed_midway_resumes_without_rescoring(archive, cluster, tmp_path):

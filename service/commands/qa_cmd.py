@@ -138,6 +138,8 @@ def qa(args: argparse.Namespace) -> int:
     _check_workers(args.workers, args.threads)
     if args.address is not None and args.engine != "ray":
         raise RankIQError("--address needs --engine ray")
+    if args.engine == "ray" and args.dicomweb:
+        raise RankIQError("--engine ray reads archives by path: give PATHs, not --dicomweb")
     if bool(args.paths) == bool(args.dicomweb):
         raise RankIQError("give PATHs or --dicomweb URL (one of the two)")
     if not args.dicomweb and (args.write_back or args.study or args.series or args.since):
