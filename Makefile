@@ -11,7 +11,8 @@ PORT   ?= 3000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: noref-model venv serve test test-deps lint format docs models bench fuzz clean
+.PHONY: noref-model venv serve test test-fast test-deps lint format docs models bench fuzz
+.PHONY: mutate clean
 
 venv: $(STAMP)
 
@@ -31,6 +32,13 @@ test: venv test-deps
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make test-fast: the edit-test loop (under a minute): no live servers, no torch, no long
+## pipelines (tests marked `slow` or `torch` are left out; conftest.py refuses a test that
+## needs torch or a live server without its marker). Order is shuffled by pytest-randomly in
+## both targets (replay an order with PYTEST_ARGS=--randomly-seed=N; `-p no:randomly` turns it off).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow and not torch" $(PYTEST_ARGS)
 
 ## make fuzz: the hostile-input corpus (fixed seed: byte-mutated DICOMs, every bomb kind,
 ## malformed multipart, marker strings) and schemathesis against a live 2-worker server with a

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+from importlib.metadata import entry_points
 
 import pytest
-from rankiq.service.cli import EXIT_DEPENDENCY, EXIT_USAGE, build_parser, main, require
+from rankiq.service import commands as service_commands
+from rankiq.service.cli import (
+    EXIT_DEPENDENCY,
+    EXIT_USAGE,
+    Registry,
+    _Parser,
+    build_parser,
+    main,
+    require,
+)
+from rankiq.service.commands import register as service_register
 from rankiq.service.errors import MissingDependency
+from rankiq.training import commands as training_commands
 
 
 def _subcommands(parser) -> set[str]:
@@ -22,13 +35,36 @@ def test_help_lists_serving_and_training_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "inspect" in out and "bench" in out
+    assert "inspect" in out and "bench" in out and "train" in out and "simulate" in out
+
+
+TRAINING_COMMANDS = {"simulate", "panel", "agreement", "train", "evaluate", "export",
+                     "train-noref"}
+SERVING_COMMANDS = {"inspect", "score", "compare", "qa", "serve", "calibrate", "bench"}
 
 
 def test_training_commands_come_from_the_entry_point():
     names = _subcommands(build_parser())
-    # inspect is a serving command; bench always exists; training commands arrive by plugin
-    assert {"inspect", "bench"} <= names
+    assert names >= SERVING_COMMANDS | TRAINING_COMMANDS
+    # they arrive through the plugin group, not from service: service's own provider alone
+    # registers none of them, and the group names the training provider
+    (ep,) = [e for e in entry_points(group="rankiq.commands") if e.name == "training"]
+    assert ep.value == "rankiq.training.commands:register"
+    parser = _Parser(prog="rankiq")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    bench = commands.add_parser("bench").add_subparsers(dest="bench", parser_class=_Parser)
+    service_register(Registry(commands, bench))
+    assert not set(commands.choices) & TRAINING_COMMANDS
+    assert set(commands.choices) >= SERVING_COMMANDS
+    ep.load()(Registry(commands, bench))
+    assert set(commands.choices) >= TRAINING_COMMANDS
+
+
+def test_every_listed_command_module_exists():
+    """A command module listed but missing is an error, not a silently absent command."""
+    for modules in (service_commands.COMMAND_MODULES, training_commands.COMMAND_MODULES):
+        for name in modules:
+            assert hasattr(importlib.import_module(name), "add_commands"), name
 
 
 def test_unknown_command_is_a_usage_error(capsys):

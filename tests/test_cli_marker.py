@@ -12,8 +12,8 @@ import pytest
 from helpers_qa import MODEL_DIR, rankiq
 from test_service_hardening import MARKER, marked_slice
 
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "metadata.json").exists(),
-                                reason="models/iqnet-noref not exported yet")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (MODEL_DIR / "metadata.json").exists(),
+                                reason="models/iqnet-noref not exported yet")]
 
 
 def _series(root: Path) -> Path:

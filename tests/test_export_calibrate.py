@@ -10,6 +10,8 @@ from rankiq.training.build_models import monotone_classifier
 from rankiq.training.export.calibrate import calibrate_thresholds, preference_margin
 from rankiq.training.models import IQNet
 
+pytestmark = pytest.mark.torch
+
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
@@ -36,6 +38,7 @@ def test_margin_is_where_the_better_image_becomes_preferred():
     assert preference_margin(monotone_classifier(8.0), scale=50.0) > d
 
 
+@pytest.mark.slow
 def test_inverted_classifier_cannot_be_calibrated(pairs):
     clf = monotone_classifier(2.0)
     with torch.no_grad():

@@ -28,6 +28,7 @@ def _make_run(run, grid=(48, 48)) -> None:
                 "val_acc": 0.61}, run / "fold1" / "best.pt")
 
 
+@pytest.mark.slow
 def test_export_command_from_run(tmp_path, rankiq_exe) -> None:
     run = tmp_path / "runs" / "r1"
     _make_run(run)
@@ -48,6 +49,7 @@ def test_export_command_from_run(tmp_path, rankiq_exe) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_bench_prints_every_variant() -> None:
     rows = bench_score(grid=(32, 32), threads=1, batches=(1, 2), min_time=0.0, min_reps=1)
     whats = {r["what"] for r in rows}

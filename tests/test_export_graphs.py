@@ -61,6 +61,7 @@ def test_folding_without_the_border_strips_would_be_wrong() -> None:
         assert ring.max() > 1e-3  # border not
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,mode,act", [("magnitude", "reference", "identity"),
                                            ("complex", "no-reference", "relu")])
 def test_export_writes_the_contract_directory(tmp_path, kind: str, mode: str, act: str) -> None:

@@ -17,8 +17,8 @@ import requests
 from helpers_qa import MODEL_DIR
 from helpers_service import brain_slice, series_zip, start_server
 
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "metadata.json").exists(),
-                                reason="models/iqnet-noref not exported yet")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (MODEL_DIR / "metadata.json").exists(),
+                                reason="models/iqnet-noref not exported yet")]
 JOBS = 20
 
 

@@ -138,6 +138,7 @@ def test_not_assessable_series_are_neither_flagged_nor_passed(tmp_path):
     assert "not assessable" in page and "matrix_too_small" in page
 
 
+@pytest.mark.slow
 def test_calibrate_then_qa_flags_no_clean_series_and_the_corrupted_copies(tmp_path):
     clean = tmp_path / "clean"
     keys = [_write(clean, f"{fam}_{i}", fam, seed=10 * i + j)
@@ -192,6 +193,7 @@ def test_calibrate_threshold_is_the_stated_quantile_rule(tmp_path):
         float(np.quantile(medians, 0.5)) * 1.25, rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--quantile", "1.5"], "--quantile"),
     (["--margin", "0"], "--margin"),

@@ -124,6 +124,7 @@ def test_compare_consistency_rule():
     assert consistent(2.0, 2.0, [0.45, 0.1, 0.45])
 
 
+@pytest.mark.slow
 def test_evaluate_real_end_to_end(tmp_path):
     out_json, out_md = tmp_path / "real.json", tmp_path / "real.md"
     r = rankiq("evaluate", "real", "--images", "pydicom-mr-small", "--json", str(out_json),
@@ -152,6 +153,7 @@ def test_evaluate_real_end_to_end(tmp_path):
     assert md.startswith("```\nrankiq evaluate real") and "| metric |" in md
 
 
+@pytest.mark.slow
 def test_evaluate_real_bad_input_is_one_line_exit_2(tmp_path):
     r = rankiq("evaluate", "real", "--images", "no-such-image", "--no-models")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no-such-image" in r.stderr

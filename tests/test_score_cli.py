@@ -33,6 +33,7 @@ def files(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_score_json_matches_reference_semantics(rankiq_exe, files):
     r = rankiq(rankiq_exe, "score", str(files["ref"]), "--reference", str(files["ref"]),
                "--json")
@@ -47,6 +48,7 @@ def test_score_json_matches_reference_semantics(rankiq_exe, files):
     assert low["summary"]["median"] < high["summary"]["median"]
 
 
+@pytest.mark.slow
 def test_score_series_text_and_saliency_files(rankiq_exe, files, tmp_path):
     r = rankiq(rankiq_exe, "score", str(files["zip"]), "--saliency", str(tmp_path / "sal.png"))
     assert r.returncode == 0, r.stderr
@@ -59,6 +61,7 @@ def test_score_series_text_and_saliency_files(rankiq_exe, files, tmp_path):
     assert one.returncode == 0 and (tmp_path / "one.png").is_file()
 
 
+@pytest.mark.slow
 def test_score_kspace(rankiq_exe, files):
     r = rankiq(rankiq_exe, "score", str(files["h5"]), "--json")
     assert r.returncode == 0, r.stderr
@@ -66,6 +69,7 @@ def test_score_kspace(rankiq_exe, files):
     assert d["input_kind"] == "fastmri" and len(d["slices"]) == 2
 
 
+@pytest.mark.slow
 def test_compare(rankiq_exe, files):
     r = rankiq(rankiq_exe, "compare", str(files["low"]), str(files["high"]), "--reference",
                str(files["ref"]), "--json")
@@ -78,6 +82,7 @@ def test_compare(rankiq_exe, files):
     assert t.returncode == 0 and "P(A better)" in t.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "needle"), [
     (["score", "{text}"], "not DICOM"),
     (["score", "{low}", "--reference", "{small}"], "geometry"),

@@ -16,6 +16,7 @@ from rankiq.service.guard import FormSpec, RequestRejected, check_multipart
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bentoml_build_packages_service_and_models(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     r = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,
@@ -88,6 +89,7 @@ def test_check_multipart_rejects(body, ctype, status):
     assert err.value.status == status
 
 
+@pytest.mark.slow
 def test_rankiq_serve_starts_the_service(rankiq_exe, tmp_path):
     """`rankiq serve` (what `make serve` runs) execs bentoml serve with the shipped models."""
     import signal
@@ -114,6 +116,7 @@ def test_rankiq_serve_starts_the_service(rankiq_exe, tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_bench_serve_smoke(rankiq_exe):
     """`rankiq bench serve` runs end to end (tiny counts; numbers are printed, not asserted)."""
     r = subprocess.run([str(rankiq_exe), "bench", "serve", "--requests", "4",

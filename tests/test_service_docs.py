@@ -15,6 +15,8 @@ import pytest
 import requests
 from helpers_service import AUTH, TOKEN, brain_slice, slice_dicom, start_server
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

@@ -11,6 +11,8 @@ import requests
 from helpers_hostile import MARKER, hostile_cases, send
 from helpers_service import AUTH, TOKEN, start_server
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 60
 SERVER_ENV = {"RANKIQ_API_TOKEN": TOKEN, "RANKIQ_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
               "RANKIQ_MAX_SERIES_BYTES": str(8 * 1024 * 1024), "RANKIQ_MAX_SLICES": "64",

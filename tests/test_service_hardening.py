@@ -84,6 +84,7 @@ def _wait_task(server, task_id: str, *, check: bool = True) -> dict:
     return got.json()
 
 
+@pytest.mark.slow
 def test_marker_leaks_nowhere(server):
     name = f"{MARKER}_DOE_JANE.dcm"
     single, truncated = marked_slice(), marked_slice()[:700]
@@ -122,6 +123,7 @@ def test_marker_leaks_nowhere(server):
             assert MARKER.encode() not in f.read_bytes(), f.name
 
 
+@pytest.mark.slow
 def test_post_qa_is_guarded_like_submit(server):
     big = b"\0" * (MAX_BYTES + 1)
     for route in ("/qa", "/qa/submit"):
@@ -131,6 +133,7 @@ def test_post_qa_is_guarded_like_submit(server):
         assert r.status_code == 400 and r.json()["error"] == "bad_request"
 
 
+@pytest.mark.slow
 def test_auth_header_edge_cases(server):
     one = marked_slice()
     r = _post(server, "/score", {"image": ("a", one)},
@@ -146,12 +149,14 @@ def test_auth_header_edge_cases(server):
     conn.close()
 
 
+@pytest.mark.slow
 def test_long_file_name_is_400_not_500(server):
     r = _post(server, "/score", {"image": ("x" * 300 + ".dcm", marked_slice())})
     assert r.status_code == 400 and r.json()["error"] == "bad_request"
     assert "x" * 50 not in r.text
 
 
+@pytest.mark.slow
 def test_ct_is_refused_with_a_reason(server):
     ds = mr_dataset(np.ones((32, 32)) * 100)
     ds.Modality = "CT"
@@ -159,6 +164,7 @@ def test_ct_is_refused_with_a_reason(server):
     assert r.status_code == 422 and r.json()["error"] == "unsupported_modality"
 
 
+@pytest.mark.slow
 def test_random_paths_do_not_grow_metrics(server):
     def burst(tag: str) -> list[str]:
         for i in range(20):
@@ -198,6 +204,7 @@ def test_state_dir_is_locked_per_instance(tmp_path):
     assert fresh["RANKIQ_STATE_DIR"] != env["RANKIQ_STATE_DIR"]
 
 
+@pytest.mark.slow
 def test_retention_zero_purges_and_two_servers_keep_separate_state():
     a = start_server(workers=1, env={"RANKIQ_RETENTION": "0"})
     b = start_server(workers=1)

@@ -14,6 +14,8 @@ import requests
 from helpers_service import AUTH, TOKEN, mr_small, noisy, series_zip, slice_dicom, start_server
 from rankiq.service.liveserver import free_port
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def server():

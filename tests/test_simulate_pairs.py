@@ -63,6 +63,7 @@ def six_pairs(tmp_path_factory) -> tuple[Path, dict]:
     return out, summary
 
 
+@pytest.mark.slow
 def test_layout_matches_the_contract(six_pairs):
     path, summary = six_pairs
     n, s = 6, SIZE
@@ -118,6 +119,7 @@ def test_layout_matches_the_contract(six_pairs):
         assert np.array_equal(a, d["image1"][2])
 
 
+@pytest.mark.slow
 def test_seed_reproduces_bit_identical_files_whatever_the_workers(six_pairs, tmp_path):
     path, _ = six_pairs
     again = tmp_path / "again.h5"
@@ -129,6 +131,7 @@ def test_seed_reproduces_bit_identical_files_whatever_the_workers(six_pairs, tmp
     assert not np.array_equal(load_pairs(other)["image1"], load_pairs(path)["image1"][:2])
 
 
+@pytest.mark.slow
 def test_resume_equals_one_uninterrupted_run(six_pairs, tmp_path):
     path, _ = six_pairs
     part = tmp_path / "part.h5"
@@ -144,6 +147,7 @@ def test_resume_equals_one_uninterrupted_run(six_pairs, tmp_path):
                  "--seed", "11", "--out", str(part)]) == 2
 
 
+@pytest.mark.slow
 def test_interrupted_process_resumes_without_loss_or_duplicates(six_pairs, tmp_path):
     path, _ = six_pairs
     out, png = tmp_path / "killed.h5", tmp_path / "png"
@@ -242,6 +246,7 @@ def test_nifti_and_fastmri_sources(tmp_path):
     assert set(d["contrast"]) == {"T2"}
 
 
+@pytest.mark.slow
 def test_brain_source_gives_plausible_contrasts(tmp_path):
     from rankiq.training.sources import CONTRASTS, BrainSource, SourceConfig
 

@@ -12,6 +12,8 @@ pytest.importorskip("torch")
 from helpers_train import easy_data, write_consensus  # noqa: E402
 from rankiq.service.cli import main  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
 
 @pytest.fixture(autouse=True)
 def _restore_threads():

@@ -16,6 +16,8 @@ from rankiq.training.data import DataError, load_ranking_data, read_labels  # no
 from rankiq.training.runs import load_run  # noqa: E402
 from rankiq.training.train import train_run  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 TINY = {"model": "iqnet", "mode": "reference", "input_kind": "magnitude", "folds": 2,
         "seed": 0}
 

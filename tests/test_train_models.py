@@ -16,6 +16,8 @@ from rankiq.training.folds import FoldError, assign_folds, split  # noqa: E402
 from rankiq.training.models import IQNet, RankClassifier, count_parameters  # noqa: E402
 from rankiq.training.train import rank_probabilities  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 
 def test_parameter_counts() -> None:
     assert count_parameters(IQNet("magnitude")) == 5562

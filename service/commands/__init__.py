@@ -23,14 +23,8 @@ COMMAND_MODULES = (
 
 def register_modules(reg: Registry, modules: tuple[str, ...]) -> None:
     """Import each command module and let it add its subcommands."""
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet (work in progress); anything else is a bug
-                continue
-            raise
-        module.add_commands(reg)
+    for name in modules:  # a listed module that is missing is a bug: never skipped silently
+        importlib.import_module(name).add_commands(reg)
 
 
 def register(reg: Registry) -> None:
