@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_io import assert_no_phi, bundled, dicom_bytes, mr_dataset, write, write_zip
+from helpers_io import assert_no_phi, bundled, dicom_bytes, mr_dataset, uid, write, write_zip
 from rankiq.service.errors import (
     HostileArchive,
     InputTooLarge,
@@ -186,6 +187,20 @@ def test_directory_symlink_loops_are_not_followed(tmp_path):
     assert len(result) == 1 and result[0].shape[0] == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlinked_folders_are_not_scanned(tmp_path):
+    """A symlink to a folder outside the scanned tree is not followed (by read_series nor by
+    the header-only scan of batch QA): only the series really inside is found."""
+    write(mr_dataset(np.ones((16, 16)), series_uid=uid("inside")), tmp_path / "in" / "a.dcm")
+    write(mr_dataset(np.ones((16, 16)), series_uid=uid("outside")), tmp_path / "out" / "b.dcm")
+    os.symlink(tmp_path / "out", tmp_path / "in" / "link")
+    result = read_series(tmp_path / "in")
+    assert len(result) == 1 and not result.failures
+    assert result[0].source_files == [display_name(str(tmp_path / "in" / "a.dcm"))]
+    refs = [r for r in scan_instances(tmp_path / "in") if hasattr(r, "series_key")]
+    assert [os.path.basename(r.path) for r in refs] == ["a.dcm"]
+
+
 def test_scan_streams_zip_members_and_load_reuses_an_open_zip(tmp_path):
     members = _series_members(3)
     members["bad.txt"] = b"nope"
@@ -202,16 +217,47 @@ def test_scan_streams_zip_members_and_load_reuses_an_open_zip(tmp_path):
     np.testing.assert_array_equal(load_series(refs).pixels, series.pixels)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
-def test_unlistable_folder_is_reported_and_the_rest_is_read(tmp_path):
+def _too_deep(parent: Path) -> Path:
+    """A chain of folders under ``parent`` whose full path is longer than PATH_MAX (4096), made
+    through directory descriptors: listing its deepest folder fails with ENAMETOOLONG for every
+    user, root included (root ignores permission bits)."""
+    fd = os.open(parent, os.O_RDONLY)
+    name = "d" * 200
+    path = parent
+    try:
+        while len(str(path)) <= 4200:
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, path = child, path / name
+    finally:
+        os.close(fd)
+    return path
+
+
+def _unlistable_kinds() -> list[str]:
+    # permission bits stop only a non-root user; a path past PATH_MAX stops everyone
+    kinds = ["path_too_long"]
+    if os.name == "posix" and os.geteuid() != 0:
+        kinds.append("permission")
+    return kinds
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX folders")
+@pytest.mark.parametrize("kind", _unlistable_kinds())
+def test_unlistable_folder_is_reported_and_the_rest_is_read(tmp_path, kind):
     write(mr_dataset(np.ones((16, 16))), tmp_path / "a" / "x.dcm")
     locked = tmp_path / "b"
     locked.mkdir()
-    locked.chmod(0)
+    if kind == "permission":
+        locked.chmod(0)
+    else:
+        locked = _too_deep(locked)
     try:
         result = read_series(tmp_path)
     finally:
-        locked.chmod(0o755)
+        if kind == "permission":
+            locked.chmod(0o755)
     assert len(result) == 1
     (failure,) = result.failures
     assert failure.source == display_name(str(locked)) and "cannot be listed" in failure.message

@@ -132,3 +132,63 @@ def test_prepare_refuses_bad_input():
         prepare(bad, grid=GRID)
     with pytest.raises(InvalidImage, match="matrix"):
         prepare(np.ones((8, 8)), grid=GRID)
+
+
+# -- reference mode: the network sees the fitted image minus the reference ------------------------
+
+@pytest.mark.parametrize("kind", ["magnitude", "complex"])
+def test_identical_inputs_give_a_zero_network_input(kind):
+    img, _ = _images()
+    p = prepare(img, img, grid=GRID, input_kind=kind)
+    assert np.abs(p.reference).max() > 0.5  # normalised to its robust maximum ~1
+    assert np.abs(p.network_input).max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["magnitude", "complex"])
+def test_network_input_is_the_fitted_image_minus_the_reference(kind):
+    img, ref = _images()
+    p = prepare(img, ref, grid=GRID, input_kind=kind)
+    np.testing.assert_allclose(p.network_input, p.image - p.reference, atol=1e-7)
+    # the difference is the corruption alone: much smaller than either image
+    assert np.abs(p.network_input).max() < 0.5 * np.abs(p.reference).max()
+    assert np.abs(p.network_input).max() > 1e-3
+
+
+def test_a_phase_rotated_scaled_reference_is_fitted_exactly():
+    """The complex least-squares scale undoes a global phase and gain: a = <image, ref> / |image|^2
+    with the image conjugated (a conjugated scale doubles the phase instead of removing it)."""
+    _, ref = _images()
+    for phase in (0.4, 1.3, -2.0):
+        img = (3.0 * np.exp(1j * phase) * ref).astype(np.complex64)
+        x = prepare(img, ref, grid=GRID, input_kind="complex").network_input
+        assert np.abs(x).max() < 1e-5, (phase, float(np.abs(x).max()))
+
+
+def test_least_squares_scale_matches_numpy_lstsq():
+    from rankiq.service.preprocess import least_squares_scale
+
+    img, ref = _images()
+    a = least_squares_scale(img, ref)
+    for s in range(img.shape[0]):
+        want = np.linalg.lstsq(img[s].reshape(-1, 1).astype(np.complex128),
+                               ref[s].reshape(-1).astype(np.complex128), rcond=None)[0][0]
+        assert a[s] == pytest.approx(want, rel=1e-6)
+    real = least_squares_scale(np.abs(img), np.abs(ref))
+    assert not np.iscomplexobj(real)
+    want = [np.linalg.lstsq(np.abs(img[s]).reshape(-1, 1).astype(np.float64),
+                            np.abs(ref[s]).reshape(-1).astype(np.float64), rcond=None)[0][0]
+            for s in range(img.shape[0])]
+    np.testing.assert_allclose(real, want, rtol=1e-6)
+    assert least_squares_scale(np.zeros((1, 16, 16)), np.ones((1, 16, 16)))[0] == 0
+
+
+# -- blank slices ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_blank_slices_are_detected_and_passed_through_as_zeros(with_reference):
+    img = np.abs(_images()[0]).astype(np.float32)
+    img = np.concatenate([np.zeros_like(img[:1]), img, np.zeros_like(img[:1])])
+    ref = img if with_reference else None
+    p = prepare(img, ref, grid=GRID)
+    assert p.empty.tolist() == [True, False, False, True]
+    assert np.all(p.network_input[[0, 3]] == 0) and np.isfinite(p.network_input).all()

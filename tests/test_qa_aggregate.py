@@ -172,3 +172,24 @@ def test_cli_help_defaults_match_the_runner():
     opts = QAOptions(model_dir=".")
     assert (opts.outlier_z, opts.outlier_min_group, opts.max_slices) == (
         DEFAULT_OUTLIER_Z, MIN_GROUP, DEFAULT_MAX_SLICES) == (3.5, 5, 512)
+
+
+def test_worst_slices_are_series_indices_when_blank_slices_come_first():
+    scores = np.array([7.0, 8.0, 1.0, 5.0, 2.0, 4.0])
+    blank = np.array([True, True, False, False, False, False])
+    agg = aggregate(scores, blank, k=2)
+    assert agg.worst_slices == [3, 5] and agg.worst == 5.0
+    assert agg.median == pytest.approx(3.0) and agg.mean == pytest.approx(3.0)
+    assert agg.blank == 2 and agg.slices == 6
+    # a non-finite score is left out like a blank slice
+    assert aggregate(np.array([1.0, np.nan, 3.0])).worst_slices == [2, 0]
+
+
+def test_archive_outlier_z_equal_to_the_cut_is_not_flagged():
+    from rankiq.service.qa.aggregate import archive_outliers
+
+    rows = _rows([10.0, 11.0, 9.5, 10.5, 12.0, 9.0, 30.0])
+    z = archive_outliers(rows, z_cut=3.5, min_group=5)["s6"].z
+    assert z > 0
+    assert not archive_outliers(rows, z_cut=z, min_group=5)["s6"].outlier  # equal: not above
+    assert archive_outliers(rows, z_cut=float(np.nextafter(z, 0.0)), min_group=5)["s6"].outlier

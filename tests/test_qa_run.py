@@ -56,6 +56,7 @@ def _run_inprocess(archive: Path, out: Path, **kw):
     return run_qa([archive], out, QAOptions(model_dir=MODEL_DIR, progress=False, threads=1, **kw))
 
 
+@pytest.mark.slow
 def test_outputs_selection_and_failures(tmp_path):
     truth = build(tmp_path, 3, extras=True, seed=3)
     out = tmp_path / "out"
@@ -119,6 +120,7 @@ def test_outputs_selection_and_failures(tmp_path):
             assert "SYNTH" not in text and "2.25." not in text, f.name
 
 
+@pytest.mark.slow
 def test_corrupted_series_are_flagged_more_often_than_clean(tmp_path, capsys):
     # Site calibration as the README describes: thresholds from known-good (clean) series
     calib = build(tmp_path / "calib", 6, seed=11, clean_fraction=1.0)
@@ -146,6 +148,7 @@ def test_corrupted_series_are_flagged_more_often_than_clean(tmp_path, capsys):
     assert rates["site"]["corrupted"] > rates["site"]["clean"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_rescores_nothing_and_loses_nothing(tmp_path):
     truth = build(tmp_path, 10, seed=5, slices=(10, 12))
     out = tmp_path / "out"
@@ -217,7 +220,9 @@ def test_bench_qa_reports_rates_and_flag_counts(capsys):
     assert sum(v["series"] for v in out["flag_rate"].values()) == 3
 
 
-def test_mapped_reference_series_use_the_reference_model(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])  # the process pool gets the references too
+def test_mapped_reference_series_use_the_reference_model(tmp_path, workers):
     """`--references`: a series mapped to a reference is scored against it by iqnet-ref (itself
     as reference: score 0, not flagged); unmapped series keep the no-reference model; a
     reference of another geometry fails that series with a reason, never the run."""
@@ -229,7 +234,8 @@ def test_mapped_reference_series_use_the_reference_model(tmp_path):
     mapping = tmp_path / "refs.json"
     mapping.write_text(json.dumps({"references": refs}))
     res = rankiq("qa", str(tmp_path / "archive"), "--out", str(tmp_path / "out"),
-                 "--references", str(mapping), "--no-progress", "--threads", "1")
+                 "--references", str(mapping), "--no-progress", "--threads", "1",
+                 "--workers", workers)
     assert res.returncode == 0, res.stderr
     rows = {r["series_key"]: r for r in read_json(tmp_path / "out" / "qa.json")["series"]}
     mapped = rows[truth[0]["key"]]
@@ -243,6 +249,7 @@ def test_mapped_reference_series_use_the_reference_model(tmp_path):
     assert csv_rows[truth[0]["key"]]["mode"] == "reference"
 
 
+@pytest.mark.slow
 def test_reference_map_errors_are_one_line(tmp_path):
     build(tmp_path, 1, seed=6, slices=(3, 4))
     bad = tmp_path / "refs.json"

@@ -161,3 +161,17 @@ def test_pydicom_mr_files_are_selected_from_their_headers():
         assert len(refs) == 1, name
         decision = selector.decide({**series_attributes(refs[0]), "_slices": 1})
         assert decision.selected, (name, decision.reason)
+
+
+@pytest.mark.parametrize(("value", "selected"), [(2, True), (3, False), (4, False), (5, False),
+                                                 (6, True), (2.999, True), (5.001, True)])
+def test_numeric_range_bounds_are_inclusive(value, selected):
+    sel = selector_from_dict({"exclude": [{"reason": "mid", "all": {"_slices": {"min": 3,
+                                                                                 "max": 5}}}]})
+    assert sel.decide({**MR, "_slices": value}).selected is selected
+    only_min = selector_from_dict({"require": [{"reason": "few", "all": {"Rows": {"min": 64}}}]})
+    assert only_min.decide({**MR, "Rows": 64}).selected
+    assert only_min.decide({**MR, "Rows": 63}).reason == "few"
+    only_max = selector_from_dict({"require": [{"reason": "big", "all": {"Rows": {"max": 512}}}]})
+    assert only_max.decide({**MR, "Rows": 512}).selected
+    assert only_max.decide({**MR, "Rows": 513}).reason == "big"

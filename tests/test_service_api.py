@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -28,6 +29,8 @@ from helpers_service import (
 )
 from PIL import Image
 from rankiq.service.overlay import decode_array
+
+pytestmark = pytest.mark.slow
 
 MAX_SLICES = 8
 MAX_BYTES = 1024 * 1024
@@ -192,6 +195,17 @@ def _sr_bytes() -> bytes:
     return dicom_bytes(ds)
 
 
+def _two_series_zip() -> bytes:
+    """A zip holding two series of three slices each (two SeriesInstanceUIDs)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in ("first", "second"):
+            for i in range(3):
+                zf.writestr(f"{name}/IM{i}.dcm", slice_dicom(mr_small(), series=name,
+                                                               instance=i + 1, z=3.0 * i))
+    return buf.getvalue()
+
+
 def error_cases() -> list[tuple[str, dict[str, bytes], dict, int, str]]:
     base = mr_small()
     good = slice_dicom(base)
@@ -213,6 +227,10 @@ def error_cases() -> list[tuple[str, dict[str, bytes], dict, int, str]]:
         ("missing image", {"reference": good}, {}, 400, "bad_request"),
         ("unknown field", {"image": good, "file": good}, {}, 400, "bad_request"),
         ("bad flag", {"image": good}, {"saliency": "maybe"}, 400, "bad_request"),
+        # one series per field: a zip of two is refused, never scored as its first series
+        ("two series", {"image": _two_series_zip()}, {}, 422, "multiple_series"),
+        ("two series reference", {"image": good, "reference": _two_series_zip()}, {}, 422,
+         "multiple_series"),
     ]
 
 
@@ -250,6 +268,11 @@ def test_compare_errors(server):
 
 
 def test_metrics_count_rejections_and_scores(server):
+    # its own requests, so the test holds when run alone or first
+    assert post(server, "/score", {"image": b"hello\n" * 100}).status_code == 415
+    assert post(server, "/score", {"image": b"\0" * 128 + b"DICM" + b"\0" * MAX_BYTES}
+                ).status_code == 413
+    score(server, slice_dicom(mr_small()))
     text = requests.get(server.url + "/metrics", headers=AUTH, timeout=10).text
     assert 'rankiq_inputs_rejected_total{reason="unsupported"}' in text
     assert 'rankiq_inputs_rejected_total{reason="too_large"}' in text
@@ -260,6 +283,12 @@ def test_metrics_count_rejections_and_scores(server):
 
 
 def test_logs_hold_no_patient_identifiers(server):
+    # its own requests carrying the sentinel identifiers: a score, a non-image and an
+    # unreadable file, so the check reads the output they caused even when run alone
+    score(server, slice_dicom(mr_small()))
+    assert post(server, "/score", {"image": _sr_bytes()}).status_code == 422
+    good = slice_dicom(mr_small())
+    assert post(server, "/score", {"image": good[: len(good) // 2]}).status_code == 422
     log = server.log(tail=10**7)
     assert "/score" in log  # the access log is there: this check reads real output
     assert_no_phi(log, extra=[json.dumps(PHI[0])])
