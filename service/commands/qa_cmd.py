@@ -327,15 +327,21 @@ def bench_qa_ray(args: argparse.Namespace) -> int:
     from rankiq.service.qa import ray_engine
     from rankiq.service.qa.runner import QAOptions, run_qa
 
-    ray_engine.import_ray()  # a one-line error before anything starts
     if args.nodes < 1 or args.nodes > 16:
         raise RankIQError(f"--nodes must be between 1 and 16, not {args.nodes}")
+    import signal
+
+    # a SIGTERM ends the bench through its cleanup (the Ray nodes it started are stopped)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cpus = max(1, args.threads)
     rows: list[dict] = []
     flags: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="rankiq-bench-qa-") as tmp:
         archive, truth = _archive_for_bench(args, Path(tmp))
         with ray_engine.LocalRayCluster(cpus=cpus) as cluster:
+            # this process drives the cluster: its token must be set before Ray is imported
+            os.environ.update(cluster.driver_env)
+            ray_engine.import_ray()
             cluster.start(1)
             for n in range(1, args.nodes + 1):
                 if n > 1:

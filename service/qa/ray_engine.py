@@ -310,8 +310,9 @@ class LocalRayCluster:
             health check), for tests and the bench.
 
     The nodes use token authentication with a token made for this cluster; a driver needs
-    :attr:`driver_env` in its environment. Use as a context manager; :meth:`stop` ends every
-    node it started (never ``ray stop``, which would end every Ray process of the machine).
+    :attr:`driver_env` in its environment before it imports Ray. Use as a context manager;
+    :meth:`stop` ends every node it started (never ``ray stop``, which would end every Ray
+    process of the machine).
     """
 
     def __init__(self, cpus: int = 1, object_store_bytes: int = 80_000_000,
