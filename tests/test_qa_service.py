@@ -208,9 +208,16 @@ def test_qa_job_table_and_failures(work, server, prometheus):
 
 
 def _expressions() -> list[tuple[str, str]]:
+    """Every PromQL expression of the dashboard (its variables set as Grafana sets them for
+    "All": ``$instance`` -> ``.*``) and of the rules."""
     exprs = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        exprs += [(f"panel {panel['title']!r}", t["expr"]) for t in panel["targets"]]
+        exprs += [(f"panel {panel['title']!r}", t["expr"].replace("$instance", ".*"))
+                  for t in panel["targets"]]
+    for var in json.loads(DASHBOARD.read_text())["templating"]["list"]:
+        if var["type"] == "query":  # label_values(SELECTOR, label): the selector has data
+            selector = var["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0]
+            exprs.append((f"variable {var['name']}", selector))
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         for rule in group["rules"]:
             exprs.append((rule.get("record") or rule.get("alert"), rule["expr"]))
