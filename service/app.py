@@ -28,21 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from rankiq.service.guard import FormSpec, RequestGuard
+from rankiq.service.metrics import bound_http_metric_paths
+from rankiq.service.qa.route import QAJobRecorder
 from rankiq.service.settings import ServiceSettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+# BentoML reads a service's configuration (workers, threads, timeout) when the class is
+# defined, so these few settings are read at import; everything else is read per worker.
 SETTINGS = ServiceSettings.from_env()
-# one core's worth of native threads per worker unless told otherwise (read by service.fft at
-# import, so set before the scoring modules are imported in RankIQ.__init__)
-os.environ.setdefault("RANKIQ_FFT_WORKERS", str(SETTINGS.ort_threads))
-os.environ.setdefault("OMP_NUM_THREADS", str(SETTINGS.ort_threads))
-
-from rankiq.service.guard import FormSpec, RequestGuard  # noqa: E402
-from rankiq.service.metrics import bound_http_metric_paths  # noqa: E402
-from rankiq.service.qa.route import QAJobRecorder  # noqa: E402
 
 bound_http_metric_paths()
 
@@ -54,20 +51,14 @@ def one_shot_request_tempdirs() -> None:
     never removes until a clean shutdown, so a killed or busy worker leaves empty directories
     behind in the system temp dir. Its pool is a module global read at each request.
     """
+    import functools
     import shutil
     import tempfile
 
-    from bentoml._internal import context
-    from bentoml._internal.utils.filesystem import TempfilePool
+    from rankiq.service.bentoml_adapter import install_request_tempdir_pool
 
-    class OneShotPool(TempfilePool):
-        def acquire(self) -> str:
-            return tempfile.mkdtemp(prefix="rankiq-request-")
-
-        def release(self, dir: str) -> None:  # noqa: A002 - BentoML's signature
-            shutil.rmtree(dir, ignore_errors=True)
-
-    context.request_tempdir_pool = OneShotPool()
+    install_request_tempdir_pool(functools.partial(tempfile.mkdtemp, prefix="rankiq-request-"),
+                                 functools.partial(shutil.rmtree, ignore_errors=True))
 
 
 one_shot_request_tempdirs()
@@ -126,8 +117,11 @@ class RankIQ:
     def __init__(self) -> None:
         from rankiq.service.io.privacy import silence_library_loggers
         from rankiq.service.metrics import service_metrics
-        from rankiq.service.settings import read_limits
+        from rankiq.service.settings import read_limits, set_default_fft_workers
 
+        # one worker's share of native threads: its ONNX Runtime threads for the FFTs too,
+        # unless RANKIQ_FFT_WORKERS says otherwise
+        set_default_fft_workers(SETTINGS.ort_threads)
         silence_library_loggers()  # pydicom/h5py messages may quote element values
         self.settings = SETTINGS
         self.read_limits = read_limits(SETTINGS)
@@ -163,13 +157,13 @@ class RankIQ:
     # -- helpers -------------------------------------------------------------------------------
     def models_info(self) -> dict[str, Any]:
         """The body of GET /models."""
-        from bentoml._internal.context import server_context
+        from rankiq.service.bentoml_adapter import worker_index
         from rankiq.service.scoring import model_info
 
         return {
             "ready": self.ready,
             "error": self.load_error,
-            "worker": {"index": server_context.worker_index, "pid": os.getpid()},
+            "worker": {"index": worker_index(), "pid": os.getpid()},
             "ort_threads": self.settings.ort_threads,
             "limits": {"max_upload_bytes": self.settings.max_upload_bytes,
                        "max_slices": self.settings.max_slices,
@@ -267,7 +261,8 @@ class RankIQ:
                                  "request": round((time.perf_counter() - t0) * 1000, 3)}
             return out
 
-        return self._guarded("/score", work)
+        # an API may answer a Starlette Response (the error shape) instead of its declared type
+        return self._guarded("/score", work)  # type: ignore[return-value]
 
     @bentoml.api(route="/compare")
     def compare(self, image_a: Path, image_b: Path,
@@ -293,7 +288,7 @@ class RankIQ:
                                  "request": round((time.perf_counter() - t0) * 1000, 3)}
             return out
 
-        return self._guarded("/compare", work)
+        return self._guarded("/compare", work)  # type: ignore[return-value]
 
     # -- batch QA (added by the QA engineer: logic in service/qa/route.py) ---------------------
     @bentoml.on_startup
@@ -316,6 +311,10 @@ class RankIQ:
         return out
 
 
+#: the decorated class is a BentoML ``Service`` (its API is invisible to the type checker)
+_SERVICE: Any = RankIQ
+
+
 class ApiDocs:
     """ASGI middleware answering ``GET /docs.json`` (the corrected OpenAPI document) and
     ``GET /`` (a static page without third-party scripts) in place of BentoML's
@@ -331,7 +330,7 @@ class ApiDocs:
 
             from rankiq.service.openapi import api_document
 
-            self._doc = api_document(RankIQ.openapi_spec.asdict(), version=version("rankiq"),
+            self._doc = api_document(_SERVICE.openapi_spec.asdict(), version=version("rankiq"),
                                      auth=SETTINGS.api_token is not None)
         return self._doc
 
@@ -350,8 +349,8 @@ class ApiDocs:
 
 
 # outermost first: the guard answers bad requests before the job recorder buffers anything
-RankIQ.add_asgi_middleware(RequestGuard, token=SETTINGS.api_token,
-                           max_body=SETTINGS.max_upload_bytes, forms=FORMS,
-                           on_reject=_reject_metric)
-RankIQ.add_asgi_middleware(ApiDocs)
-RankIQ.add_asgi_middleware(QAJobRecorder)
+_SERVICE.add_asgi_middleware(RequestGuard, token=SETTINGS.api_token,
+                             max_body=SETTINGS.max_upload_bytes, forms=FORMS,
+                             on_reject=_reject_metric)
+_SERVICE.add_asgi_middleware(ApiDocs)
+_SERVICE.add_asgi_middleware(QAJobRecorder)

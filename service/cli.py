@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
+from rankiq.service.commands.registry import Registry, require  # noqa: F401 - re-exported
 from rankiq.service.errors import MissingDependency, RankIQError
 
 EXIT_USAGE = 1
@@ -33,26 +33,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-class Registry:
-    """What a provider gets to add commands: the top-level and the ``bench`` subparsers."""
-
-    def __init__(self, commands: argparse._SubParsersAction, bench: argparse._SubParsersAction):
-        self._commands = commands
-        self._bench = bench
-
-    def command(self, name: str, handler: str, help: str) -> argparse.ArgumentParser:
-        """Add ``rankiq NAME``; ``handler`` is ``"module:function"`` taking the parsed args."""
-        p = self._commands.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=handler)
-        return p
-
-    def bench(self, name: str, handler: str, help: str) -> argparse.ArgumentParser:
-        """Add ``rankiq bench NAME``."""
-        p = self._bench.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=handler)
-        return p
 
 
 def _providers() -> list[Callable[[Registry], None]]:
@@ -92,6 +72,15 @@ def _resolve(handler: str) -> Callable[[argparse.Namespace], int]:
     return getattr(importlib.import_module(module), func)
 
 
+def _debug() -> bool:
+    from rankiq.service.settings import ServiceSettings
+
+    try:
+        return ServiceSettings.from_env().debug
+    except ValueError:  # another malformed setting: no traceback then
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rankiq``; returns the exit code (also used by the console script)."""
     parser = build_parser()
@@ -119,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rankiq {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback unless asked
-        if os.environ.get("RANKIQ_DEBUG"):
+        if _debug():
             raise
         print(
             f"rankiq {args.command}: internal error: {type(exc).__name__}: {exc} "
@@ -127,17 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
-
-
-def require(module: str, command: str) -> None:
-    """Raise :class:`MissingDependency` with install advice when ``module`` cannot be imported."""
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependency(
-            f"`rankiq {command}` needs {module}, which is not installed: run `make venv` "
-            "or `pip install -c constraints.txt '.[train]'`"
-        ) from exc
 
 
 if __name__ == "__main__":

@@ -8,13 +8,9 @@ twice as fast as NumPy for multi-coil slices.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import scipy.fft
-
-#: Threads used by the FFTs; set RANKIQ_FFT_WORKERS to change it (one per core by default).
-FFT_WORKERS = int(os.environ.get("RANKIQ_FFT_WORKERS", "0")) or (os.cpu_count() or 1)
+from rankiq.service.settings import fft_workers  # threads, decided at each call
 
 
 def fft2c(image: np.ndarray, workers: int | None = None) -> np.ndarray:
@@ -22,14 +18,14 @@ def fft2c(image: np.ndarray, workers: int | None = None) -> np.ndarray:
 
     Args:
         image: complex array ``(..., x, y)``.
-        workers: FFT threads (default ``FFT_WORKERS``).
+        workers: FFT threads (default :func:`fft_workers`).
 
     Returns:
         complex k-space ``(..., kx, ky)``, same shape and precision.
     """
     axes = (-2, -1)
     shifted = scipy.fft.ifftshift(image, axes=axes)
-    k = scipy.fft.fft2(shifted, axes=axes, norm="ortho", workers=workers or FFT_WORKERS)
+    k = scipy.fft.fft2(shifted, axes=axes, norm="ortho", workers=workers or fft_workers())
     return scipy.fft.fftshift(k, axes=axes)
 
 
@@ -38,14 +34,14 @@ def ifft2c(kspace: np.ndarray, workers: int | None = None) -> np.ndarray:
 
     Args:
         kspace: complex array ``(..., kx, ky)``.
-        workers: FFT threads (default ``FFT_WORKERS``).
+        workers: FFT threads (default :func:`fft_workers`).
 
     Returns:
         complex image ``(..., x, y)``, same shape and precision.
     """
     axes = (-2, -1)
     shifted = scipy.fft.ifftshift(kspace, axes=axes)
-    img = scipy.fft.ifft2(shifted, axes=axes, norm="ortho", workers=workers or FFT_WORKERS)
+    img = scipy.fft.ifft2(shifted, axes=axes, norm="ortho", workers=workers or fft_workers())
     return scipy.fft.fftshift(img, axes=axes)
 
 

@@ -123,13 +123,14 @@ def bound_http_metric_paths() -> None:
     """
     import copy
 
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as M
+    from rankiq.service.bentoml_adapter import http_metrics_middleware
 
+    M = http_metrics_middleware()
     if getattr(M, "_rankiq_bounded", False):
         return
     original = M.__call__
 
-    async def bounded(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def bounded(self, scope, receive, send):
         path = scope.get("path", "") if scope.get("type") == "http" else ""
         label = metric_path(path) if path else path
         if label == path:
@@ -137,7 +138,7 @@ def bound_http_metric_paths() -> None:
             return
         inner = self.app
 
-        async def unlabelled(_scope, rcv, snd):  # type: ignore[no-untyped-def]
+        async def unlabelled(_scope, rcv, snd):
             await inner(scope, rcv, snd)
 
         proxy = copy.copy(self)

@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 import scipy.fft
 from rankiq.service.errors import GeometryMismatch, InvalidImage
-from rankiq.service.fft import FFT_WORKERS, center_pad
+from rankiq.service.fft import center_pad, fft_workers
 
 PREPROCESS_VERSION = "1"
 DEFAULT_GRID: tuple[int, int] = (396, 396)
@@ -109,13 +109,14 @@ def to_grid(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         x = center_pad(x, (side, side))
     if (side, side) != tuple(grid):
         th, tw = grid
-        k = scipy.fft.fft2(scipy.fft.ifftshift(x, axes=(-2, -1)), norm="ortho", workers=FFT_WORKERS)
+        workers = fft_workers()
+        k = scipy.fft.fft2(scipy.fft.ifftshift(x, axes=(-2, -1)), norm="ortho", workers=workers)
         # Centred crop-or-pad of the spectrum (per axis; the grid may be non-square), done as one
         # scatter between unshifted spectra instead of fftshift + crop + pad + ifftshift copies.
         (src_r, dst_r), (src_c, dst_c) = _spectrum_map(side, th), _spectrum_map(side, tw)
         z = np.zeros(k.shape[:-2] + (th, tw), dtype=np.complex64)
         z[..., dst_r[:, None], dst_c[None, :]] = k[..., src_r[:, None], src_c[None, :]]
-        y = scipy.fft.ifft2(z, norm="ortho", workers=FFT_WORKERS, overwrite_x=True)
+        y = scipy.fft.ifft2(z, norm="ortho", workers=workers, overwrite_x=True)
         if not is_complex:
             y = y.real  # the shift below then moves half the bytes
         # orthonormal FFTs: rescale so intensities are preserved across matrix sizes

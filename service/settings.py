@@ -1,4 +1,5 @@
-"""Service settings, read once from the environment (every knob of the HTTP service lives here).
+"""RankIQ's settings: every ``RANKIQ_*`` environment variable is read here, when asked for
+(:meth:`ServiceSettings.from_env`, :func:`fft_workers`), never at import time.
 
 =========================  =============================================  ====================
 variable                   meaning                                        default
@@ -18,7 +19,18 @@ RANKIQ_RETENTION           seconds QA job data (uploads, results) stays   86400 
 RANKIQ_STATE_DIR           this instance's state (QA jobs, BentoML home:  a fresh private
                            result store, metrics files)                   temp dir per serve
 RANKIQ_TRACING             1: let BentoML create OpenTelemetry spans      0 (off)
+RANKIQ_JOBS_DIR            QA job directories                             $RANKIQ_STATE_DIR/jobs
+                                                                          else ~/.rankiq/jobs
+RANKIQ_QA_MODEL            model of POST /qa jobs (a name in models dir)  iqnet-noref
+RANKIQ_QA_THRESHOLDS       site thresholds file of POST /qa jobs          the model's
+RANKIQ_QA_RULES            series selection rules file of POST /qa jobs   built-in rules
+RANKIQ_FFT_WORKERS         threads of each FFT (0 = one per core; a       0; RANKIQ_ORT_THREADS
+                           service worker defaults to its ORT threads)    in a service worker
+RANKIQ_DEBUG               1: the CLI shows tracebacks of internal errors 0 (off)
 =========================  =============================================  ====================
+
+PACS credentials (``RANKIQ_DICOMWEB_TOKEN``, or ``RANKIQ_DICOMWEB_USER`` and
+``RANKIQ_DICOMWEB_PASSWORD``) are read by :mod:`rankiq.service.pacs.dicomweb` when it connects.
 
 Inputs above a limit are refused with 413, never truncated. Where patient data rests: uploads
 live in BentoML's request temp files while a request runs (deleted after it), QA job inputs
@@ -41,7 +53,8 @@ MiB = 1024**2
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer variable (``default`` when unset or empty); ``ValueError`` names a bad one."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -88,21 +101,77 @@ class ServiceSettings:
     max_series_bytes: int = 256 * MiB
     retention_s: int = 86400
     tracing: bool = False
+    state_dir: Path | None = None
+    jobs_dir_env: Path | None = None
+    qa_model: str = "iqnet-noref"
+    qa_thresholds: Path | None = None
+    qa_rules: Path | None = None
+    fft_workers: int = 0
+    debug: bool = False
+
+    @property
+    def jobs_dir(self) -> Path:
+        """``RANKIQ_JOBS_DIR``, else ``RANKIQ_STATE_DIR/jobs``, else ``~/.rankiq/jobs``."""
+        if self.jobs_dir_env is not None:
+            return self.jobs_dir_env
+        if self.state_dir is not None:
+            return self.state_dir / "jobs"
+        return Path.home() / ".rankiq" / "jobs"
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
         """Read the ``RANKIQ_*`` variables (raises ``ValueError`` naming a malformed one)."""
         token = os.environ.get("RANKIQ_API_TOKEN", "").strip() or None
         return cls(
-            models_dir=Path(os.environ.get("RANKIQ_MODELS_DIR", "").strip() or REPO_MODELS_DIR),
-            ort_threads=_int_env("RANKIQ_ORT_THREADS", 1),
-            workers=_int_env("RANKIQ_WORKERS", 1),
-            api_threads=_int_env("RANKIQ_API_THREADS", 1),
+            models_dir=models_dir(),
+            ort_threads=env_int("RANKIQ_ORT_THREADS", 1),
+            workers=env_int("RANKIQ_WORKERS", 1),
+            api_threads=env_int("RANKIQ_API_THREADS", 1),
             api_token=token,
-            max_upload_bytes=_int_env("RANKIQ_MAX_UPLOAD_BYTES", 512 * MiB, minimum=1024),
-            max_slices=_int_env("RANKIQ_MAX_SLICES", 512),
-            request_timeout=_int_env("RANKIQ_REQUEST_TIMEOUT", 60),
-            max_series_bytes=_int_env("RANKIQ_MAX_SERIES_BYTES", 256 * MiB, minimum=1024),
-            retention_s=_int_env("RANKIQ_RETENTION", 86400, minimum=0),
-            tracing=os.environ.get("RANKIQ_TRACING", "").strip().lower() in {"1", "true", "yes"},
+            max_upload_bytes=env_int("RANKIQ_MAX_UPLOAD_BYTES", 512 * MiB, minimum=1024),
+            max_slices=env_int("RANKIQ_MAX_SLICES", 512),
+            request_timeout=env_int("RANKIQ_REQUEST_TIMEOUT", 60),
+            max_series_bytes=env_int("RANKIQ_MAX_SERIES_BYTES", 256 * MiB, minimum=1024),
+            retention_s=env_int("RANKIQ_RETENTION", 86400, minimum=0),
+            tracing=_flag("RANKIQ_TRACING"),
+            state_dir=_path("RANKIQ_STATE_DIR"),
+            jobs_dir_env=_path("RANKIQ_JOBS_DIR"),
+            qa_model=os.environ.get("RANKIQ_QA_MODEL", "").strip() or "iqnet-noref",
+            qa_thresholds=_path("RANKIQ_QA_THRESHOLDS"),
+            qa_rules=_path("RANKIQ_QA_RULES"),
+            fft_workers=env_int("RANKIQ_FFT_WORKERS", 0, minimum=0),
+            debug=_flag("RANKIQ_DEBUG"),
         )
+
+
+def models_dir() -> Path:
+    """``RANKIQ_MODELS_DIR``, else the repository's ``models/`` (this variable alone: commands
+    that need no other setting do not fail on another malformed one)."""
+    return _path("RANKIQ_MODELS_DIR") or REPO_MODELS_DIR
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _path(name: str) -> Path | None:
+    raw = os.environ.get(name, "").strip()
+    return Path(raw) if raw else None
+
+
+#: FFT threads of this process when RANKIQ_FFT_WORKERS is unset (0 = one per core); a service
+#: worker sets it to its ONNX Runtime threads (:func:`set_default_fft_workers`)
+_default_fft_workers = 0
+
+
+def set_default_fft_workers(n: int) -> None:
+    """This process's FFT threads when ``RANKIQ_FFT_WORKERS`` is unset (0 = one per core)."""
+    global _default_fft_workers
+    _default_fft_workers = max(0, int(n))
+
+
+def fft_workers() -> int:
+    """Threads of each FFT, decided when called: ``RANKIQ_FFT_WORKERS``, else the process
+    default (:func:`set_default_fft_workers`), else one per core."""
+    return (env_int("RANKIQ_FFT_WORKERS", 0, minimum=0) or _default_fft_workers
+            or os.cpu_count() or 1)

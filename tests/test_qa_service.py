@@ -187,7 +187,10 @@ def test_qa_job_survives_a_killed_worker(work, server, prometheus):
     assert kept == before and runs == {1: len(before), 2: 12 - len(before)}  # nothing rescored
 
 
-def test_qa_job_table_and_failures(work, server, prometheus):
+@pytest.fixture(scope="module")
+def small_job(work, server, prometheus):
+    """A small QA job run to completion (once per module, whichever test asks first):
+    ``(truth, answer)``; its series and metrics are also what the dashboard test reads."""
     url = server["url"]
     truth = build(work / "small", 2, seed=22, extras=True)
     upload = _zip(work / "small" / "archive", work / "small.zip")
@@ -198,7 +201,11 @@ def test_qa_job_table_and_failures(work, server, prometheus):
                                                      ("files", ("b.txt", g))], timeout=30)
     task_id = r.json()["task_id"]
     _wait(lambda: _task_state(url, task_id) == "completed", 120, "the small job")
-    doc = requests.get(url + "/qa/get", params={"task_id": task_id}, timeout=30).json()
+    return truth, requests.get(url + "/qa/get", params={"task_id": task_id}, timeout=30).json()
+
+
+def test_qa_job_table_and_failures(small_job):
+    truth, doc = small_job
     mr = {t["key"] for t in truth if t["corruption"] not in ("localizer", "derived")}
     assert {r["series_key"] for r in doc["series"]} == mr
     assert all(r["flagged"] for r in doc["series"])  # the site thresholds flag everything
@@ -224,8 +231,14 @@ def _expressions() -> list[tuple[str, str]]:
     return exprs
 
 
-def test_every_dashboard_and_rule_expression_returns_data(work, server, prometheus):
+def test_every_dashboard_and_rule_expression_returns_data(work, server, prometheus, small_job):
     url = server["url"]
+    # its own batch of five flagged series: the flag-rate alert needs >= 5 series in the hour
+    build(work / "five", 5, seed=23, slices=(3, 4))
+    with _zip(work / "five" / "archive", work / "five.zip").open("rb") as f:
+        task_id = requests.post(url + "/qa/submit", files=[("files", ("five.zip", f))],
+                                timeout=30).json()["task_id"]
+    _wait(lambda: _task_state(url, task_id) == "completed", 120, "the five-series job")
     dcm = next((work / "small" / "archive").rglob("IM0001.dcm"))
     for _ in range(3):  # scored slices (rankiq_score, slices scored)
         with dcm.open("rb") as f:

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from helpers_train import easy_data, one_torch_thread, write_consensus  # noqa: E402, F401 (autouse)
 from rankiq.training.data import DataError, load_ranking_data, read_labels  # noqa: E402
-from rankiq.training.runs import load_run  # noqa: E402
+from rankiq.training.factory import load_run  # noqa: E402
 from rankiq.training.train import train_run  # noqa: E402
 
 pytestmark = pytest.mark.torch

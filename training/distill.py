@@ -14,8 +14,8 @@ fold's reference-mode teacher run (``log`` of its score: the scores span orders 
 with the same augmentation drawn for the teacher's and the student's inputs. Validation pairs
 are never seen (the teacher of fold K was trained without them too). Stage 2 trains a rank
 classifier (initialised from the teacher's) on the frozen student's scores with the consensus
-labels, so the run directory and :func:`rankiq.training.runs.load_run` work as for any run (config
-``model: "distill"``, ``mode: "no-reference"``, ``student``: the architecture).
+labels, so the run directory and :func:`rankiq.training.factory.load_run` work as for any run
+(config ``model: "distill"``, ``mode: "no-reference"``, ``student``: the architecture).
 
 Students: ``iqnet-relu`` (:class:`NoRefStudent`: IQ-Net's 5 blocks with ReLU, no dropout, its 41
 L2-norm features, ``log`` then a signed ``Linear(41, 1)``, output ``exp`` so the score is in the
@@ -32,61 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from rankiq.training.augment import AugmentConfig, apply, draw
-from rankiq.training.runs import RunError, fold_dir, load_checkpoint, load_run, read_config
+from rankiq.training.factory import (  # noqa: F401 - NoRefStudent, ExpScorer: re-exported
+    ExpScorer,
+    NoRefStudent,
+    build_student,
+    load_checkpoint,
+    load_run,
+)
+from rankiq.training.runs import RunError, fold_dir, read_config
 from torch import nn
 
 LOG_EPS = 1e-3  # relative to the median teacher score: keeps log finite for near-perfect images
-
-
-class NoRefStudent(nn.Module):
-    """IQ-Net body with ReLU (no dropout) -> 41 L2-norm features -> log -> Linear(41, 1) -> exp.
-
-    Input ``(N, C, H, W)`` normalised image (no reference); output ``(N,)`` positive scores in
-    the teacher's units (lower = better).
-    """
-
-    def __init__(self, input_kind: str = "magnitude", channels: int = 8, blocks: int = 5
-                 ) -> None:
-        super().__init__()
-        from rankiq.training.models.iqnet import IQNet
-
-        self.body = IQNet(input_kind, channels=channels, blocks=blocks,  # type: ignore[arg-type]
-                          activation="relu", dropout=0.0)
-        del self.body.feature_weights  # the signed head replaces IQ-Net's |w_k| sum
-        self.head = nn.Linear(1 + channels * blocks, 1)
-
-    def log_score(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` log score."""
-        return self.head(torch.log(self.body.features(x))).reshape(-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_score(x))
-
-
-class ExpScorer(nn.Module):
-    """Wrap a scorer regressing a log score so it outputs ``exp`` of it."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def log_score(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.inner(x))
-
-
-def build_student(config: dict) -> nn.Module:
-    """The student module named by ``config["student"]``."""
-    kind = config.get("input_kind", "magnitude")
-    if config.get("student") == "iqnet-relu":
-        return NoRefStudent(kind, int(config.get("channels", 8)), int(config.get("blocks", 5)))
-    if config.get("student") == "efficientnet":
-        from rankiq.training.models.efficientnet import EfficientNetScorer
-
-        return ExpScorer(EfficientNetScorer(kind, size=int(config.get("effnet_size", 224))))
-    raise RunError(f"unknown student {config.get('student')!r} (iqnet-relu or efficientnet)")
 
 
 def check_teacher(teacher: Path, config: dict) -> dict:

@@ -20,31 +20,19 @@ from the first run's are reported but left out of the tests.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
-from rankiq.training.runs import (
+from rankiq.training.runs import (  # noqa: F401 - run_label, read_predictions: re-exported
     METRIC_MODELS,
     RunError,
     read_config,
     read_json,
+    read_predictions,
     read_summary,
+    run_label,
     write_json,
 )
-
-NAMES = {"iqnet": "IQ-Net", "efficientnet": "EfficientNet", "mse": "MSE", "ssim": "SSIM"}
-
-
-def run_label(cfg: dict) -> str:
-    """Human name of a run, e.g. ``IQ-Net (reference, magnitude)``."""
-    if cfg["model"] in METRIC_MODELS:
-        return NAMES[cfg["model"]]
-    if cfg["model"] == "distill":
-        return f"Distilled {cfg.get('student')} (no reference, {cfg['input_kind']})"
-    mode = "reference" if cfg["mode"] == "reference" else "no reference"
-    act = "" if cfg.get("activation", "identity") == "identity" else f", {cfg['activation']}"
-    return f"{NAMES[cfg['model']]} ({mode}, {cfg['input_kind']}{act})"
 
 
 def rm_anova(y: np.ndarray) -> dict:
@@ -68,17 +56,6 @@ def rm_anova(y: np.ndarray) -> dict:
     F = (ss_cond / df1) / ms_err if ms_err > 0 else float("inf")
     p = float(f_dist.sf(F, df1, df2)) if np.isfinite(F) else 0.0
     return {"F": float(F), "df1": int(df1), "df2": int(df2), "p": p}
-
-
-def read_predictions(run: str | Path) -> dict[int, tuple[float, float, int, int]]:
-    """``{pair_id: (score1, score2, label, pred)}`` over all folds' predictions.csv."""
-    out = {}
-    for p in sorted(Path(run).glob("fold*/predictions.csv")):
-        with p.open(newline="", encoding="utf-8") as fh:
-            for r in csv.DictReader(fh):
-                out[int(r["pair_id"])] = (float(r["score1"]), float(r["score2"]),
-                                          int(r["label"]), int(r["pred"]))
-    return out
 
 
 def spearman_with(a: dict, b: dict) -> dict:

@@ -33,7 +33,8 @@ def corruption_curves(run_dir: Path, *, slices: int = 4, seed: int = 0) -> dict:
     from rankiq.service.preprocess import prepare
     from rankiq.training.baselines import metric_values
     from rankiq.training.data import open_pairs
-    from rankiq.training.runs import available_folds, load_run, read_config, read_json
+    from rankiq.training.factory import load_run
+    from rankiq.training.runs import available_folds, read_config, read_json
     from rankiq.training.synthetic import LEVELS, single_corruption
 
     cfg = read_config(run_dir)
@@ -80,8 +81,7 @@ def corruption_curves(run_dir: Path, *, slices: int = 4, seed: int = 0) -> dict:
 
 def figure6(run_dir: Path, out: Path, *, slices: int = 4, seed: int = 0) -> Path:
     """Write the Figure 6 PNG of a run; returns ``out``."""
-    from rankiq.training.evaluate import run_label
-    from rankiq.training.runs import read_config
+    from rankiq.training.runs import read_config, run_label
     from rankiq.training.synthetic import UNITS
 
     curves = corruption_curves(run_dir, slices=slices, seed=seed)
@@ -109,8 +109,7 @@ def figure6(run_dir: Path, out: Path, *, slices: int = 4, seed: int = 0) -> Path
 def scatter(run_dir: Path, out: Path) -> Path:
     """Held-out scores vs MSE and SSIM (pairs file values) with Pearson r; returns ``out``."""
     from rankiq.training.data import open_pairs
-    from rankiq.training.evaluate import read_predictions, run_label
-    from rankiq.training.runs import read_config
+    from rankiq.training.runs import read_config, read_predictions, run_label
     from scipy.stats import pearsonr
 
     cfg = read_config(run_dir)

@@ -1,4 +1,5 @@
-"""The run directory written by ``rankiq train`` and :func:`load_run` (docs/CONTRACTS.md §3).
+"""The run directory written by ``rankiq train`` (docs/CONTRACTS.md §3): paths, JSON files and
+checksums only (building and loading the models is :mod:`rankiq.training.factory`).
 
 Layout::
 
@@ -23,12 +24,13 @@ the ``mse``/``ssim`` baselines whose scorer takes the per-image metric value ``(
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rankiq.service import atomic
 from rankiq.service.errors import RankIQError
 
 MODELS = ("iqnet", "efficientnet", "mse", "ssim", "distill")
@@ -45,31 +47,6 @@ class RunError(RankIQError):
     """A run directory that cannot be created, resumed or loaded."""
 
     reason = "bad_run"
-
-
-@dataclass
-class LoadedRun:
-    """A trained model from a run directory.
-
-    Attributes:
-        scorer: ``nn.Module`` in eval mode; ``(N, C, H, W)`` network input -> ``(N,)`` scores,
-            lower = better (metric baselines: ``(N,)`` metric values -> scores).
-        classifier: :class:`rankiq.training.models.RankClassifier` in eval mode (logits).
-        config: the run's config.json.
-        summary: the run's summary.json (``{}`` when absent).
-        fold: the fold loaded (an int, or ``"final"``).
-        epoch: the checkpoint's epoch (1-based); val_acc: its validation accuracy.
-        path: the checkpoint file.
-    """
-
-    scorer: Any
-    classifier: Any
-    config: dict
-    summary: dict
-    fold: int | str
-    epoch: int
-    val_acc: float | None
-    path: Path
 
 
 def fold_dir(run_dir: str | Path, fold: int | str) -> Path:
@@ -101,10 +78,9 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """A run's JSON file, atomically (a killed run never leaves half a file): sorted keys,
+    NaN allowed (run files are read back by RankIQ only)."""
+    atomic.write_json(path, obj, indent=2, sort_keys=True, allow_nan=True)
 
 
 def read_config(run_dir: str | Path) -> dict:
@@ -122,33 +98,6 @@ def read_summary(run_dir: str | Path) -> dict:
     return read_json(p) if p.exists() else {}
 
 
-def build_scorer(config: dict):
-    """A fresh (untrained) scorer ``nn.Module`` for a run config."""
-    model = config["model"]
-    kind = config.get("input_kind", "magnitude")
-    if model in METRIC_MODELS:
-        from rankiq.training.baselines import MetricScorer
-
-        return MetricScorer(model)
-    if model == "distill":
-        from rankiq.training.distill import build_student
-
-        return build_student(config)
-    arch = model
-    if arch == "iqnet":
-        from rankiq.training.models.iqnet import IQNet
-
-        act = config.get("activation", "identity")
-        return IQNet(kind, channels=int(config.get("channels", 8)),
-                     blocks=int(config.get("blocks", 5)), activation=act,
-                     dropout=float(config.get("dropout", 0.5)))
-    if arch == "efficientnet":
-        from rankiq.training.models.efficientnet import EfficientNetScorer
-
-        return EfficientNetScorer(kind, size=int(config.get("effnet_size", 224)))
-    raise RunError(f"unknown model/student {arch!r}")
-
-
 def available_folds(run_dir: str | Path) -> list[int]:
     """Folds with a best.pt, ascending."""
     out = []
@@ -158,61 +107,26 @@ def available_folds(run_dir: str | Path) -> list[int]:
     return sorted(out)
 
 
-def _best_fold(run_dir: Path, summary: dict) -> int | str:
-    if (run_dir / FINAL / "best.pt").exists():
-        return FINAL
-    folds = available_folds(run_dir)
-    if not folds:
-        raise RunError("no trained fold (no fold*/best.pt)", source=str(run_dir))
-    accs = {int(k): v.get("best_val_acc") for k, v in summary.get("folds", {}).items()}
-    if all(accs.get(k) is not None for k in folds):
-        return max(folds, key=lambda k: (accs[k], -k))
-    return folds[0]
+NAMES = {"iqnet": "IQ-Net", "efficientnet": "EfficientNet", "mse": "MSE", "ssim": "SSIM"}
 
 
-def load_checkpoint(path: Path) -> dict:
-    """``torch.load`` a checkpoint (tensors and plain Python only)."""
-    import torch
+def run_label(cfg: dict) -> str:
+    """Human name of a run, e.g. ``IQ-Net (reference, magnitude)``."""
+    if cfg["model"] in METRIC_MODELS:
+        return NAMES[cfg["model"]]
+    if cfg["model"] == "distill":
+        return f"Distilled {cfg.get('student')} (no reference, {cfg['input_kind']})"
+    mode = "reference" if cfg["mode"] == "reference" else "no reference"
+    act = "" if cfg.get("activation", "identity") == "identity" else f", {cfg['activation']}"
+    return f"{NAMES[cfg['model']]} ({mode}, {cfg['input_kind']}{act})"
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RunError("missing checkpoint", source=str(path)) from None
-    except Exception as exc:  # noqa: BLE001 - corrupt file: one line, not a traceback
-        raise RunError(f"unreadable checkpoint ({type(exc).__name__})", source=str(path)) from None
 
-
-def load_run(run_dir: str | Path, fold: int | str | None = None) -> LoadedRun:
-    """Load a trained scorer and classifier from a run directory.
-
-    Args:
-        run_dir: the ``runs/NAME`` directory.
-        fold: a fold number, ``"final"``, or None: ``final/`` when present, else the fold with
-            the best validation accuracy in summary.json.
-
-    Returns:
-        :class:`LoadedRun` with modules in eval mode on the CPU.
-    """
-    from rankiq.training.models.classifier import RankClassifier
-
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    summary = read_summary(run_dir)
-    if fold is None:
-        fold = _best_fold(run_dir, summary)
-    path = fold_dir(run_dir, fold) / "best.pt"
-    ckpt = load_checkpoint(path)
-    scorer = build_scorer(config)
-    classifier = RankClassifier()
-    try:
-        scorer.load_state_dict(ckpt["scorer"])
-        classifier.load_state_dict(ckpt["classifier"])
-    except (KeyError, RuntimeError) as exc:
-        raise RunError(f"checkpoint does not match the run's model ({str(exc)[:120]})",
-                       source=str(path)) from None
-    scorer.eval()
-    classifier.eval()
-    return LoadedRun(scorer=scorer, classifier=classifier, config=config, summary=summary,
-                     fold=fold, epoch=int(ckpt.get("epoch", 0)),
-                     val_acc=None if ckpt.get("val_acc") is None else float(ckpt["val_acc"]),
-                     path=path)
+def read_predictions(run: str | Path) -> dict[int, tuple[float, float, int, int]]:
+    """``{pair_id: (score1, score2, label, pred)}`` over all folds' predictions.csv."""
+    out = {}
+    for p in sorted(Path(run).glob("fold*/predictions.csv")):
+        with p.open(newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                out[int(r["pair_id"])] = (float(r["score1"]), float(r["score2"]),
+                                          int(r["label"]), int(r["pred"]))
+    return out

@@ -40,10 +40,12 @@ from pathlib import Path
 import numpy as np
 from rankiq.service.errors import RankIQError, UnreadableInput, UnsupportedInput
 from rankiq.service.fft import center_crop, center_pad, fft2c
+from rankiq.service.io.types import CONTRAST_FAMILIES
 from rankiq.training.config import JsonConfig
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates, rotate
 
-CONTRASTS: tuple[str, ...] = ("T1", "T1post", "T2", "FLAIR")
+#: the simulated contrasts: every family but "other"
+CONTRASTS: tuple[str, ...] = tuple(f for f in CONTRAST_FAMILIES if f != "other")
 #: relative intensities (wm, gm, csf, csf ring / dura, skull, scalp) per contrast
 TISSUE_INTENSITY: dict[str, tuple[float, ...]] = {
     "T1": (0.85, 0.55, 0.15, 0.15, 0.04, 1.0),

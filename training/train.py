@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rankiq.service.atomic import atomic_path, atomic_write
 from rankiq.training.augment import AugmentConfig, apply, draw
 from rankiq.training.data import RankingData
+from rankiq.training.factory import build_scorer, load_checkpoint
 from rankiq.training.folds import split
 from rankiq.training.runs import (
     FOLDS,
     METRIC_MODELS,
     SUMMARY,
     RunError,
-    build_scorer,
     fold_dir,
-    load_checkpoint,
     write_json,
 )
 from torch import nn
@@ -111,34 +111,29 @@ def warmup_classifier(scorer: nn.Module, classifier: nn.Module, x1: np.ndarray, 
 
 def _history_write(d: Path, history: list[dict]) -> None:
     write_json(d / "history.json", history)
-    tmp = d / "history.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_write(d / "history.csv", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
         w.writeheader()
         for h in history:
             w.writerow({k: h[k] for k in HISTORY_FIELDS})
-    tmp.replace(d / "history.csv")
 
 
 def _save(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_predictions(path: Path, data: RankingData, idx: np.ndarray, s1: np.ndarray,
                       s2: np.ndarray, logits: np.ndarray) -> None:
     """``pair_id,label,score1,score2,p1,psimilar,p2,pred`` of the validation pairs."""
     p = rank_probabilities(torch.from_numpy(logits)).numpy()
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["pair_id", "label", "score1", "score2", "p1", "psimilar", "p2", "pred"])
         for j, i in enumerate(idx):
             w.writerow([int(data.pair_id[i]), int(data.label[i]), f"{s1[j]:.8g}", f"{s2[j]:.8g}",
                         f"{p[j, 0]:.6f}", f"{p[j, 1]:.6f}", f"{p[j, 2]:.6f}",
                         int(np.argmax(logits[j]))])
-    tmp.replace(path)
 
 
 def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, config: dict,

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
 
 COMMAND_MODULES = (
     "rankiq.service.commands.inspect_cmd",  # rankiq inspect

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
 
 #: Fewest known-good series of a family that get a site threshold.
 MIN_SERIES = 3
@@ -87,11 +87,11 @@ def family_thresholds(values: dict[str, list[float]], model_thresholds: dict[str
         every family, ``{"n", "source": "site"|"model"|"none", "threshold"}``.
     """
     import numpy as np
-    from rankiq.service.qa.aggregate import FAMILIES
+    from rankiq.service.io.types import CONTRAST_FAMILIES
 
     site: dict[str, float] = {}
     families: dict[str, dict[str, Any]] = {}
-    for fam in FAMILIES:
+    for fam in CONTRAST_FAMILIES:
         vals = values.get(fam, [])
         if len(vals) >= min_series:
             t = float(np.quantile(np.asarray(vals, np.float64), quantile)) * margin
@@ -107,9 +107,9 @@ def family_thresholds(values: dict[str, list[float]], model_thresholds: dict[str
 
 def calibrate(args: argparse.Namespace) -> int:
     """Handler of ``rankiq calibrate``."""
+    from rankiq.service.atomic import write_json
     from rankiq.service.commands.qa_cmd import _check_workers
     from rankiq.service.errors import RankIQError
-    from rankiq.service.qa.report import write_json
     from rankiq.service.qa.runner import QAOptions, read_model_metadata, run_qa
 
     if not 0 < args.quantile <= 1:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
     from rankiq.service.io.types import ImageSeries
 
 

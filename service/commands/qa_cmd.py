@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
     from rankiq.service.pacs.qa import DicomwebResult
     from rankiq.service.qa.runner import QAOptions
 
 
 def default_model_dir() -> Path:
     """``$RANKIQ_MODELS_DIR/iqnet-noref``, else the repository's ``models/iqnet-noref``."""
-    root = os.environ.get("RANKIQ_MODELS_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "models"
-    return base / "iqnet-noref"
+    from rankiq.service.settings import models_dir
+
+    return models_dir() / "iqnet-noref"
 
 
 def add_commands(reg: Registry) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
     from rankiq.service.io.types import ImageSeries
     from rankiq.service.models import ScoringModel
 

@@ -38,7 +38,7 @@ from rankiq.service.errors import (
     UnreadableInput,
     UnsupportedInput,
 )
-from rankiq.service.fft import FFT_WORKERS, center_crop, coil_combine, rss
+from rankiq.service.fft import center_crop, coil_combine, fft_workers, rss
 from rankiq.service.io.contrast import guess_contrast
 from rankiq.service.io.limits import DEFAULT_LIMITS, ReadLimits
 from rankiq.service.io.privacy import display_name, quiet_reads
@@ -188,7 +188,7 @@ def crop_shape(nx: int, ny: int, header: KspaceHeader | None,
 def _ifft1c(x: np.ndarray, axis: int) -> np.ndarray:
     """Centred orthonormal inverse FFT along one axis (``ifft2c`` is two of these)."""
     x = scipy.fft.ifftshift(x, axes=axis)
-    x = scipy.fft.ifft(x, axis=axis, norm="ortho", workers=FFT_WORKERS)
+    x = scipy.fft.ifft(x, axis=axis, norm="ortho", workers=fft_workers())
     return scipy.fft.fftshift(x, axes=axis)
 
 

@@ -7,13 +7,14 @@ is a one-way hash of the SeriesInstanceUID, safe for logs, reports and metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 SourceKind = Literal["dicom", "fastmri", "ismrmrd", "array"]
 ContrastFamily = Literal["T1", "T1post", "T2", "FLAIR", "other"]
-CONTRAST_FAMILIES: tuple[str, ...] = ("T1", "T1post", "T2", "FLAIR", "other")
+#: The contrast families, defined once: every other module imports this tuple.
+CONTRAST_FAMILIES: tuple[str, ...] = get_args(ContrastFamily)
 
 
 @dataclass
@@ -75,7 +76,8 @@ class ImageSeries:
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(slices, rows, cols)``."""
-        return tuple(self.pixels.shape)  # type: ignore[return-value]
+        s, r, c = self.pixels.shape
+        return int(s), int(r), int(c)
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class InstanceRef:
     frames: int = 1
     rows: int = 0
     cols: int = 0
-    position: tuple[float, float, float] | None = None
+    position: tuple[float, ...] | None = None  # 3 values
     orientation: tuple[float, ...] | None = None
     transfer_syntax: str | None = None
     size: int = 0

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rankiq.service.io.types import CONTRAST_FAMILIES
 from rankiq.service.qa.selection import RulesError, load_document
 
 STATISTICS = ("median", "p90")
-FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
 RULES = ("model_threshold", "site_threshold", "archive_outlier")
 #: Defaults of the archive-relative rule: robust z cut and the smallest protocol group.
 DEFAULT_OUTLIER_Z = 3.5
@@ -151,8 +151,9 @@ def _check_values(values: Any, where: str) -> dict[str, float]:
         raise RulesError(f"{where}: thresholds must be a non-empty mapping family -> number")
     out = {}
     for fam, val in values.items():
-        if fam not in FAMILIES:
-            raise RulesError(f"{where}: unknown contrast family {fam!r} (known: {FAMILIES})")
+        if fam not in CONTRAST_FAMILIES:
+            raise RulesError(f"{where}: unknown contrast family {fam!r} "
+                             f"(known: {CONTRAST_FAMILIES})")
         if isinstance(val, bool) or not isinstance(val, int | float) or not np.isfinite(val):
             raise RulesError(f"{where}: threshold for {fam} must be a finite number")
         out[fam] = float(val)
@@ -168,7 +169,8 @@ def load_thresholds(metadata: Mapping[str, Any], override: str | Path | None = N
     """
     base = metadata.get("qa_thresholds") or {}
     values = _check_values(base, "model metadata qa_thresholds") if base else {}
-    statistic, source, overridden = "median", "model metadata", ()
+    statistic, source = "median", "model metadata"
+    overridden: tuple[str, ...] = ()
     if override is not None:
         doc = load_document(override)
         where = str(override)
@@ -258,7 +260,7 @@ class Outlier:
     limit: float | None = None
 
 
-def archive_outliers(rows: list[Mapping[str, Any]], *, z_cut: float = DEFAULT_OUTLIER_Z,
+def archive_outliers(rows: Sequence[Mapping[str, Any]], *, z_cut: float = DEFAULT_OUTLIER_Z,
                      min_group: int = MIN_GROUP) -> dict[str, Outlier]:
     """The archive-relative rule (as MRIQC's group reports, on log scores).
 

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rankiq.service.atomic import write_json
 from rankiq.service.errors import RankIQError
 
 log = logging.getLogger("rankiq.qa.jobs")
@@ -56,9 +57,9 @@ _OWNED_GUARD = threading.Lock()
 def jobs_dir() -> Path:
     """``$RANKIQ_JOBS_DIR``, else ``$RANKIQ_STATE_DIR/jobs``, else ``~/.rankiq/jobs``
     (created, mode 0700: it holds uploads)."""
-    state = os.environ.get("RANKIQ_STATE_DIR", "").strip()
-    d = Path(os.environ.get("RANKIQ_JOBS_DIR") or (Path(state) / "jobs" if state else
-                                                   Path.home() / ".rankiq" / "jobs"))
+    from rankiq.service.settings import ServiceSettings
+
+    d = ServiceSettings.from_env().jobs_dir
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
 
@@ -121,9 +122,7 @@ class Job:
     def set_state(self, **fields: Any) -> None:
         """Update ``state.json`` atomically."""
         st = {**self.state(), **fields, "updated": _now()}
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(st))
-        os.replace(tmp, self.dir / "state.json")
+        write_json(self.dir / "state.json", st, indent=None, allow_nan=True)
 
     # -- lock ------------------------------------------------------------------------------
     def try_lock(self) -> bool:
@@ -237,9 +236,7 @@ def run_job(job: Job, run: Callable[[Path, Path, bool], dict[str, Any]]) -> dict
             response = failed_response(job.id, "internal", f"internal error: "
                                        f"{type(exc).__name__}")
         # the answer first, then the state: a finished state always has its answer on disk
-        tmp = job.dir / "response.json.tmp"
-        tmp.write_text(json.dumps(response))
-        os.replace(tmp, job.dir / "response.json")
+        write_json(job.dir / "response.json", response, indent=None, allow_nan=True)
         if response.get("status") == "failed":
             job.set_state(status="failed", error=response["error"])
         else:
@@ -256,12 +253,9 @@ def failed_response(job_id: str, reason: str, detail: str) -> dict[str, Any]:
 
 # -- BentoML result store --------------------------------------------------------------------
 def _store_path() -> str | None:
-    try:
-        from bentoml._internal.configuration.containers import BentoMLContainer
+    from rankiq.service.bentoml_adapter import result_store_file
 
-        return BentoMLContainer.result_store_file.get()
-    except Exception:  # noqa: BLE001 - no BentoML container: nothing to update
-        return None
+    return result_store_file()
 
 
 def store_result(task_id: str, response: dict[str, Any], *, failed: bool,
@@ -329,7 +323,7 @@ def recover_jobs(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]], 
     """
     recovered = []
     path = store or _store_path()
-    has_store = bool(path) and path != ":memory:" and Path(path).exists()
+    has_store = path is not None and path != ":memory:" and Path(path).exists()
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         try:
             job = Job(root, d.name)
@@ -342,7 +336,7 @@ def recover_jobs(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]], 
         response = run_job(job, run)
         store_result(job.id, response, failed=response.get("status") == "failed", store=path)
         recovered.append(job.id)
-    if not has_store:
+    if not has_store or path is None:
         return recovered
     now = dt.datetime.now(dt.UTC)
     for task_id, created in _open_tasks(path).items():
@@ -357,10 +351,10 @@ def recover_jobs(root: Path, run: Callable[[Path, Path, bool], dict[str, Any]], 
                 age = time.time() - (job.dir / "state.json").stat().st_mtime
             except OSError:
                 continue
-            response = job.response()
-            if age >= store_grace_s and response is not None and job.try_lock():
+            answer = job.response()
+            if age >= store_grace_s and answer is not None and job.try_lock():
                 job.unlock()  # no live owner: its worker died before BentoML stored the answer
-                store_result(task_id, response, failed=response.get("status") == "failed",
+                store_result(task_id, answer, failed=answer.get("status") == "failed",
                              store=path)
         elif (now - created).total_seconds() >= grace_s:
             store_result(task_id, failed_response(

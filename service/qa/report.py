@@ -14,12 +14,12 @@ import base64
 import csv
 import html
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rankiq.service.atomic import atomic_write, write_json, write_text
 
 QA_COLUMNS = ("series_key", "description", "contrast", "protocol", "slices", "blank_slices",
               "median", "p90", "mean", "worst", "worst_slices", "statistic", "threshold",
@@ -140,20 +140,11 @@ def _csv_value(v: Any) -> Any:
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     """CSV with a header row; booleans as true/false, lists space-separated."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: _csv_value(r.get(k)) for k in columns})
-    tmp.replace(path)
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """JSON, written atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
-    tmp.replace(path)
 
 
 _CSS = """
@@ -248,12 +239,10 @@ def _fmt(x: Any) -> str:
 def write_reports(out_dir: Path, doc: dict[str, Any], assets: dict[str, dict[str, Any]]) -> None:
     """Write qa.csv, qa.json, failed.csv, skipped.csv and report.html into ``out_dir``."""
     write_csv(out_dir / "qa.csv", QA_COLUMNS, doc["series"])
-    write_json(out_dir / "qa.json", doc)
+    write_json(out_dir / "qa.json", doc, indent=1)
     write_csv(out_dir / "failed.csv", FAILED_COLUMNS, doc["failed"])
     write_csv(out_dir / "skipped.csv", SKIPPED_COLUMNS, doc["skipped"])
-    tmp = out_dir / "report.html.tmp"
-    tmp.write_text(render_html(doc, assets))
-    tmp.replace(out_dir / "report.html")
+    write_text(out_dir / "report.html", render_html(doc, assets))
 
 
 def _html_table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from rankiq.service.qa.jobs import (
     start_recovery,
 )
 from rankiq.service.qa.metrics import QAMetrics, make_qa_metrics
-from rankiq.service.qa.runner import DEFAULT_MODEL, QAOptions, run_qa
+from rankiq.service.qa.runner import QAOptions, run_qa
 
 log = logging.getLogger("rankiq.qa.route")
 
@@ -52,11 +51,10 @@ def _options() -> QAOptions:
     from rankiq.service.settings import ServiceSettings, read_limits
 
     st = ServiceSettings.from_env()
-    env = os.environ.get
     return QAOptions(
-        model_dir=st.models_dir / (env("RANKIQ_QA_MODEL") or DEFAULT_MODEL),
-        thresholds_file=Path(env("RANKIQ_QA_THRESHOLDS")) if env("RANKIQ_QA_THRESHOLDS") else None,
-        rules_file=Path(env("RANKIQ_QA_RULES")) if env("RANKIQ_QA_RULES") else None,
+        model_dir=st.models_dir / st.qa_model,
+        thresholds_file=st.qa_thresholds,
+        rules_file=st.qa_rules,
         workers=1, threads=st.ort_threads, progress=False, textfile=False,
         limits=read_limits(st), max_slices=st.max_slices,
         max_scan_seconds=float(st.request_timeout))
@@ -247,11 +245,13 @@ def start_purger(interval_s: float = 60.0) -> None:
 def init_label_sets() -> None:
     """Create the QA series of every known label set at 0, so Prometheus sees each first
     increment (a counter series that appears at 1 loses it for ``rate``/``increase``)."""
-    from rankiq.service.qa.aggregate import FAMILIES
+    from rankiq.service.io.types import CONTRAST_FAMILIES
 
     m = service_qa_metrics()
-    model = os.environ.get("RANKIQ_QA_MODEL") or DEFAULT_MODEL
-    for family in FAMILIES:
+    from rankiq.service.settings import ServiceSettings
+
+    model = ServiceSettings.from_env().qa_model
+    for family in CONTRAST_FAMILIES:
         for flagged in ("true", "false"):
             m.series.labels(flagged=flagged, contrast=family, model=model)
     for status in ("completed", "failed"):

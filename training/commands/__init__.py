@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from rankiq.service.commands import register_modules
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
 
 COMMAND_MODULES = (
     "rankiq.training.commands.simulate_cmd",  # rankiq simulate / bench simulate

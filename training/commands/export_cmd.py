@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
 
 
 def add_commands(reg: Registry) -> None:
@@ -39,7 +39,7 @@ def add_commands(reg: Registry) -> None:
 
 def export(args: argparse.Namespace) -> int:
     """Handler of ``rankiq export``."""
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     require("torch", "export")
     require("onnx", "export")
@@ -58,7 +58,7 @@ def export(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Handler of ``rankiq bench score``."""
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     require("torch", "bench score")
     from rankiq.training.export.bench import bench_score, format_table

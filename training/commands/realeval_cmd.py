@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any
 
 def default_models_dir() -> Path:
     """``$RANKIQ_MODELS_DIR``, else the repository's ``models/``."""
-    root = os.environ.get("RANKIQ_MODELS_DIR")
-    return Path(root) if root else Path(__file__).resolve().parents[2] / "models"
+    from rankiq.service.settings import models_dir
+
+    return models_dir()
 
 
 def add_real_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
 
 
 def _positive_int(text: str) -> int:
@@ -97,7 +97,7 @@ def _config(args: argparse.Namespace):
 
 def simulate(args: argparse.Namespace) -> int:
     """Handler of ``rankiq simulate``."""
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     require("sigpy", "simulate")
     from rankiq.training.simulate import default_workers, run
@@ -138,7 +138,7 @@ def bench(args: argparse.Namespace) -> int:
     import tempfile
 
     import numpy as np
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     require("sigpy", "bench simulate")
     from rankiq.training.simulate import default_workers, projected_minutes, run

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rankiq.service.cli import Registry
+    from rankiq.service.commands.registry import Registry
 
 MODEL_CHOICES = ("iqnet", "efficientnet", "mse", "ssim", "distill")
 
@@ -140,7 +140,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """``rankiq train``."""
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     require("torch", "train")
     _check_inputs(args)
@@ -184,7 +184,7 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """``rankiq evaluate`` (``rankiq evaluate real``: :mod:`.realeval_cmd`)."""
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     if args.runs[0] == "real":
         from rankiq.training.commands.realeval_cmd import evaluate_real
@@ -209,7 +209,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def bench_train(args: argparse.Namespace) -> int:
     """``rankiq bench train``."""
-    from rankiq.service.cli import require
+    from rankiq.service.commands.registry import require
 
     require("torch", "bench train")
     from rankiq.training.bench import bench_training, format_bench

@@ -11,7 +11,7 @@ def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parit
                calibrate=None):
     """Export a training run (``runs/NAME/``, CONTRACTS.md section 3) to ``out_dir``.
 
-    Loads the run with :func:`rankiq.training.runs.load_run` and passes its config, data
+    Loads the run with :func:`rankiq.training.factory.load_run` and passes its config, data
     fingerprint,
     seed and cross-validated accuracy into the metadata. With ``calibrate`` (a pairs file) the
     QA thresholds are calibrated on it (:mod:`rankiq.training.export.calibrate`); otherwise they are
@@ -19,7 +19,8 @@ def export_run(run_dir, out_dir, *, name=None, version="0.1.0", fold=None, parit
     """
     from pathlib import Path
 
-    from rankiq.training.runs import load_run, read_config
+    from rankiq.training.factory import load_run
+    from rankiq.training.runs import read_config
 
     if read_config(run_dir).get("model") in ("mse", "ssim"):
         raise ParityError(f"{run_dir}: metric baselines (mse/ssim) are not networks; nothing "

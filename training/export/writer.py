@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from rankiq.service.io.types import CONTRAST_FAMILIES
 from rankiq.service.models import sha256_file
 from rankiq.service.preprocess import DEFAULT_PERCENTILE, PREPROCESS_VERSION, prepare
 from rankiq.training.export.iqnet_graphs import (
@@ -37,7 +38,6 @@ from rankiq.training.models.iqnet import IQNet
 from torch import nn
 
 OPSET = 17
-CONTRAST_FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
 #: provisional QA threshold: the model's score of its phantom with this much white noise
 PROVISIONAL_NOISE = 0.05
 
