@@ -12,7 +12,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: noref-model venv serve test test-fast test-deps lint format docs models bench fuzz
-.PHONY: mutate clean
+.PHONY: typecheck mutate clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,7 @@ serve: venv
 ## whole suite (an empty suite fails: exit 5)
 test: venv test-deps
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -39,6 +40,22 @@ test: venv test-deps
 ## both targets (replay an order with PYTEST_ARGS=--randomly-seed=N; `-p no:randomly` turns it off).
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow and not torch" $(PYTEST_ARGS)
+
+## make typecheck: mypy over the serving package (configuration in pyproject.toml; mypy cannot
+## see the package-dir mapping, so the folders are linked under build/mypy/rankiq)
+typecheck: venv
+	rm -rf build/mypy && mkdir -p build/mypy/rankiq
+	ln -s ../../../rankiq/__init__.py ../../../rankiq/py.typed build/mypy/rankiq/
+	ln -s ../../../service build/mypy/rankiq/service
+	ln -s ../../../training build/mypy/rankiq/training
+	MYPYPATH=build/mypy $(BIN)/mypy -p rankiq.service
+
+## make mutate: mutation testing of the core modules with cosmic-ray, in a scratch copy of the
+## tree (long: MUTATE_SAMPLE seeded mutants per module, 0 = every mutant); prints the kill rate
+## per module (recorded in docs/benchmarks.md)
+MUTATE_SAMPLE ?= 40
+mutate: venv
+	$(BIN)/python tests/mutate.py --sample $(MUTATE_SAMPLE)
 
 ## make fuzz: the hostile-input corpus (fixed seed: byte-mutated DICOMs, every bomb kind,
 ## malformed multipart, marker strings) and schemathesis against a live 2-worker server with a

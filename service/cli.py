@@ -17,6 +17,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from rankiq.service.commands.registry import Registry, require  # noqa: F401 - re-exported
 from rankiq.service.errors import MissingDependency, RankIQError
@@ -30,7 +31,7 @@ EXIT_INTERNAL = 70
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 1 (not 2) on usage errors, keeping 2 for bad input."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

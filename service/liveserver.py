@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,7 @@ class LiveServer:
         if "RANKIQ_JOBS_DIR" not in (env or {}):
             self.env["RANKIQ_JOBS_DIR"] = str(Path(self.env["RANKIQ_STATE_DIR"]) / "jobs")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def start(self) -> LiveServer:
         cmd = [sys.executable, "-m", "bentoml", "serve", "rankiq.service.app:RankIQ",
@@ -129,7 +131,7 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 os.killpg(pgid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
             self._log = None
 

@@ -73,4 +73,7 @@ def decode_array(d: dict[str, object]) -> np.ndarray:
     """Inverse of :func:`encode_array`."""
     dt = np.dtype(str(d["dtype"])).newbyteorder("<")
     raw = base64.b64decode(str(d["data"]))
-    return np.frombuffer(raw, dtype=dt).reshape([int(s) for s in d["shape"]])  # type: ignore[union-attr]
+    shape = d["shape"]
+    if not isinstance(shape, list | tuple):
+        raise ValueError(f"encoded array: shape must be a list, not {type(shape).__name__}")
+    return np.frombuffer(raw, dtype=dt).reshape([int(s) for s in shape])

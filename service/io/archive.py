@@ -29,7 +29,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from rankiq.service.errors import (
     HostileArchive,
@@ -68,7 +68,7 @@ class Entry:
     kind: Kind
     zf: zipfile.ZipFile | None = field(default=None, compare=False, repr=False)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> IO[bytes]:
         """A binary stream of the content (streams zip members; the caller closes it)."""
         if self.member is None:
             assert self.path is not None
@@ -226,7 +226,7 @@ def _walk_file(path: str, limits: ReadLimits, named: bool) -> Iterator[Entry | R
         yield failure_of(exc, shown)
         return
     if kind != "zip":
-        yield Entry(shown, path, None, size, kind)  # type: ignore[arg-type]
+        yield Entry(shown, path, None, size, kind)
         return
     with zf:
         yield from iter_zip(zf, members, shown, path)

@@ -455,9 +455,10 @@ def order_frames(frames: list[Frame]) -> tuple[list[Frame], str, list[float] | N
         inst = f.instance_number
         return (inst is None, inst if inst is not None else 0, f.source, f.frame_index)
 
-    if all(f.position is not None and f.orientation is not None for f in frames):
-        n0 = _normal(frames[0].orientation)  # type: ignore[arg-type]
-        normals = [_normal(f.orientation) for f in frames]  # type: ignore[arg-type]
+    orientations = [f.orientation for f in frames]
+    if all(f.position is not None for f in frames) and all(o is not None for o in orientations):
+        normals = [_normal(o) for o in orientations if o is not None]
+        n0 = normals[0]
         if n0 is not None and all(n is not None and abs(float(n @ n0)) > 0.999
                                   for n in normals):
             dist = [float(np.asarray(f.position) @ n0) for f in frames]

@@ -113,8 +113,8 @@ def _parse_with_etree(xml: bytes) -> KspaceHeader:
             return None
 
     def triple(path: str) -> tuple[float, float, float] | None:
-        vals = [num(f"{path}/{a}") for a in "xyz"]
-        return None if any(v is None for v in vals) else tuple(vals)  # type: ignore[return-value]
+        x, y, z = (num(f"{path}/{a}") for a in "xyz")
+        return None if x is None or y is None or z is None else (x, y, z)
 
     def itriple(path: str) -> tuple[int, int, int] | None:
         t = triple(path)

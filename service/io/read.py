@@ -394,11 +394,11 @@ def load_series(refs: list[InstanceRef], *, limits: ReadLimits = DEFAULT_LIMITS,
                 ds = read_dataset(ref.path, ref.source, header_only=False, limits=limits)
             else:
                 path = ref.path or ""
-                zf = (zips or {}).get(path) or opened.get(path)
-                if zf is None:
-                    zf = opened[path] = zipfile.ZipFile(path)
+                archive = (zips or {}).get(path) or opened.get(path)
+                if archive is None:
+                    archive = opened[path] = zipfile.ZipFile(path)
                 try:
-                    with zf.open(ref.member) as fp:
+                    with archive.open(ref.member) as fp:
                         data = fp.read(limits.max_entry_uncompressed + 1)
                 except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
                     raise UnreadableInput(f"zip entry cannot be read ({type(exc).__name__})",

@@ -246,9 +246,10 @@ def _sources(refs: list[str], series: Any) -> list[Any] | None:
         ref = ref_from_json(text)
         where[ref.source] = ref.path
     files = list(series.source_files)
-    if len(files) != series.shape[0] or any(where.get(f) is None for f in files):
+    paths = [where.get(f) for f in files]
+    if len(files) != series.shape[0] or any(p is None for p in paths):
         return None
-    return [pydicom.dcmread(where[f], stop_before_pixels=True) for f in files]
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths if p is not None]
 
 
 def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any],
@@ -311,6 +312,7 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
                                                   threads=options.threads or 1)
                     scored = score_series(model, series, saliency=True,
                                           max_slices=options.max_slices)
+                    assert scored.saliency is not None  # asked for: saliency=True
                     maps = saliency_on_matrix(scored.saliency, series.pixels,
                                               features=model.kind == "features")
                     obj = build_saliency(sources, maps, verdict,

@@ -59,7 +59,8 @@ def ref_from_json(text: str) -> InstanceRef:
     to tuples; unknown fields ignored)."""
     data = json.loads(text)
     names = {f.name for f in dataclasses.fields(InstanceRef)}
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in data.items() if k in names}
     return InstanceRef(**fields)
 
 

@@ -107,7 +107,7 @@ def corrupt(image: np.ndarray, kind: str, severity: float, rng: np.random.Genera
         shift = 2 + 6 * severity  # px
         ky = np.fft.fftshift(np.fft.fftfreq(h))
         for s in range(k.shape[0]):
-            lines = rng.random(h) < frac
+            lines = np.asarray(rng.random(h) < frac)
             lines[int(h * 0.45):int(h * 0.55)] = False  # the centre is acquired before moving
             phase = np.exp(-2j * np.pi * ky[lines] * shift * rng.uniform(0.5, 1.0))
             k[s, lines, :] *= phase[:, None]
@@ -124,11 +124,11 @@ def _uid(rng: np.random.Generator) -> str:
 
 def _base_dataset(sop_class: str, sop_uid: str):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
