@@ -6,12 +6,15 @@ A model's ``metadata.json`` may carry a ``domain`` written at export from its tr
      "spacing_mm": [lo, hi],          # in-plane pixel spacing, mm
      "feature_mean": [...],           # features models: mean of the training features (F,)
      "feature_precision": [[...]],    # inverse covariance (F, F) of the training features
-     "distance_p99": d}               # 99th percentile of the training Mahalanobis distances
+     "distance_p99": d,               # 99th percentile of the training Mahalanobis distances
+     "distance_cut": c}               # beyond it a slice is out of distribution (default p99)
 
 Reasons (short codes, in this order): ``not_mr`` (the Modality is not MR), ``matrix_too_small``
 / ``matrix_too_large``, ``spacing_too_small`` / ``spacing_too_large`` (when the spacing is
 known), ``features_out_of_distribution`` (features models: the median slice is farther from the
-training features than 99 % of the training slices). Scores out of range are still returned:
+training features than ``distance_cut``, 1.25 times the farthest training slice, which
+includes heavily corrupted ones: a cartoon, a photograph or a non-MR image is out, a badly
+blurred MR image is in and gets flagged). Scores out of range are still returned:
 callers label them (HTTP, CLI) or report the series as not assessable (batch QA).
 """
 
@@ -59,6 +62,7 @@ def check_range(model: ScoringModel, series: ImageSeries, x: np.ndarray,
         keep = ~np.asarray(blank, bool)
         if keep.any():
             dist = mahalanobis(np.asarray(x)[keep], domain)
-            if float(np.median(dist)) > float(domain["distance_p99"]):
+            cut = float(domain.get("distance_cut", domain["distance_p99"]))
+            if float(np.median(dist)) > cut:
                 reasons.append("features_out_of_distribution")
     return not reasons, tuple(reasons)

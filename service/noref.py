@@ -245,16 +245,22 @@ class FeatureInput:
 
 
 def prepare_features(pixels: np.ndarray) -> FeatureInput:
-    """``(S, H, W)`` magnitude slices -> :class:`FeatureInput` (one slice at a time)."""
-    grids = np.stack([analysis_grid(p) for p in pixels]) if len(pixels) else np.zeros((0, 1, 1))
-    feats = np.zeros((len(grids), len(FEATURES)), np.float32)
-    empty = np.zeros(len(grids), bool)
-    for i, g in enumerate(grids):
+    """``(S, H, W)`` magnitude slices -> :class:`FeatureInput` (one slice at a time; slices
+    whose analysis grids differ, e.g. by their zero borders, are centre-padded to the largest
+    for ``grids``)."""
+    own = [analysis_grid(p) for p in pixels]
+    feats = np.zeros((len(own), len(FEATURES)), np.float32)
+    empty = np.zeros(len(own), bool)
+    for i, g in enumerate(own):
         try:
             feats[i] = features(g)
         except ValueError:
             empty[i] = True
-    return FeatureInput(feats, empty, grids.astype(np.float32, copy=False))
+    side = max((g.shape[0] for g in own), default=1)
+    grids = np.zeros((len(own), side, side), np.float32)
+    for i, g in enumerate(own):
+        grids[i] = center_pad(g, (side, side))
+    return FeatureInput(feats, empty, grids)
 
 
 def evidence_maps(x: np.ndarray) -> np.ndarray:

@@ -115,3 +115,97 @@ def test_mahalanobis_and_domain_reasons() -> None:
     assert not ok and "matrix_too_small" in reasons
     series.modality = "CT"
     assert "not_mr" in check_range(_M(), series, np.zeros((1, 1)), np.zeros(1, bool))[1]  # type: ignore[arg-type]
+
+
+# -- the shipped no-reference model ------------------------------------------------------------
+
+def _shipped() -> rankiq.service.models.ScoringModel:
+    m = rankiq.load_model("iqnet-noref")
+    if m.kind != "features":
+        pytest.skip("the shipped no-reference model is not a features model")
+    return m
+
+
+def _realistic(seed: int, matrix: int) -> np.ndarray:
+    from rankiq.training import realistic
+
+    rng = np.random.default_rng(seed)
+    while True:
+        acq = realistic.acquire(rng, corrupt=False)
+        if acq.info["matrix"] >= matrix and not acq.info["post"].get("zip2"):
+            break
+    from rankiq.service.preprocess import to_grid
+
+    return np.maximum(to_grid(acq.truth, (matrix, matrix)), 0)
+
+
+@pytest.mark.torch
+def test_shipped_score_is_invariant_within_5_percent() -> None:
+    model = _shipped()
+    img = _realistic(3, 256)
+    base = rankiq.score(img, model=model).median
+    variants = {"scale": img * 1234.5, "flip": img[::-1], "flop": img[:, ::-1],
+                "rot90": np.rot90(img), "rot270": np.rot90(img, 3),
+                "fov_padding": np.pad(img, ((20, 60), (40, 0)))}
+    for name, v in variants.items():
+        assert rankiq.score(np.ascontiguousarray(v), model=model).median == pytest.approx(
+            base, rel=0.05), name
+
+
+@pytest.mark.torch
+def test_shipped_score_of_512_and_256_acquisitions_agree_within_10_percent() -> None:
+    from rankiq.service.preprocess import to_grid
+
+    model = _shipped()
+    img512 = _realistic(5, 512)
+    img256 = np.maximum(to_grid(img512, (256, 256)), 0)
+    a = rankiq.score(img512, model=model).median
+    b = rankiq.score(img256, model=model).median
+    assert a == pytest.approx(b, rel=0.10)
+
+
+def test_shipped_score_is_the_same_for_every_dicom_encoding() -> None:
+    model = _shipped()
+    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm",
+             "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm"]
+    scores = [rankiq.score(pydicom.data.get_testdata_file(n), model=model).median
+              for n in names]
+    np.testing.assert_allclose(scores, scores[0], rtol=1e-5)
+
+
+@pytest.mark.torch
+def test_shipped_noise_is_worse_than_clean_and_compare_agrees() -> None:
+    from rankiq.training.realdata import real_images
+
+    model = _shipped()
+    found = real_images(["matplotlib-head-sagittal"])
+    if not found:
+        pytest.skip("matplotlib's sample MR slice is not installed")
+    x = found[0].image.astype(np.float64)
+    rng = np.random.default_rng(0)
+    tissue = float(x[x > np.percentile(x, 50)].mean())
+    scores = []
+    for level in (0.0, 0.03, 0.06, 0.10):
+        n = level * tissue * (rng.standard_normal(x.shape) + 1j * rng.standard_normal(x.shape))
+        scores.append(rankiq.score(np.abs(x + n / np.sqrt(2)).astype(np.float32),
+                                   model=model).median)
+    assert all(b > a for a, b in zip(scores, scores[1:], strict=False)), scores
+    noisy = np.abs(x + 0.1 * tissue * rng.standard_normal(x.shape)).astype(np.float32)
+    cmp = rankiq.compare(x.astype(np.float32), noisy, model=model)
+    assert cmp.probabilities[0] > cmp.probabilities[2]  # a (clean) better, as its score says
+    offset = rankiq.score((x + 0.2 * x.max()).astype(np.float32), model=model).median
+    assert offset > 0 and np.isfinite(offset)
+
+
+def test_shipped_answer_carries_threshold_flag_and_range() -> None:
+    from rankiq.service.scoring import series_json
+
+    model = _shipped()
+    r = rankiq.score(pydicom.data.get_testdata_file("MR_small.dcm"), model=model, saliency=True)
+    j = series_json(r, png=False, raw=False)
+    assert isinstance(j["in_range"], bool) and isinstance(j["range_reasons"], list)
+    assert j["threshold"] is not None and j["threshold"] > 0
+    assert j["flagged"] in (True, False, None)
+    assert (j["flagged"] is None) == (not j["in_range"])
+    assert r.saliency is not None and r.saliency.shape[0] == 1
+    assert float(r.saliency.sum()) == pytest.approx(r.median, rel=1e-3)

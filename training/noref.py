@@ -14,14 +14,17 @@ is fitted so that, *within one acquisition*, more corruption always scores highe
    corruption types, each at ``LEVELS`` random increasing levels drawn from ``RANGES``),
    applied to the truth's k-space. Optionally (``teacher``) every image is also scored by the
    reference-subtracted IQ-Net against its truth, which orders images of *different* types.
-2. Fit (:func:`fit`): a mean of ``members`` small MLPs (F -> ``hidden`` softplus -> 1) on the
-   standardised features, trained full-batch with L-BFGS in float64 on a pairwise logistic
+2. Fit (:func:`fit`): a mean of ``members`` small MLPs (F -> ``hidden`` softplus -> 1, plus a
+   linear term in the features, so the score never goes flat) on the standardised features,
+   trained full-batch with L-BFGS in float64 on a pairwise logistic
    loss: (clean < every corrupted copy), (lower level < higher level of a type), (the
    teacher's order across types, weight 0.3, where the teacher's scores differ by 2x), and
    (clean acquisitions < moderately corrupted copies of *other* acquisitions, weight 0.5: this
    puts all acquisitions on one scale). Deterministic for its seed.
-3. Scale: the shipped score is ``exp(raw - raw_clean_median)``: a clean realistic acquisition
-   scores about 1, and the score is a ratio scale (2 = twice as far from clean).
+3. Scale: the shipped score is ``2 ** ((raw - m) / (q - m))`` with ``m`` the median and
+   ``q`` the 95 % quantile of the clean training acquisitions' raw scores: a clean realistic
+   acquisition scores 1 at the median and 2 at the 95 % quantile, whatever its contrast,
+   matrix or SNR (one scale; the default QA threshold is 2).
 
 Arrays: features float64 ``(N, F)``; scores float64 ``(N,)``.
 """
@@ -46,6 +49,9 @@ RANGES: dict[str, tuple[float, float]] = {
 LEVELS = 4
 #: index (0-based, of LEVELS) from which a copy counts as "moderately corrupted"
 MODERATE = 2
+#: the quantile of the clean training acquisitions' scores that is put at 2 (and is the QA
+#: threshold): clean acquisitions score 1 at the median, 2 at this quantile
+CLEAN_QUANTILE = 0.95
 
 
 @dataclass
@@ -164,7 +170,15 @@ def build_dataset(n: int, seed: int, *, workers: int = 1, teacher: bool = True,
                    np.asarray(ks), np.asarray(ls), np.asarray(ts, np.float64), info)
 
 
-def ranking_pairs(ds: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: pairs of (clean, moderately corrupted copy of another acquisition) per clean acquisition,
+#: and their weight: what puts every acquisition on one scale
+ACROSS_PAIRS = 4
+ACROSS_WEIGHT = 0.5
+
+
+def ranking_pairs(ds: Dataset, seed: int, *, across: int = ACROSS_PAIRS,
+                  across_weight: float = ACROSS_WEIGHT
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(better, worse, weight)`` index arrays of the pairs :func:`fit` learns from."""
     rng = np.random.default_rng(seed)
     a: list[int] = []
@@ -189,49 +203,59 @@ def ranking_pairs(ds: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
                     b.append(j)
                     w.append(0.3)
     if clean_idx.size and moderate.size:  # one scale across acquisitions
-        m = 4 * clean_idx.size
+        m = across * clean_idx.size
         ci, mi = rng.choice(clean_idx, m), rng.choice(moderate, m)
         keep = ds.group[ci] != ds.group[mi]
         a += ci[keep].tolist()
         b += mi[keep].tolist()
-        w += [0.5] * int(keep.sum())
+        w += [across_weight] * int(keep.sum())
     return np.asarray(a), np.asarray(b), np.asarray(w)
 
 
 @dataclass
 class FittedScorer:
-    """A fitted no-reference scorer: ``score(f) = exp(mean_k mlp_k((f - mu) / sd) - offset)``.
+    """A fitted no-reference scorer: ``score(f) = exp(scale * (raw(f) - offset))`` with
+    ``raw(f) = mean_k mlp_k((f - mu) / sd)``.
 
     Attributes:
         mu, sd: float64 ``(F,)`` standardisation; ``layers``: per member
-        ``(W1 (H, F), b1 (H,), w2 (H,), b2)``; ``offset``: median raw score of clean training
-        acquisitions.
+        ``(W1 (H, F), b1 (H,), w2 (H,), b2)``; ``linear``: ``(F,)`` the members' mean linear
+        term (it keeps the score moving where every softplus unit is flat, e.g. for images
+        cleaner than any in training); ``offset``: median raw score of the clean
+        training acquisitions (they score 1); ``scale``: ``ln 2`` over the distance from that
+        median to their :data:`CLEAN_QUANTILE` quantile (which then scores 2).
     """
 
     mu: np.ndarray
     sd: np.ndarray
     layers: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]
+    linear: np.ndarray | None = None
     offset: float = 0.0
+    scale: float = 1.0
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, np.float64) - self.mu) / self.sd
         out = np.zeros(len(z))
         for w1, b1, w2, b2 in self.layers:
             out += np.logaddexp(0.0, z @ w1.T + b1) @ w2 + b2
-        return out / len(self.layers)
+        out /= len(self.layers)
+        if self.linear is not None:
+            out += z @ self.linear
+        return out
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        return np.exp(self.raw(x) - self.offset)
+        return np.exp(self.scale * (self.raw(x) - self.offset))
 
 
 def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = 3,
-        weight_decay: float = 1e-3, train: np.ndarray | None = None) -> FittedScorer:
+        weight_decay: float = 1e-3, train: np.ndarray | None = None,
+        across: int = ACROSS_PAIRS, across_weight: float = ACROSS_WEIGHT) -> FittedScorer:
     """Fit :class:`FittedScorer` on the pairs of :func:`ranking_pairs` (``train``: bool mask
     over acquisitions used, default all)."""
     import torch
 
     keep_group = np.ones(ds.group.max() + 1, bool) if train is None else train
-    a, b, w = ranking_pairs(ds, seed)
+    a, b, w = ranking_pairs(ds, seed, across=across, across_weight=across_weight)
     sel = keep_group[ds.group[a]] & keep_group[ds.group[b]]
     a, b, w = a[sel], b[sel], w[sel]
     rows = keep_group[ds.group]
@@ -240,18 +264,21 @@ def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = 3,
     z = torch.tensor((ds.x - mu) / sd)
     ta, tb, tw = torch.tensor(a), torch.tensor(b), torch.tensor(w)
     layers = []
+    linear = np.zeros(z.shape[1])
     for m in range(members):
         torch.manual_seed(seed * 1000 + m)
         net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], hidden), torch.nn.Softplus(),
                                   torch.nn.Linear(hidden, 1)).double()
-        opt = torch.optim.LBFGS(net.parameters(), max_iter=400, line_search_fn="strong_wolfe")
+        skip = torch.nn.Linear(z.shape[1], 1, bias=False).double()
+        params = [*net.parameters(), *skip.parameters()]
+        opt = torch.optim.LBFGS(params, max_iter=400, line_search_fn="strong_wolfe")
 
-        def closure(net: torch.nn.Module = net, opt: torch.optim.Optimizer = opt
-                    ) -> torch.Tensor:
+        def closure(net: torch.nn.Module = net, skip: torch.nn.Module = skip,
+                    opt: torch.optim.Optimizer = opt, params: list = params) -> torch.Tensor:
             opt.zero_grad()
-            s = net(z).squeeze(-1)
+            s = (net(z) + skip(z)).squeeze(-1)
             loss = (torch.nn.functional.softplus(s[ta] - s[tb]) * tw).sum() / tw.sum()
-            loss = loss + weight_decay * sum((p ** 2).sum() for p in net.parameters())
+            loss = loss + weight_decay * sum((p ** 2).sum() for p in params)
             loss.backward()
             return loss
 
@@ -260,16 +287,19 @@ def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = 3,
         l1, l2 = net[0], net[2]
         layers.append((l1.weight.detach().numpy().copy(), l1.bias.detach().numpy().copy(),
                        l2.weight.detach().numpy()[0].copy(), float(l2.bias.item())))
-    scorer = FittedScorer(mu, sd, layers)
-    clean = rows & (ds.kind == "clean")
-    scorer.offset = float(np.median(scorer.raw(ds.x[clean])))
+        linear += skip.weight.detach().numpy()[0] / members
+    scorer = FittedScorer(mu, sd, layers, linear)
+    raw = scorer.raw(ds.x[rows & (ds.kind == "clean")])
+    scorer.offset = float(np.median(raw))
+    spread = float(np.quantile(raw, CLEAN_QUANTILE)) - scorer.offset
+    scorer.scale = math.log(2.0) / spread if spread > 0 else 1.0
     return scorer
 
 
 def pair_accuracy(scorer: FittedScorer, ds: Dataset, groups: np.ndarray, seed: int = 0
                   ) -> dict[str, float]:
     """Fraction of :func:`ranking_pairs` (within ``groups``) ordered right, by pair family."""
-    a, b, w = ranking_pairs(ds, seed)
+    a, b, w = ranking_pairs(ds, seed, across_weight=0.5)
     sel = groups[ds.group[a]] & groups[ds.group[b]]
     s = scorer.raw(ds.x)
     ok = s[a[sel]] < s[b[sel]]

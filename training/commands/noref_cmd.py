@@ -20,10 +20,12 @@ if TYPE_CHECKING:
     from rankiq.service.cli import Registry
     from rankiq.training.noref import Dataset, FittedScorer
 
-#: QA threshold rule: this quantile of the clean acquisitions' scores, per contrast family
-CLEAN_QUANTILE = 0.95
-#: families with fewer clean acquisitions than this use the all-family value
-MIN_FAMILY = 30
+FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
+#: bumped whenever the simulated data change (realistic acquisitions, ladders, features):
+#: a --cache written by another version is rebuilt, not reused
+DATASET_VERSION = "2"
+#: a slice is out of distribution beyond this multiple of the largest training distance
+DISTANCE_MARGIN = 1.25
 
 
 def add_commands(reg: Registry) -> None:
@@ -40,6 +42,8 @@ def add_commands(reg: Registry) -> None:
                                    "the classifier's 'similar' band")
     p.add_argument("--consensus", help="consensus CSV for --pairs (`rankiq panel --consensus`)")
     p.add_argument("--report", help="write the build report (JSON) here too")
+    p.add_argument("--cache", help="dataset cache (.npz): reused when it exists and matches "
+                                   "--acquisitions/--seed/--no-teacher, else written")
     p.add_argument("--no-teacher", action="store_true",
                    help="skip the reference IQ-Net's cross-type order (faster; for tests)")
 
@@ -50,31 +54,28 @@ def _progress(done: int, total: int) -> None:
 
 
 def thresholds(scorer: FittedScorer, ds: Dataset) -> tuple[dict[str, float], dict[str, Any]]:
-    """QA thresholds per family by the stated rule, and the flag rates they give on the
-    simulated data (clean, moderately corrupted)."""
-    from rankiq.training.noref import MODERATE
+    """The QA threshold (one for every contrast family: one scale) and the flag rates it gives
+    on the simulated data (clean, moderately corrupted; overall, per family, per type)."""
+    from rankiq.training.noref import CLEAN_QUANTILE, MODERATE
 
     s = scorer.score(ds.x)
     fam = np.array([_family(ds.info[g]["contrast"]) for g in ds.group])
     clean = ds.kind == "clean"
-    overall = float(np.quantile(s[clean], CLEAN_QUANTILE))
-    out = {"other": overall}
-    for f in ("T1", "T1post", "T2", "FLAIR"):
-        m = clean & (fam == f)
-        out[f] = float(np.quantile(s[m], CLEAN_QUANTILE)) if m.sum() >= MIN_FAMILY else overall
-    limit = np.array([out.get(f, overall) for f in fam])
+    limit = float(np.quantile(s[clean], CLEAN_QUANTILE))
     moderate = (~clean) & (ds.level > MODERATE)
-    rates = {"clean_flagged": float((s[clean] > limit[clean]).mean()),
-             "moderate_flagged": float((s[moderate] > limit[moderate]).mean()),
-             "moderate_flagged_by_type": {
-                 t: float((s[moderate & (ds.kind == t)] > limit[moderate & (ds.kind == t)]).mean())
-                 for t in np.unique(ds.kind[moderate])}}
-    rule = (f"per contrast family, the {CLEAN_QUANTILE:.0%} quantile of the scores of clean "
-            "realistic simulated acquisitions (families with fewer than "
-            f"{MIN_FAMILY} use all families' value); 'moderate' = ladder levels "
-            f"{MODERATE + 1}..4 of 4")
-    return out, {"rule": rule, "simulated_flag_rates": rates,
-                 "n_clean": int(clean.sum())}
+
+    def rate(m: np.ndarray) -> float | None:
+        return float((s[m] > limit).mean()) if m.any() else None
+
+    rates = {"clean_flagged": rate(clean), "moderate_flagged": rate(moderate),
+             "clean_flagged_by_family": {f: rate(clean & (fam == f)) for f in FAMILIES},
+             "moderate_flagged_by_type": {t: rate(moderate & (ds.kind == t))
+                                          for t in np.unique(ds.kind[moderate])}}
+    rule = (f"the {CLEAN_QUANTILE:.0%} quantile of the scores of the clean realistic simulated "
+            "acquisitions (all contrasts: one scale), the same for every family; 'moderate' = "
+            f"ladder levels {MODERATE + 1}..4 of 4")
+    return {f: limit for f in FAMILIES}, {"rule": rule, "simulated_flag_rates": rates,
+                                          "n_clean": int(clean.sum())}
 
 
 def _family(contrast: str) -> str:
@@ -94,7 +95,11 @@ def domain(ds: Dataset) -> dict[str, Any]:
                          "spacing_mm": [round(min(spacing), 3), round(max(spacing), 3)],
                          "feature_mean": mu.tolist(),
                          "feature_precision": np.linalg.inv(cov).tolist()}
-    d["distance_p99"] = float(np.quantile(mahalanobis(ds.x, d), 0.99))
+    dist = mahalanobis(ds.x, d)
+    d["distance_p99"] = float(np.quantile(dist, 0.99))
+    # out of distribution = farther than any training image by a margin: the training images
+    # include heavily corrupted ones, which must stay assessable (and flagged)
+    d["distance_cut"] = float(DISTANCE_MARGIN * dist.max())
     return d
 
 
@@ -181,9 +186,31 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 5) -> list[dict[str, f
     return out
 
 
+def cached_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset, from ``--cache`` when it was built with the same settings (a long build is
+    then not lost to a later failure), else built (and cached)."""
+    from rankiq.training.noref import Dataset, build_dataset
+
+    key = f"{DATASET_VERSION}:{args.acquisitions}:{args.seed}:{not args.no_teacher}"
+    if args.cache and Path(args.cache).exists():
+        z = np.load(args.cache, allow_pickle=False)
+        if str(z["key"]) == key:
+            print(f"dataset from {args.cache}", file=sys.stderr)
+            return Dataset(z["x"], z["group"], z["kind"], z["level"], z["teacher"],
+                           json.loads(str(z["info"])))
+    ds = build_dataset(args.acquisitions, args.seed, workers=args.workers,
+                       teacher=not args.no_teacher, progress=_progress)
+    if args.cache:
+        tmp = Path(str(args.cache) + ".partial.npz")
+        np.savez(tmp, key=key, x=ds.x, group=ds.group, kind=ds.kind, level=ds.level,
+                 teacher=ds.teacher, info=json.dumps(ds.info))
+        tmp.replace(args.cache)
+    return ds
+
+
 def run(args: argparse.Namespace) -> int:
     from rankiq.training.export.noref_export import export_noref
-    from rankiq.training.noref import build_dataset, fit, pair_accuracy
+    from rankiq.training.noref import fit, pair_accuracy
     from scipy.stats import spearmanr
 
     if args.acquisitions < 10:
@@ -193,8 +220,7 @@ def run(args: argparse.Namespace) -> int:
         print("rankiq train-noref: --pairs and --consensus go together", file=sys.stderr)
         return 2
     print(f"simulating {args.acquisitions} acquisitions (seed {args.seed})", file=sys.stderr)
-    ds = build_dataset(args.acquisitions, args.seed, workers=args.workers,
-                       teacher=not args.no_teacher, progress=_progress)
+    ds = cached_dataset(args)
     n_groups = int(ds.group.max()) + 1
     held = np.arange(n_groups) % 5 == 0
     # held-out accuracy and rebuild stability, on acquisitions the fits never saw
@@ -217,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
     report = {"model": meta["name"], "version": meta["version"],
               "sha256": meta["files"]["score.onnx"], "training": training,
               "qa_thresholds": thr, "qa_calibration": cal,
-              "domain": {k: dom[k] for k in ("matrix", "spacing_mm", "distance_p99")}}
+              "domain": {k: dom[k] for k in ("matrix", "spacing_mm", "distance_p99",
+                                             "distance_cut")}}
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:

@@ -1,4 +1,4 @@
-"""IQ-Net: the paper's 5,562-parameter scoring network (see ../shared/design/reference-facts.md).
+"""IQ-Net: the paper's 5,562-parameter scoring network (see docs/paper.md).
 
 Input ``x`` is what :func:`rankiq.service.preprocess.prepare` calls the network input: the
 reference-subtracted difference (reference mode) or the normalised image (no-reference mode),

@@ -1,0 +1,78 @@
+"""`rankiq train-noref` end to end on a tiny dataset, and the realistic acquisitions it uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rankiq
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+def test_realistic_acquisitions_are_deterministic_and_noisy() -> None:
+    from rankiq.training.realistic import MATRIX, acquire
+
+    a = acquire(np.random.default_rng(11), corrupt=True)
+    b = acquire(np.random.default_rng(11), corrupt=True)
+    np.testing.assert_array_equal(a.truth, b.truth)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert MATRIX[0] <= a.info["matrix"] <= MATRIX[1]
+    side = a.truth.shape[0]
+    corner = a.truth[: side // 10, : side // 10]
+    if a.info["post"]["mask"] == 0:
+        assert corner.mean() > 0  # the truth carries its own thermal noise floor
+
+
+def test_ladder_images_are_graded() -> None:
+    from rankiq.training.noref import LEVELS, TYPES, ladder_images
+    from rankiq.training.realistic import acquire
+
+    rng = np.random.default_rng(4)
+    truth = acquire(rng, corrupt=False).truth
+    imgs = ladder_images(truth, rng)
+    assert len(imgs) == 1 + LEVELS * len(TYPES)
+    for kind in TYPES:
+        ladder = [im for k, _, im in imgs if k == kind]
+        err = [float(np.sqrt(np.mean((im - truth) ** 2))) for im in ladder]
+        assert err[-1] > err[0], kind  # the last level is farther from the truth
+
+
+def test_train_noref_builds_a_loadable_model(tmp_path: Path) -> None:
+    out = tmp_path / "noref"
+    report = tmp_path / "report.json"
+    cache = tmp_path / "ds.npz"
+    cmd = [sys.executable, "-m", "rankiq.service.cli", "train-noref", "--out", str(out),
+           "--acquisitions", "10", "--no-teacher", "--workers", "1", "--report", str(report),
+           "--cache", str(cache)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(report.read_text())
+    assert set(rep["qa_thresholds"]) >= {"T1", "T2", "other"}
+    assert 0 <= rep["qa_calibration"]["simulated_flag_rates"]["clean_flagged"] <= 1
+    model = rankiq.load_model(out)
+    assert model.kind == "features" and model.mode == "no-reference"
+    stack = np.stack([np.pad(np.ones((40, 40), np.float32), 12),
+                      np.pad(np.ones((50, 44), np.float32), ((7, 7), (10, 10)))])
+    res = rankiq.score(stack + 0.01, model=model)  # slices whose grids differ are fine
+    assert res.scores.shape == (2,) and np.isfinite(res.scores).all()
+    # the cache is reused: a second build gives the same model bytes
+    out2 = tmp_path / "noref2"
+    cmd2 = [*cmd[:cmd.index("--out") + 1], str(out2), *cmd[cmd.index("--out") + 2:]]
+    r2 = subprocess.run(cmd2, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0 and "dataset from" in r2.stderr
+    m1 = json.loads((out / "metadata.json").read_text())["files"]["score.onnx"]
+    m2 = json.loads((out2 / "metadata.json").read_text())["files"]["score.onnx"]
+    assert m1 == m2
+
+
+def test_train_noref_refuses_bad_arguments(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "rankiq.service.cli", "train-noref", "--out",
+                        str(tmp_path / "m"), "--acquisitions", "3"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
