@@ -70,6 +70,10 @@ def self_check(model: ScoringModel) -> None:
     if model.has_saliency:
         sal = score_series(model, img, reference, saliency=True)
         want = (1, model.channels, *model.grid)
+        if model.kind == "features":  # saliency on the slice's own analysis grid
+            from rankiq.service.noref import analysis_grid
+
+            want = (1, 1, *analysis_grid(img.pixels[0]).shape)
         if sal.saliency is None or sal.saliency.shape != want:
             raise RuntimeError(f"{model.name}: saliency shape "
                                f"{None if sal.saliency is None else sal.saliency.shape} != {want}")
