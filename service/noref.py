@@ -165,14 +165,16 @@ def _echo(lap: np.ndarray, valid: np.ndarray) -> float:
     y = np.where(valid, lap, 0.0)
     y = y - y[valid].mean() if valid.any() else y
     n = y.shape[0]
-    f = scipy.fft.rfft2(y, s=(2 * n, 2 * n))
-    ac = scipy.fft.irfft2(np.abs(f) ** 2, s=(2 * n, 2 * n))
+    top = max(4, n // 4)
+    # zero padding to n + top makes the circular autocorrelation exact for lags up to top
+    m = scipy.fft.next_fast_len(n + top + 1, real=True)
+    f = scipy.fft.rfft2(y, s=(m, m))
+    ac = scipy.fft.irfft2(np.abs(f) ** 2, s=(m, m))
     if ac[0, 0] <= 0:
         return 0.0
-    m = 2 * n
     d = np.minimum(np.arange(m), m - np.arange(m))  # circular lag per axis
     lag = np.hypot(d[:, None], d[None, :])
-    ring = (lag >= 3) & (lag <= max(4, n // 4))
+    ring = (lag >= 3) & (lag <= top)
     r = float(ac[ring].max()) / float(ac[0, 0])
     r = min(max(r, 0.0), 0.999)
     return math.atanh(r)
