@@ -192,3 +192,65 @@ def test_blank_slices_are_detected_and_passed_through_as_zeros(with_reference):
     p = prepare(img, ref, grid=GRID)
     assert p.empty.tolist() == [True, False, False, True]
     assert np.all(p.network_input[[0, 3]] == 0) and np.isfinite(p.network_input).all()
+
+
+# -- geometry and layout details ------------------------------------------------------------------
+
+def test_matrix_bounds_are_inclusive():
+    from rankiq.service.preprocess import MAX_MATRIX, MIN_MATRIX
+
+    assert (MIN_MATRIX, MAX_MATRIX) == (16, 4096)
+    assert prepare(np.ones((16, 16)), grid=GRID).network_input.shape == (1, 1, *GRID)
+    for bad in ((15, 16), (16, 15)):
+        with pytest.raises(InvalidImage, match="matrix"):
+            prepare(np.ones(bad), grid=GRID)
+
+
+def _resample_reference(x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """fftshift -> centred crop -> centred zero-pad -> ifftshift, intensity-preserving."""
+    n = x.shape[-1]
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"),
+                        axes=(-2, -1))
+    out = np.zeros((*x.shape[:-2], *grid), np.complex128)
+    src, dst = [], []
+    for t in grid:
+        m = min(n, t)
+        src.append(slice((n - m) // 2, (n - m) // 2 + m))
+        dst.append(slice((t - m) // 2, (t - m) // 2 + m))
+    out[..., dst[0], dst[1]] = k[..., src[0], src[1]]
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(out, axes=(-2, -1)), norm="ortho"),
+                           axes=(-2, -1)) * np.sqrt(grid[0] * grid[1] / (n * n))
+
+
+@pytest.mark.parametrize(("n", "grid"), [(48, (33, 35)), (33, (48, 47)), (31, (31, 64))])
+def test_fourier_resampling_matches_shift_crop_pad(n, grid):
+    """to_grid's one-scatter spectrum map equals the plain fftshift -> centred crop -> centred
+    zero-pad -> ifftshift recipe, odd sizes included."""
+    from rankiq.service.preprocess import to_grid
+
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((2, n, n)) + 1j * rng.standard_normal((2, n, n))).astype(np.complex64)
+    np.testing.assert_allclose(to_grid(x, grid), _resample_reference(x, grid), atol=1e-5)
+    np.testing.assert_allclose(to_grid(x.real, grid), _resample_reference(x.real, grid).real,
+                               atol=1e-5)
+
+
+def test_complex_input_gives_real_and_imaginary_channels():
+    img, ref = _images()
+    p = prepare(img, ref, grid=(48, 48), input_kind="complex")
+    assert p.image.shape == p.reference.shape == (2, 2, 48, 48) and p.image.dtype == np.float32
+    from rankiq.service.preprocess import robust_max
+
+    ref_n = ref / robust_max(ref)[:, None, None]
+    np.testing.assert_allclose(p.reference[:, 0], ref_n.real, atol=1e-6)
+    np.testing.assert_allclose(p.reference[:, 1], ref_n.imag, atol=1e-6)
+    mag = prepare(img, ref, grid=(48, 48))
+    assert mag.image.shape == (2, 1, 48, 48)
+    np.testing.assert_allclose(mag.reference[:, 0], np.abs(ref) / robust_max(np.abs(ref))[
+        :, None, None], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["amplitude", "phase", "Complex", ""])
+def test_unknown_input_kind_is_refused(kind):
+    with pytest.raises(ValueError, match="input_kind"):
+        prepare(np.ones((32, 32)), grid=GRID, input_kind=kind)

@@ -43,6 +43,10 @@ def _fresh(server, method: str, path: str, **kw) -> requests.Response:
 def test_two_workers_aggregate_custom_series(server):
     workers = {_fresh(server, "GET", "/models").json()["worker"]["pid"] for _ in range(40)}
     assert len(server.pids()) >= 2
+    # counts since now: other tests of this module may already have used the server
+    start = _fresh(server, "GET", "/metrics").text
+    slices0, scores0, rejected0 = (_sample_sum(start, name) for name in (
+        "rankiq_slices_scored_total", "rankiq_score_count", "rankiq_inputs_rejected_total"))
     base = mr_small()
     sent_slices = 0
     served_by: set[int] = set()
@@ -60,9 +64,9 @@ def test_two_workers_aggregate_custom_series(server):
     # every scrape, whichever worker answers it, sees the sum over both workers
     for _ in range(6):
         text = _fresh(server, "GET", "/metrics").text
-        assert _sample_sum(text, "rankiq_slices_scored_total") == sent_slices
-        assert _sample_sum(text, "rankiq_score_count") == sent_slices
-        assert _sample_sum(text, "rankiq_inputs_rejected_total") == 3
+        assert _sample_sum(text, "rankiq_slices_scored_total") - slices0 == sent_slices
+        assert _sample_sum(text, "rankiq_score_count") - scores0 == sent_slices
+        assert _sample_sum(text, "rankiq_inputs_rejected_total") - rejected0 == 3
         info = [ln for ln in text.splitlines() if ln.startswith("rankiq_model_info{")]
         assert len(info) == 2  # one per model, merged over the workers (livemax)
         assert all('provider="' in ln and ln.endswith(" 1.0") for ln in info)
