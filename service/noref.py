@@ -153,8 +153,8 @@ def _reach(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
 
 def _ghost(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
     """Anisotropy of the air beside the foreground (see ``ghost`` in the module docstring)."""
-    cols = fg.any(axis=0)[None, :] & air  # above/below the object
-    rows = fg.any(axis=1)[:, None] & air  # left/right of it
+    cols = fg.any(axis=0)[None, :] & air  # type: ignore[index]  # above/below the object
+    rows = fg.any(axis=1)[:, None] & air  # type: ignore[index]  # left/right of it
     if cols.sum() < 32 or rows.sum() < 32:
         return 0.0
     return abs(math.log((float(x[cols].mean()) + _EPS) / (float(x[rows].mean()) + _EPS)))
