@@ -11,17 +11,15 @@ thresholds and how they were derived.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from rankiq.service.models import sha256_file
 from rankiq.service.noref import ANALYSIS_MAX, FEATURES
 from rankiq.service.preprocess import PREPROCESS_VERSION
-from rankiq.training.export.writer import OPSET, to_onnx
+from rankiq.training.export.writer import OPSET, seal, staged_model_dir, to_onnx
 from rankiq.training.noref import FittedScorer
 from torch import nn
 
@@ -59,47 +57,42 @@ def export_noref(scorer: FittedScorer, out_dir: str | Path, *, name: str, versio
     Raises:
         RuntimeError: ONNX Runtime disagrees with the NumPy scorer (nothing is written).
     """
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        module = FeatureScore(scorer).eval()
-        with torch.no_grad():
-            (tmp / "score.onnx").write_bytes(
-                to_onnx(module, torch.zeros(1, len(FEATURES)), ["score"]))
-        sess = ort.InferenceSession(str(tmp / "score.onnx"), providers=["CPUExecutionProvider"])
-        got = sess.run(["score"], {"x": check.astype(np.float32)})[0].astype(np.float64)
-        want = scorer.score(check.astype(np.float32))
-        rel = float(np.max(np.abs(got - want) / np.maximum(want, 1e-12)))
-        if not rel < 1e-4:
-            raise RuntimeError(f"score.onnx differs from the NumPy scorer (max rel {rel:.2e})")
-        (tmp / "classifier.json").write_text(json.dumps(classifier, indent=1) + "\n")
-        meta: dict[str, Any] = {
-            "format": "rankiq-model-1", "name": name, "version": version,
-            "mode": "no-reference", "kind": "features", "input_kind": "magnitude",
-            "features": list(FEATURES), "grid": [ANALYSIS_MAX, ANALYSIS_MAX],
-            "preprocess_version": PREPROCESS_VERSION, "score_direction": "lower_is_better",
-            "trained": True, "saliency": True,
-            "architecture": {"model": "noref-features", "members": len(scorer.layers),
-                             "hidden": int(scorer.layers[0][0].shape[0]),
-                             "parameters": int(sum(m[0].size + m[1].size + m[2].size + 1
-                                                   for m in scorer.layers) + len(scorer.mu))},
-            "training": training, "domain": domain,
-            "qa_thresholds": thresholds, "qa_thresholds_provisional": False,
-            "qa_calibration": calibration,
-            "parity": {"score.onnx": {"max_relative_error": rel, "n": int(len(check))}},
-            "exported_with": {"torch": torch.__version__, "opset": OPSET},
-        }
-        (tmp / "MODEL_CARD.md").write_text(model_card(meta))
-        meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+    return staged_model_dir(Path(out_dir), lambda d: _write(
+        d, scorer, name=name, version=version, classifier=classifier, domain=domain,
+        thresholds=thresholds, calibration=calibration, training=training, check=check))
+
+
+def _write(d: Path, scorer: FittedScorer, *, name: str, version: str,
+           classifier: dict[str, Any], domain: dict[str, Any], thresholds: dict[str, float],
+           calibration: dict[str, Any], training: dict[str, Any], check: np.ndarray
+           ) -> dict[str, Any]:
+    module = FeatureScore(scorer).eval()
+    with torch.no_grad():
+        (d / "score.onnx").write_bytes(to_onnx(module, torch.zeros(1, len(FEATURES)), ["score"]))
+    sess = ort.InferenceSession(str(d / "score.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["score"], {"x": check.astype(np.float32)})[0].astype(np.float64)
+    want = scorer.score(check.astype(np.float32))
+    rel = float(np.max(np.abs(got - want) / np.maximum(want, 1e-12)))
+    if not rel < 1e-4:
+        raise RuntimeError(f"score.onnx differs from the NumPy scorer (max rel {rel:.2e})")
+    (d / "classifier.json").write_text(json.dumps(classifier, indent=1) + "\n")
+    meta: dict[str, Any] = {
+        "format": "rankiq-model-1", "name": name, "version": version,
+        "mode": "no-reference", "kind": "features", "input_kind": "magnitude",
+        "features": list(FEATURES), "grid": [ANALYSIS_MAX, ANALYSIS_MAX],
+        "preprocess_version": PREPROCESS_VERSION, "score_direction": "lower_is_better",
+        "trained": True, "saliency": True,
+        "architecture": {"model": "noref-features", "members": len(scorer.layers),
+                         "hidden": int(scorer.layers[0][0].shape[0]),
+                         "parameters": int(sum(m[0].size + m[1].size + m[2].size + 1
+                                               for m in scorer.layers) + len(scorer.mu))},
+        "training": training, "domain": domain,
+        "qa_thresholds": thresholds, "qa_thresholds_provisional": False,
+        "qa_calibration": calibration,
+        "parity": {"score.onnx": {"max_relative_error": rel, "n": int(len(check))}},
+        "exported_with": {"torch": torch.__version__, "opset": OPSET},
+    }
+    return seal(d, meta, model_card(meta))
 
 
 def model_card(meta: dict[str, Any]) -> str:

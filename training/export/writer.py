@@ -15,6 +15,7 @@ import io
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,18 +147,33 @@ def export_model(scorer: nn.Module, classifier: RankClassifier, out_dir: str | P
         raise ValueError(f"mode must be 'reference' or 'no-reference', not {mode!r}")
     grid = (int(grid[0]), int(grid[1]))
     extra = dict(extra_metadata or {})
-    out_dir = Path(out_dir)
+    return staged_model_dir(Path(out_dir), lambda tmp: _export_into(
+        scorer, classifier, tmp, name=name, version=version, mode=mode, input_kind=input_kind,
+        grid=grid, extra=extra, seed=parity_seed))
+
+
+def staged_model_dir(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Build a model directory in a scratch folder beside ``out_dir`` (``fill(tmp)`` writes
+    it and returns its metadata), then move it into place: a failed export never leaves a
+    half-written model behind."""
     tmp = out_dir.parent / f".{out_dir.name}.export-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        meta = _export_into(scorer, classifier, tmp, name=name, version=version, mode=mode,
-                            input_kind=input_kind, grid=grid, extra=extra, seed=parity_seed)
+        meta = fill(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def seal(d: Path, meta: dict[str, Any], card: str) -> dict[str, Any]:
+    """Write ``MODEL_CARD.md``, then ``metadata.json`` with the SHA-256 of every other file."""
+    (d / "MODEL_CARD.md").write_text(card)
+    meta["files"] = {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file()}
+    (d / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -230,7 +246,4 @@ def _export_into(scorer: nn.Module, classifier: RankClassifier, d: Path, *, name
                           "opset": OPSET},
     }
     meta.update(extra)
-    (d / "MODEL_CARD.md").write_text(model_card(meta))
-    meta["files"] = {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file()}
-    (d / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+    return seal(d, meta, model_card(meta))
