@@ -185,3 +185,20 @@ def test_file_and_member_names_never_appear_in_failures(tmp_path):
     for f in result.failures:
         assert MARKER not in str(f) and f.source.startswith("file-")
     assert Path(path).exists()
+
+
+def test_default_limits_are_the_documented_values():
+    """The defaults are part of the contract (the table in docs/inputs.md): a change
+    must be deliberate."""
+    from rankiq.service.io.limits import DEFAULT_LIMITS
+
+    gib, mib = 1024**3, 1024**2
+    assert (DEFAULT_LIMITS.max_bytes, DEFAULT_LIMITS.max_zip_entries,
+            DEFAULT_LIMITS.max_total_uncompressed, DEFAULT_LIMITS.max_entry_uncompressed,
+            DEFAULT_LIMITS.max_compression_ratio, DEFAULT_LIMITS.ratio_check_min_bytes) == (
+        2 * gib, 100_000, 8 * gib, 2 * gib, 200.0, 65_536)
+    assert (DEFAULT_LIMITS.max_slices, DEFAULT_LIMITS.max_matrix, DEFAULT_LIMITS.max_coils,
+            DEFAULT_LIMITS.max_series_bytes, DEFAULT_LIMITS.max_decoded_bytes,
+            DEFAULT_LIMITS.max_inflated_bytes, DEFAULT_LIMITS.max_series,
+            DEFAULT_LIMITS.max_instances, DEFAULT_LIMITS.max_read_seconds) == (
+        4096, 4096, 128, 512 * mib, 2 * gib, 512 * mib, 10_000, 100_000, None)
