@@ -10,17 +10,13 @@ version in ``make test``.
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from dataclasses import dataclass, field
 
-import h5py
 import numpy as np
 import requests
 from helpers_io import dicom_bytes, mr_dataset, uid
-from pydicom.encaps import encapsulate
-from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+from rankiq.service.bombs import bombs as service_bombs
 from test_service_hardening import MARKER, marked_slice, marked_zip
 
 ROUTES = ("/score", "/compare", "/qa/submit")
@@ -38,39 +34,10 @@ class Case:
     content_type: str = ""
 
 
-def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def bombs() -> dict[str, bytes]:
-    """One small file per bomb kind (each a few kB; decoded, each would cost a worker GiBs)."""
-    out = {}
-    ds = mr_dataset(np.zeros((2048, 2048)), series_uid=uid("deflate"))
-    ds.PatientName = f"{MARKER}^Deflate"
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    out["deflate"] = dicom_bytes(ds)
-    ds = mr_dataset(np.ones((16, 16)), series_uid=uid("rle"))
-    ds.Rows = ds.Columns = 4096
-    ds.NumberOfFrames = 8
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    ds.PixelData = encapsulate([b"\0" * 64] * 8)
-    out["rle_frames"] = dicom_bytes(ds)
-    out["zip_ratio"] = _zip({f"{MARKER}/m{i}.dcm": bytes(1024 * 1024) for i in range(20)})
-    out["zip_tiny_series"] = _zip({
-        f"{MARKER}/s{i}.dcm": dicom_bytes(mr_dataset(np.ones((1, 1)),
-                                                     series_uid=uid(f"tiny-{i}")))
-        for i in range(600)})
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        f.create_dataset("kspace", shape=(2, 16, 2048, 2048), dtype=np.complex64,
-                         chunks=(1, 1, 256, 256), fillvalue=1 + 1j)
-    out["hdf5_fill"] = buf.getvalue()
-    out["frames_zero"] = _frames_zero()
-    return out
+    """One small file per bomb kind (each a few kB; decoded, each would cost a worker GiBs):
+    :func:`rankiq.service.bombs.bombs` with the marker, and a NumberOfFrames=0 file."""
+    return {**service_bombs(MARKER), "frames_zero": _frames_zero()}
 
 
 def _frames_zero() -> bytes:

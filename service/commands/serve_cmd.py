@@ -7,6 +7,12 @@ with reference), each beside the in-process scorer's rate on the same bytes in t
 (``read_upload`` + ``score_series`` + the JSON answer: the ratio is the HTTP overhead); then
 slices/s for a 20-slice series zip over HTTP vs in-process; and the server's resident memory
 (workers summed) before and after, optionally over a ``--soak`` of extra requests.
+
+Then the peak worker memory per input class (a normal slice, the 20-slice zip and each bomb of
+:mod:`rankiq.service.bombs`): ``--memory-requests`` sequential requests of each, the RSS of every
+worker process sampled with psutil every 10 ms while they run; each peak is set beside the
+largest allowed decoded series (``RANKIQ_MAX_SERIES_BYTES``) and the goal of at most 4x that,
+and the worker RSS after the classes and after the soak shows whether memory comes back.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def add_commands(reg: Registry) -> None:
                    help="requests of the 20-slice zip (default 20)")
     b.add_argument("--soak", type=int, default=0,
                    help="extra single-slice requests before the final memory reading")
+    b.add_argument("--memory-requests", type=int, default=3,
+                   help="requests per input class for the peak-RSS table (default 3; 0 skips)")
     b.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
     b.add_argument("--url", default=None,
                    help="bench a running server instead of starting one (no RSS then)")
@@ -215,6 +223,82 @@ def _in_process_rate(models: dict[str, Any], image: bytes, reference: bytes | No
     return n / (time.perf_counter() - t0)
 
 
+class PeakRss:
+    """Samples the resident memory of processes every ``interval_s`` s in a thread while open
+    (context manager); ``peak`` is the largest RSS of any one of them seen (bytes)."""
+
+    def __init__(self, pids: list[int], interval_s: float = 0.01) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(p) for p in pids]
+        self.interval_s = interval_s
+        self.peak = 0
+        self.samples = 0
+        self._stop = False
+        self._thread: Any = None
+
+    def sample(self) -> int:
+        """The largest RSS of the processes now (bytes; a process gone counts 0)."""
+        import contextlib
+
+        import psutil
+
+        best = 0
+        for p in self.procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                best = max(best, p.memory_info().rss)
+        return best
+
+    def _run(self) -> None:
+        import time
+
+        while not self._stop:
+            self.peak = max(self.peak, self.sample())
+            self.samples += 1
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self.peak = self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def memory_classes(inputs: dict[str, bytes]) -> dict[str, bytes]:
+    """The uploads of the peak-RSS table: a normal slice, the 20-slice zip, each bomb kind."""
+    from rankiq.service.bombs import bombs
+
+    return {"DICOM slice 256x256": inputs["slice"], "20-slice zip": inputs["zip"],
+            **{f"bomb: {k}": v for k, v in bombs().items()}}
+
+
+def measure_peaks(base: str, pids: list[int], uploads: dict[str, bytes], *, repeats: int,
+                  headers: dict[str, str]) -> list[dict[str, Any]]:
+    """For each upload, ``repeats`` sequential ``POST /score`` with the worker RSS sampled every
+    10 ms; rows of name, upload bytes, statuses, worker RSS before and peak (bytes)."""
+    import requests
+
+    rows = []
+    for name, data in uploads.items():
+        statuses: set[int] = set()
+        with PeakRss(pids) as rss:
+            before = rss.peak
+            for _ in range(repeats):
+                r = requests.post(base + "/score", files={"image": ("image", data)},
+                                  headers=headers, timeout=300)
+                statuses.add(r.status_code)
+        rows.append({"name": name, "bytes": len(data), "statuses": sorted(statuses),
+                     "before": before, "peak": rss.peak, "samples": rss.samples})
+    return rows
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Handler of ``rankiq bench serve``."""
     import contextlib
@@ -270,6 +354,11 @@ def run_bench(args: argparse.Namespace) -> int:
                           requests_total=args.series_requests, headers=headers)
         zip_ip = _in_process_rate(models, inputs["zip"], None, saliency=False,
                                   n=max(3, args.series_requests // 4))
+        peaks = []
+        if server and args.memory_requests > 0:
+            peaks = measure_peaks(base, server.pids(), memory_classes(inputs),
+                                  repeats=args.memory_requests, headers=headers)
+        rss_classes = server.rss_bytes() if server else 0
         rss_mid = 0
         for half in (args.soak // 2, args.soak - args.soak // 2) if args.soak else ():
             _closed_loop(base + "/score", {"image": inputs["slice"]}, {}, clients=args.clients,
@@ -287,7 +376,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{'20-slice zip (slices/s)':42s} {http_sps:8.1f} {zr['p50']:8.1f} {zr['p99']:8.1f} "
           f"{ip_sps:10.1f} {http_sps / ip_sps:12.2f} {zr['errors']:6d}")
     if rss0:
-        total = (args.requests * len(rows) + args.series_requests + args.soak)
+        total = (args.requests * len(rows) + args.series_requests + args.soak
+                 + args.memory_requests * len(peaks))
         print(f"\nserver RSS (workers summed): {rss0 / 2**20:.1f} MiB before, "
               f"{rss1 / 2**20:.1f} MiB after {total} requests "
               f"({100 * (rss1 - rss0) / rss0:+.1f} %)")
@@ -296,5 +386,23 @@ def run_bench(args: argparse.Namespace) -> int:
                   f"{rss1 / 2**20:.1f} MiB after the second {args.soak - args.soak // 2} "
                   f"({100 * (rss1 - rss_mid) / rss_mid:+.1f} %; BentoML keeps each request's "
                   f"context for RANKIQ_REQUEST_TIMEOUT s, so RSS first rises, then levels off)")
+    if peaks:
+        series = int(info.get("limits", {}).get("max_series_bytes") or settings.max_series_bytes)
+        goal = 4 * series
+        print(f"\npeak worker RSS per input class ({args.memory_requests} requests each, "
+              f"sampled every 10 ms); largest allowed decoded series "
+              f"(RANKIQ_MAX_SERIES_BYTES) {series / 2**20:.0f} MiB, goal <= 4x = "
+              f"{goal / 2**20:.0f} MiB")
+        print(f"{'input class':28s} {'upload KiB':>10s} {'status':>8s} {'before MiB':>10s} "
+              f"{'peak MiB':>9s} {'+MiB':>7s} {'peak/series':>11s} {'<= 4x':>6s}")
+        for p in peaks:
+            st = "/".join(str(c) for c in p["statuses"])
+            print(f"{p['name']:28s} {p['bytes'] / 1024:10.1f} {st:>8s} "
+                  f"{p['before'] / 2**20:10.1f} {p['peak'] / 2**20:9.1f} "
+                  f"{(p['peak'] - p['before']) / 2**20:+7.1f} {p['peak'] / series:11.2f} "
+                  f"{'yes' if p['peak'] <= goal else 'NO':>6s}")
+        print(f"worker RSS (workers summed): {rss0 / 2**20:.1f} MiB after warm-up, "
+              f"{rss_classes / 2**20:.1f} MiB after the input classes, "
+              f"{rss1 / 2**20:.1f} MiB after the soak ({args.soak} requests)")
     bad = sum(r["errors"] for _, r, _ in rows) + zr["errors"]
     return 0 if bad == 0 else 1
