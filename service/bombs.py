@@ -35,13 +35,13 @@ def mr_slice(stored: np.ndarray, *, series: str, patient: str = "BOMB^TEST") -> 
     """A classic MR Image Storage data set (pydicom ``FileDataset``) holding int16 ``stored``
     values ``(rows, cols)``, in Explicit VR Little Endian; ``series`` labels its series UID."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     stored = np.asarray(stored, dtype=np.int16)
     sop = _uid(f"{series}-sop")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop
+    meta.MediaStorageSOPClassUID = UID(MR_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = MR_IMAGE_STORAGE

@@ -66,12 +66,13 @@ class LiveServer:
                     "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
         self._tmp = tempfile.TemporaryDirectory(prefix="rankiq-server-")
         self.log_path = Path(self._tmp.name) / "server.log"
-        # BentoML empties its prometheus multiprocess dir (under BENTOML_HOME) at every start:
-        # a private home keeps concurrent servers from wiping each other's metrics
-        if "BENTOML_HOME" not in (env or {}):
-            self.env["BENTOML_HOME"] = str(Path(self._tmp.name) / "bentoml")
-        # as `rankiq serve` does: this instance's own state (QA jobs) unless told otherwise
+        # as `rankiq serve` does: this instance's own state (QA jobs, BentoML's home with its
+        # result store and metrics) unless told otherwise. BentoML empties its prometheus
+        # multiprocess dir at every start: a private home keeps concurrent servers from wiping
+        # each other's metrics
         self.env.setdefault("RANKIQ_STATE_DIR", str(Path(self._tmp.name) / "state"))
+        if "BENTOML_HOME" not in (env or {}):
+            self.env["BENTOML_HOME"] = str(Path(self.env["RANKIQ_STATE_DIR"]) / "bentoml")
         if "RANKIQ_JOBS_DIR" not in (env or {}):
             self.env["RANKIQ_JOBS_DIR"] = str(Path(self.env["RANKIQ_STATE_DIR"]) / "jobs")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -35,8 +35,10 @@ PACS credentials (``RANKIQ_DICOMWEB_TOKEN``, or ``RANKIQ_DICOMWEB_USER`` and
 Inputs above a limit are refused with 413, never truncated. Where patient data rests: uploads
 live in BentoML's request temp files while a request runs (deleted after it), QA job inputs
 and outputs under ``RANKIQ_STATE_DIR/jobs`` (or ``RANKIQ_JOBS_DIR``) until
-``RANKIQ_RETENTION`` seconds after the job ended, and QA results in BentoML's result store
-(``RANKIQ_STATE_DIR/bentoml``), which holds hashed names and scores only.
+``RANKIQ_RETENTION`` seconds after the job ended, and QA answers (hashed names and scores
+only) in BentoML's result store (``RANKIQ_STATE_DIR/bentoml``) for as long (with 0, until
+BentoML's own 24 h cleanup); the request bodies BentoML stores there with each QA task are
+scrubbed at submit (see ``docs/operations.md``, "Where patient data rests").
 """
 
 from __future__ import annotations

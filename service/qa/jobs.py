@@ -282,6 +282,73 @@ def store_result(task_id: str, response: dict[str, Any], *, failed: bool,
         return cur.rowcount == 1
 
 
+#: what a task's stored request becomes (BentoML's JSON request serialisation, no body, no headers)
+EMPTY_REQUEST = json.dumps({"scope": {"type": "http", "method": "POST", "path": "/qa/submit",
+                                      "headers": []}, "content": ""})
+
+
+def _open_store(path: str) -> sqlite3.Connection:
+    """A connection to the result store that overwrites what it deletes (``secure_delete``:
+    freed pages and cells are zeroed, so old bodies do not linger in the file's free space)."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    db.execute("PRAGMA secure_delete = ON")
+    return db
+
+
+def _truncate_wal(db: sqlite3.Connection) -> bool:
+    """Copy the write-ahead log into the database and empty it (its old frames hold the rows
+    as first written); False when a reader kept it from completing (retried by the purger)."""
+    try:
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error:
+        return False
+    return bool(busy) and busy[0] == 0
+
+
+def scrub_request(task_id: str, store: str | None = None) -> bool:
+    """Replace the request BentoML stored with task ``task_id`` (the whole multipart body, i.e.
+    the uploads, and the request headers, i.e. the token) by an empty one, overwriting the old
+    bytes. The job's own copy of the uploads (``inputs/``, purged with the job) is what recovery
+    uses; BentoML only reads the stored request for ``/qa/retry``, which then has nothing to
+    run and fails. Returns whether a row was scrubbed."""
+    path = store or _store_path()
+    if not path or path == ":memory:" or not Path(path).exists():
+        return False
+    db = _open_store(path)
+    try:
+        n = db.execute("UPDATE result SET input = ? WHERE task_id = ? AND name = ?",
+                       (EMPTY_REQUEST.encode(), task_id, TASK_NAME)).rowcount
+        _truncate_wal(db)
+    finally:
+        db.close()
+    return n == 1
+
+
+def forget_results(retention_s: float, store: str | None = None, *,
+                   now: dt.datetime | None = None) -> int:
+    """Delete the ``qa`` tasks whose answer was stored more than ``retention_s`` seconds ago
+    from BentoML's result store (it keeps them 24 h otherwise), overwriting them, and empty
+    its write-ahead log. ``retention_s`` 0 deletes nothing: the answer stays readable (it
+    holds scores and hashes, no upload; see ``docs/operations.md``). Returns rows deleted."""
+    path = store or _store_path()
+    if not path or path == ":memory:" or not Path(path).exists():
+        return 0
+    db = _open_store(path)
+    try:
+        n = 0
+        if retention_s > 0:
+            cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=retention_s)
+            try:
+                n = db.execute("DELETE FROM result WHERE name = ? AND completed_at IS NOT NULL "
+                               "AND completed_at < ?", (TASK_NAME, cutoff)).rowcount
+            except sqlite3.OperationalError:  # no table yet
+                n = 0
+        _truncate_wal(db)
+    finally:
+        db.close()
+    return n
+
+
 def _open_tasks(store: str) -> dict[str, dt.datetime]:
     """``qa`` tasks of the result store without an answer yet: task id -> created (UTC)."""
     with sqlite3.connect(store, timeout=30) as db:

@@ -7,8 +7,10 @@ give the state and, once completed, the result: the same per-series table as ``q
 (``series``, ``skipped``, ``failed``, ``summary``, ``model``, ``thresholds``) plus ``job_id``.
 
 Settings (environment): ``RANKIQ_JOBS_DIR`` (job directories, default
-``$RANKIQ_STATE_DIR/jobs``), ``RANKIQ_RETENTION`` (seconds a finished job's files stay, 0 =
-deleted as soon as the job ends; its result stays in BentoML's result store),
+``$RANKIQ_STATE_DIR/jobs``), ``RANKIQ_RETENTION`` (seconds a finished job's files and its
+answer in BentoML's result store stay, 0 = files deleted as soon as the job ends, the answer
+kept readable; the request body BentoML stores with each task, i.e. the uploads, is scrubbed as
+soon as the job is saved),
 ``RANKIQ_QA_THRESHOLDS`` and ``RANKIQ_QA_RULES`` (site files, as ``rankiq qa --thresholds`` /
 ``--rules``), ``RANKIQ_QA_MODEL`` (model name, default ``iqnet-noref``) and the service's
 ``RANKIQ_MODELS_DIR`` / ``RANKIQ_ORT_THREADS``. Jobs survive a worker restart: see
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,12 @@ from typing import Any
 from rankiq.service.qa.jobs import (
     accept_job,
     create_job,
+    forget_results,
     jobs_dir,
     purge_expired,
     purge_job,
     run_job,
+    scrub_request,
     start_recovery,
 )
 from rankiq.service.qa.metrics import QAMetrics, make_qa_metrics
@@ -216,6 +221,11 @@ class QAJobRecorder:
                     except Exception as exc:  # noqa: BLE001 - the task still runs from its files
                         log.error("QA job %s not saved at submit: %s", task_id,
                                   type(exc).__name__)
+                    try:  # the uploads rest in the job (purged by retention), not in the store
+                        await to_thread.run_sync(lambda: scrub_request(task_id))
+                    except (OSError, sqlite3.Error) as exc:
+                        log.error("QA job %s request not scrubbed: %s", task_id,
+                                  type(exc).__name__)
             await send(message)
 
         await self.app(scope, replay, record)
@@ -235,7 +245,8 @@ def start_purger(interval_s: float = 60.0) -> None:
         while True:
             try:
                 purge_expired(jobs_dir(), retention)
-            except OSError as exc:
+                forget_results(retention)
+            except (OSError, sqlite3.Error) as exc:
                 log.error("QA job purge failed: %s", type(exc).__name__)
             time.sleep(max(1.0, min(interval_s, retention or interval_s)))
 
