@@ -2,7 +2,8 @@
 
 Serve with ``rankiq serve`` (or ``bentoml serve service.app:RankIQ``). Routes:
 
-* ``POST /score`` (multipart): ``image`` file, optional ``reference`` file, ``saliency`` flag.
+* ``POST /score`` (multipart): ``image`` file, optional ``reference`` file, ``saliency`` flag
+  (maps on the scan's matrix); ``?format=dicom``: the SR and saliency map as DICOM parts.
 * ``POST /compare`` (multipart): ``image_a``, ``image_b``, optional ``reference``.
 * ``GET /models``: loaded models, their metadata, provider, limits, this worker.
 * ``GET /livez``, ``GET /readyz`` (ready after the models loaded and passed the self-check),
@@ -28,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 from rankiq.service.guard import FormSpec, RequestGuard
 from rankiq.service.metrics import bound_http_metric_paths
 from rankiq.service.qa.route import QAJobRecorder
 from rankiq.service.settings import ServiceSettings
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 # BentoML reads a service's configuration (workers, threads, timeout) when the class is
@@ -238,31 +240,71 @@ class RankIQ:
     # `Optional[Path]` fails at import on an unhashable annotation). Pydantic does not validate
     # the default, so an absent field is None.
     @bentoml.api(route="/score")
-    def score(self, image: Path, reference: Path = None,  # type: ignore[assignment]
+    def score(self, image: Path, ctx: bentoml.Context,
+              reference: Path = None,  # type: ignore[assignment]
               saliency: bool = False) -> dict[str, Any]:
         """Score an image (a DICOM file, a zip of one DICOM series, or a fastMRI / ISMRMRD HDF5
-        k-space file); with ``reference`` the reference model scores ``image`` against it."""
+        k-space file); with ``reference`` the reference model scores ``image`` against it.
 
-        def work() -> dict[str, Any]:
-            from rankiq.service.scoring import score_series, select_model, series_json
+        Saliency (``saliency=true``) is answered on the scan's own matrix. ``?format=dicom``
+        answers the DICOM SR and saliency Parametric Map of the series instead of JSON
+        (``multipart/related; type="application/dicom"``:
+        :func:`rankiq.service.results_dicom.dicom_answer`).
+        """
+        answer = ctx.request.query_params.get("format", "json")
+        if answer not in ("json", "dicom"):
+            self.metrics.reject("bad_request")
+            ctx.response.status_code = 400  # with a ctx BentoML answers ctx's status
+            return error_response(400, "bad_request",  # type: ignore[return-value]
+                                  "query parameter format: json or dicom")
+
+        def work() -> Any:
+            import dataclasses
+
+            from rankiq.service.scoring import (
+                saliency_to_input,
+                score_series,
+                select_model,
+                series_json,
+            )
 
             t0 = time.perf_counter()
             budget = self._budget()
             img = self._read(image, "image", budget)
             ref = self._read(reference, "reference", budget)
+            if answer == "dicom":
+                from rankiq.service.results_dicom import upload_sources
+
+                # the headers first: a non-DICOM upload is refused before any scoring
+                sources = upload_sources(Path(image).read_bytes(), img, "image")
             t1 = time.perf_counter()
             model = select_model(self.models, reference=ref is not None)
-            result = score_series(model, img, ref, saliency=saliency,
+            result = score_series(model, img, ref, saliency=saliency or answer == "dicom",
                                   max_slices=self.settings.max_slices)
             self._observe(result)
+            if result.saliency is not None:  # back from the model's grid to the scan's matrix
+                result = dataclasses.replace(
+                    result, saliency=saliency_to_input(result.saliency, img.pixels,
+                                                       features=model.kind == "features"),
+                    display=np.abs(img.pixels).astype(np.float32, copy=False))
+            if answer == "dicom":
+                from importlib.metadata import version
+
+                from rankiq.service.results_dicom import dicom_answer
+
+                return dicom_answer(sources, result, software_version=version("rankiq"))
             out = series_json(result)
             out["input_kind"] = img.kind
             out["timings_ms"] = {"read": round((t1 - t0) * 1000, 3), **out["timings_ms"],
                                  "request": round((time.perf_counter() - t0) * 1000, 3)}
             return out
 
-        # an API may answer a Starlette Response (the error shape) instead of its declared type
-        return self._guarded("/score", work)  # type: ignore[return-value]
+        # an API may answer a Starlette Response (the error shape, the DICOM parts) instead of
+        # its declared type; with a ctx parameter BentoML gives it ctx's status
+        out = self._guarded("/score", work)
+        if isinstance(out, Response):
+            ctx.response.status_code = out.status_code
+        return out  # type: ignore[return-value]
 
     @bentoml.api(route="/compare")
     def compare(self, image_a: Path, image_b: Path,

@@ -29,7 +29,7 @@ _ANSWERS = {
     "401": "Missing or wrong bearer token (when RANKIQ_API_TOKEN is set)",
     "413": "Too large: the body above RANKIQ_MAX_UPLOAD_BYTES, or the images above a read "
            "budget (decoded pixels, slices, files, time)",
-    "415": "Not multipart/form-data",
+    "415": "Not multipart/form-data; for /score?format=dicom: k-space, not DICOM images",
     "422": "The input cannot be scored (unreadable, unsupported, several series, CT...); for "
            "a QA task: the job failed",
     "503": "Not ready: models not loaded or their self-check failed",
@@ -98,12 +98,31 @@ def api_document(base: dict[str, Any], *, version: str, auth: bool) -> dict[str,
                 if path in ("/score", "/compare", "/qa"):
                     responses["422"] = _error("422")
                     responses["503"] = _error("503")
+            if path == "/score" and method == "post":
+                _score_formats(op)
             if path == "/qa/get":
                 responses["422"] = _error("422")
             if path in ("/qa/status", "/qa/get"):
                 responses["404"] = {"description": "Unknown task id", "content": {
                     "application/json": {"schema": {"type": "object"}}}}
     return doc
+
+
+def _score_formats(op: dict[str, Any]) -> None:
+    """``POST /score?format=dicom``: the query parameter and the DICOM answer (multipart)."""
+    op.setdefault("parameters", []).append({
+        "name": "format", "in": "query", "required": False,
+        "description": "json (default): the scores; dicom: the DICOM Structured Report (TID "
+                       "1500) and saliency Parametric Map of the series, as multipart/related "
+                       "(one application/dicom part each, the SR first; DICOM uploads with one "
+                       "instance per slice and a FrameOfReferenceUID)",
+        "schema": {"type": "string", "enum": ["json", "dicom"], "default": "json"}})
+    ok = op["responses"].setdefault("200", {"description": "Successful Response"})
+    ok.setdefault("content", {})["multipart/related"] = {"schema": {
+        "type": "string", "format": "binary",
+        "description": 'with format=dicom: type="application/dicom", two parts (SR, '
+                       "Parametric Map), the body of a DICOMweb STOW-RS request"}}
+    op["responses"]["400"]["description"] += "; format neither json nor dicom"
 
 
 def api_page(doc: dict[str, Any]) -> str:

@@ -216,30 +216,11 @@ def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bo
         the pixel area ratio (so a slice's total is the same on either grid); zero outside
         the analysed region.
     """
-    from scipy.ndimage import zoom
+    from rankiq.service.scoring import saliency_to_input
 
     s = np.asarray(saliency, np.float64)
-    mag = np.sqrt((s ** 2).sum(axis=1))  # (S, G, G)
-    n, rows, cols = pixels.shape
-    out = np.zeros((n, rows, cols), np.float32)
-    for i in range(n):
-        if features:
-            px = np.abs(pixels[i])
-            r, c = np.flatnonzero(px.any(axis=1)), np.flatnonzero(px.any(axis=0))
-            if not (r.size and c.size):
-                continue
-            r0, r1, c0, c1 = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
-        else:
-            r0, r1, c0, c1 = 0, rows, 0, cols
-        h, w = r1 - r0, c1 - c0
-        side = max(h, w)
-        g = mag[i]
-        if g.shape[0] != side:
-            g = zoom(g, side / g.shape[0], order=1, grid_mode=True, mode="nearest")
-            g = g[:side, :side] * (mag[i].size / float(side * side))
-        top, left = (side - h) // 2, (side - w) // 2  # where analysis_grid / to_grid padded
-        out[i, r0:r1, c0:c1] = np.maximum(g[top:top + h, left:left + w], 0)
-    return out
+    mag = np.sqrt((s ** 2).sum(axis=1))[:, None]  # (S, 1, G, G)
+    return np.maximum(saliency_to_input(mag, pixels, features=features)[:, 0], 0)
 
 
 def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerdict, *,
@@ -284,3 +265,107 @@ def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerd
     if "Laterality" in sources[0]:  # General Series, type 2C: the source's, never guessed
         pm.Laterality = sources[0].Laterality
     return pm
+
+
+# -- the HTTP answer (POST /score?format=dicom) ---------------------------------------------------
+
+def upload_sources(data: bytes, series: Any, field: str) -> list[Any]:
+    """The source headers (pydicom datasets, no pixels) of each slice of an uploaded series, in
+    slice order: the one DICOM file, or the zip members the slices were read from.
+
+    Args:
+        data: the upload's bytes (a DICOM file or a zip of one series).
+        series: the :class:`rankiq.service.io.types.ImageSeries` read from ``data``.
+        field: the form field (for messages).
+
+    Raises:
+        UnsupportedInput: k-space (HDF5): there are no source images to reference.
+        InvalidImage: a multi-frame source (the objects reference one instance per slice).
+    """
+    import io
+    import zipfile
+
+    import pydicom
+    from rankiq.service.errors import InvalidImage, UnsupportedInput
+
+    if series.kind != "dicom":
+        raise UnsupportedInput("format=dicom needs DICOM images (a file or a zip of one "
+                               "series): k-space has no images to reference", source=field)
+    files = list(series.source_files)
+    if len(files) != int(series.pixels.shape[0]):
+        raise InvalidImage("format=dicom needs one instance per slice (multi-frame images are "
+                           "not supported)", source=field)
+    if files == [field]:  # one uploaded DICOM file
+        return [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = zf.infolist()
+        out = []
+        for name in files:
+            # the member's display name is "<field>!<1-based position>-<hash>"
+            index = int(name.rsplit("!", 1)[1].split("-", 1)[0])
+            with zf.open(infos[index - 1]) as fp:
+                out.append(pydicom.dcmread(fp, stop_before_pixels=True))
+    return out
+
+
+def verdict_of(result: Any) -> SeriesVerdict:
+    """The :class:`SeriesVerdict` of a :class:`rankiq.service.scoring.SeriesScore` (the model's
+    threshold on the median, as the JSON answer's ``threshold`` and ``flagged``)."""
+    keep = result.scores[~result.blank].astype(np.float64)
+    if not result.in_range or result.flagged is None:
+        status, flagged, rule = "not_assessable", False, ""
+    else:
+        status = "flagged" if result.flagged else "passed"
+        flagged, rule = bool(result.flagged), "model_threshold" if result.flagged else ""
+    m = result.model
+    return SeriesVerdict(scores=tuple(float(s) for s in result.scores), median=result.median,
+                         p90=float(np.percentile(keep, 90)), threshold=result.threshold,
+                         status=status, flagged=flagged, rule=rule, model=str(m["name"]),
+                         model_version=str(m["version"]), model_sha256=str(m.get("sha256", "")))
+
+
+def dicom_answer(sources: Sequence[Any], result: Any, *, software_version: str) -> Any:
+    """``POST /score?format=dicom``: the SR and the saliency Parametric Map of one series as a
+    ``multipart/related; type="application/dicom"`` response (the body of a DICOMweb STOW-RS
+    request or WADO-RS answer: one DICOM file per part).
+
+    Args:
+        sources: the source headers in slice order (:func:`upload_sources`).
+        result: the :class:`rankiq.service.scoring.SeriesScore`, its saliency already on the
+            scan's matrix (:func:`rankiq.service.scoring.saliency_to_input`).
+        software_version: RankIQ's version.
+
+    Raises:
+        InvalidImage: source headers from which the objects cannot be built (no frame of
+            reference, say).
+    """
+    import io
+    import uuid
+
+    from rankiq.service.errors import InvalidImage
+    from starlette.responses import Response
+
+    if any("FrameOfReferenceUID" not in ds for ds in sources):
+        raise InvalidImage("format=dicom: the images have no FrameOfReferenceUID, so a saliency "
+                           "map cannot be placed on them (it is never invented)", source="image")
+    verdict = verdict_of(result)
+    maps = np.sqrt(np.sum(np.square(result.saliency, dtype=np.float64), axis=1))
+    try:
+        objects = [build_sr(sources, verdict, software_version=software_version),
+                   build_saliency(sources, maps.astype(np.float32), verdict,
+                                  software_version=software_version)]
+    except (ValueError, TypeError, AttributeError) as exc:
+        # the source headers break a rule of the IODs; highdicom's message may quote values
+        raise InvalidImage(f"format=dicom: the images' headers do not allow a DICOM result "
+                           f"({type(exc).__name__})", source="image") from None
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    for ds in objects:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        body.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii"))
+        body.write(buf.getvalue())
+        body.write(b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode("ascii"))
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return Response(body.getvalue(), media_type=media)

@@ -287,6 +287,51 @@ def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
     return out
 
 
+def saliency_to_input(saliency: np.ndarray, pixels: np.ndarray, *, features: bool
+                      ) -> np.ndarray:
+    """Bring saliency from the model's grid back to the scan's own matrix.
+
+    Args:
+        saliency: float ``(S, C, G, G)`` (:attr:`SeriesScore.saliency`), d score / d input on
+            the model grid (or the features model's analysis grid).
+        pixels: the series' pixels ``(S, rows, cols)`` the grid was made from.
+        features: the features model (its analysis grid crops each slice's exact-zero border,
+            pads to a square and brings a side above 256 down to 256:
+            :func:`rankiq.service.noref.analysis_grid`); otherwise the network grid (the whole
+            slice padded to a square, then resampled: :func:`rankiq.service.preprocess.to_grid`).
+
+    Returns:
+        float32 ``(S, C, rows, cols)``: each channel linearly interpolated onto the square the
+        grid was made from, the padding cropped, and scaled by the pixel-area ratio (a
+        derivative per pixel: a slice's total is the same on either grid); zero outside the
+        analysed region (the features model's cropped border).
+    """
+    from scipy.ndimage import zoom
+
+    s = np.asarray(saliency, np.float64)
+    n, rows, cols = pixels.shape
+    out = np.zeros((n, s.shape[1], rows, cols), np.float32)
+    for i in range(n):
+        if features:
+            px = np.abs(pixels[i])
+            r, c = np.flatnonzero(px.any(axis=1)), np.flatnonzero(px.any(axis=0))
+            if not (r.size and c.size):
+                continue  # a blank slice: no analysed region, no evidence
+            r0, r1, c0, c1 = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+        else:
+            r0, r1, c0, c1 = 0, rows, 0, cols
+        h, w = r1 - r0, c1 - c0
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2  # where analysis_grid / to_grid padded
+        for ch in range(s.shape[1]):
+            g = s[i, ch]
+            if g.shape[0] != side:
+                g = zoom(g, side / g.shape[0], order=1, grid_mode=True, mode="nearest")
+                g = g[:side, :side] * (s[i, ch].size / float(side * side))
+            out[i, ch, r0:r1, c0:c1] = g[top:top + h, left:left + w]
+    return out
+
+
 def compare_series(
     model: ScoringModel,
     a: ImageSeries,

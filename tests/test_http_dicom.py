@@ -1,0 +1,196 @@
+"""The HTTP answer on the scan's own matrix: saliency resampled from the model's grid, and
+``POST /score?format=dicom`` (the SR and saliency Parametric Map as multipart/related DICOM),
+on a live server with real DICOM uploads."""
+
+from __future__ import annotations
+
+import base64
+import email
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from helpers_io import PHI, assert_no_phi, dicom_bytes, mr_dataset, uid
+from helpers_service import (
+    AUTH,
+    TOKEN,
+    fastmri_file,
+    mr_small,
+    series_zip,
+    slice_dicom,
+    start_server,
+    volume_with_bad_slice,
+)
+from PIL import Image
+from rankiq.service.overlay import decode_array
+from rankiq.service.results_dicom import CODES, SCHEME, saliency_on_matrix
+from rankiq.service.scoring import saliency_to_input
+
+
+def test_saliency_to_input_crops_padding_and_keeps_totals():
+    # a non-square 40x64 slice was padded to 64x64 (12 rows each side) and resampled to 32x32
+    pixels = np.ones((1, 40, 64), np.float32)
+    grid = np.zeros((1, 2, 32, 32))
+    grid[0, 0] = 1.0
+    grid[0, 1, 6:26] = -2.0  # the rows that hold the image; the rest is padding
+    out = saliency_to_input(grid, pixels, features=False)
+    assert out.shape == (1, 2, 40, 64) and out.dtype == np.float32
+    # a per-pixel derivative on 4x as many pixels is a quarter as large
+    np.testing.assert_allclose(out[0, 0], 0.25, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1].sum(), grid[0, 1].sum(), rtol=0.05)
+    assert (out[0, 1] < 0).all()
+
+
+def test_saliency_to_input_features_map_only_on_the_analysed_region():
+    pixels = np.zeros((2, 50, 50), np.float32)
+    pixels[0, 10:30, 5:45] = 1.0  # zero border cropped, 20x40 padded to 40x40 by analysis_grid
+    grid = np.ones((2, 1, 40, 40))
+    out = saliency_to_input(grid, pixels, features=True)
+    assert out.shape == (2, 1, 50, 50)
+    np.testing.assert_allclose(out[0, 0, 10:30, 5:45], 1.0)
+    assert out[0, 0].sum() == pytest.approx(800.0) and not out[0, 0, :10].any()
+    assert not out[1].any()  # blank slice
+    np.testing.assert_array_equal(saliency_on_matrix(grid, pixels, features=True), out[:, 0])
+
+
+def framed_zip(volume: np.ndarray) -> bytes:
+    """A zip of one MR series (a file per slice, 3 mm apart) with a frame of reference."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, sl in enumerate(volume):
+            ds = mr_dataset(np.rint(sl).astype(np.int16), series_uid=uid("framed"),
+                            instance=i + 1, position=(0.0, 0.0, 3.0 * i))
+            ds.FrameOfReferenceUID = uid("frame")
+            zf.writestr(f"IM{i + 1:04d}.dcm", dicom_bytes(ds))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = start_server(workers=1, env={"RANKIQ_API_TOKEN": TOKEN})
+    yield srv
+    srv.close()
+
+
+def score(server, image: bytes, *, reference: bytes | None = None, query: str = "",
+          **data) -> requests.Response:
+    files = {"image": ("scan.dcm", image)}
+    if reference is not None:
+        files["reference"] = ("ref.dcm", reference)
+    return requests.post(f"{server.url}/score{query}", files=files, data=data, headers=AUTH,
+                         timeout=120)
+
+
+@pytest.mark.slow
+def test_saliency_answered_on_the_scans_matrix(server):
+    image = mr_small()[8:56]  # 48x64: padded to a square, then to the model's 128x128 grid
+    ref = score(server, slice_dicom(image), reference=slice_dicom(image * 0.9),
+                saliency="true").json()
+    nr = score(server, series_zip(volume_with_bad_slice(2)[:, 8:56]), saliency="true").json()
+    for d, slices in ((ref, 1), (nr, 2)):
+        assert d["shape"] == [slices, 48, 64]
+        assert d["threshold"] is not None and "flagged" in d
+        for row in d["slices"]:
+            m = decode_array(row["saliency"]["map"])
+            assert m.shape[1:] == (48, 64) and np.isfinite(m).all() and np.abs(m).max() > 0
+            png = Image.open(io.BytesIO(base64.b64decode(row["saliency"]["overlay_png"])))
+            assert png.size == (64, 48) and png.mode == "RGB"
+
+
+def _parts(r: requests.Response) -> list[pydicom.Dataset]:
+    ctype = r.headers["content-type"]
+    assert ctype.startswith("multipart/related") and 'type="application/dicom"' in ctype
+    msg = email.message_from_bytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + r.content)
+    parts = msg.get_payload()
+    assert all(p.get_content_type() == "application/dicom" for p in parts)
+    return [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in parts]
+
+
+def _measurements(node: pydicom.Dataset, out: list[tuple[str, float, str | None]]) -> None:
+    for item in node.get("ContentSequence", []):
+        if item.ValueType == "NUM":
+            refs = [r.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                    for r in item.get("ContentSequence", []) if r.ValueType == "IMAGE"]
+            out.append((item.ConceptNameCodeSequence[0].CodeValue,
+                        float(item.MeasuredValueSequence[0].NumericValue),
+                        refs[0] if refs else None))
+        _measurements(item, out)
+
+
+@pytest.mark.slow
+def test_format_dicom_answers_sr_and_parametric_map(server):
+    import highdicom as hd
+
+    upload = framed_zip(volume_with_bad_slice(3, bad=1))
+    with zipfile.ZipFile(io.BytesIO(upload)) as zf:  # members in slice order (z = 3 mm * i)
+        headers = [pydicom.dcmread(zf.open(n), stop_before_pixels=True) for n in zf.namelist()]
+    uids = [str(h.SOPInstanceUID) for h in headers]
+    as_json = score(server, upload).json()
+    r = score(server, upload, query="?format=dicom")
+    assert r.status_code == 200, r.text
+    sr, pm = _parts(r)
+    # the SR: a TID 1500 report whose per-slice scores are the JSON's, each on its own image
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    found: list[tuple[str, float, str | None]] = []
+    _measurements(report, found)
+    per_slice = [(v, ref) for c, v, ref in found if c == CODES["slice_score"][0]]
+    assert [ref for _, ref in per_slice] == uids
+    np.testing.assert_allclose([v for v, _ in per_slice],
+                               [s["score"] for s in as_json["slices"]], rtol=1e-6)
+    assert [v for c, v, _ in found if c == CODES["median"][0]] == pytest.approx(
+        [as_json["summary"]["median"]])
+    assert [v for c, v, _ in found if c == CODES["threshold"][0]] == pytest.approx(
+        [as_json["threshold"]])
+    assert any(i.ConceptCodeSequence[0].CodingSchemeDesignator == SCHEME
+               for i in _walk(report) if i.ValueType == "CODE")
+    evidence = {i.ReferencedSOPInstanceUID
+                for s in report.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert evidence == set(uids)
+    assert sr.PatientID == headers[0].PatientID and sr.PatientID in PHI
+    assert sr.StudyInstanceUID == headers[0].StudyInstanceUID
+    # the Parametric Map: one float frame per slice on the scan's own 64x64 matrix
+    pmap = hd.pm.ParametricMap.from_dataset(pm)
+    assert (pm.Rows, pm.Columns, int(pm.NumberOfFrames)) == (64, 64, 3)
+    frames = pmap.pixel_array
+    assert np.isfinite(frames).all() and frames.max() > 0
+    refs = {i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence
+            for i in s.ReferencedInstanceSequence}
+    assert refs == set(uids)
+    assert pm.StudyInstanceUID == headers[0].StudyInstanceUID
+
+
+def _walk(node: pydicom.Dataset):
+    for item in node.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
+@pytest.mark.slow
+def test_format_dicom_refusals_and_logs(server):
+    r = score(server, slice_dicom(mr_small()), query="?format=xml")
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = fastmri_file(Path(tmp) / "k.h5").read_bytes()
+    r = score(server, h5, query="?format=dicom")
+    assert r.status_code == 415 and r.json()["error"] == "unsupported"
+    assert_no_phi(r.text)
+    # helpers' plain images have no frame of reference: the map is not placed, nor invented
+    r = score(server, slice_dicom(mr_small()), query="?format=dicom")
+    assert r.status_code == 422 and r.json()["error"] == "invalid_image"
+    assert "FrameOfReferenceUID" in r.json()["detail"]
+    ok = score(server, framed_zip(mr_small()[None]), query="?format=dicom")
+    assert ok.status_code == 200, ok.text
+    log = server.log(tail=10**7)
+    assert "/score" in log
+    assert_no_phi(log, extra=["scan.dcm"])
+    doc = requests.get(server.url + "/docs.json", headers=AUTH, timeout=30).json()
+    op = doc["paths"]["/score"]["post"]
+    assert [p["schema"]["enum"] for p in op["parameters"] if p["name"] == "format"] == [
+        ["json", "dicom"]]
+    assert "multipart/related" in op["responses"]["200"]["content"]
