@@ -44,7 +44,7 @@ TYPES = ("noise", "blur", "motion", "undersample")
 #: level ranges per type: noise std / tissue mean; exp(-sigma r) blur; motion shift as a
 #: fraction of the side; undersampling: fraction of phase-encode lines dropped
 RANGES: dict[str, tuple[float, float]] = {
-    "noise": (0.003, 0.12), "blur": (0.15, 2.8), "motion": (0.004, 0.1),
+    "noise": (0.003, 0.4), "blur": (0.15, 2.8), "motion": (0.004, 0.1),
     "undersample": (0.05, 0.65)}
 LEVELS = 4
 #: index (0-based, of LEVELS) from which a copy counts as "moderately corrupted"

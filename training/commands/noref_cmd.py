@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
 #: bumped whenever the simulated data change (realistic acquisitions, ladders, features):
 #: a --cache written by another version is rebuilt, not reused
-DATASET_VERSION = "2"
+DATASET_VERSION = "3"
 #: a slice is out of distribution beyond this multiple of the largest training distance
 DISTANCE_MARGIN = 1.25
 
