@@ -279,9 +279,7 @@ def bench_qa(args: argparse.Namespace) -> int:
           f"this (load average now {out['load_avg_1m']})")
     print("stage seconds are summed over workers; report = saliency+PNGs of flagged series + "
           "writing the reports")
-    print("flag rate by corruption: " + ", ".join(
-        f"{k} {v['flagged']}/{v['series']}" for k, v in flags.items()))
-    sys.stdout.flush()
+    print_flag_rates(flags)
     return 0
 
 
@@ -392,9 +390,7 @@ def bench_qa_ray(args: argparse.Namespace) -> int:
               f"{r['startup_s']:>11}{r['cpu_ms_per_slice']:>14}")
     print("efficiency = slices/s with n nodes / (n x slices/s with 1 node), end to end; "
           "CPU = actors (model load included) + driver")
-    print("flag rate by corruption: " + ", ".join(
-        f"{k} {v['flagged']}/{v['series']}" for k, v in flags.items()))
-    sys.stdout.flush()
+    print_flag_rates(flags)
     return 0
 
 
@@ -404,3 +400,10 @@ def _own_cpu_seconds() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def print_flag_rates(flags: dict[str, dict[str, int]]) -> None:
+    """The last line of every ``rankiq bench qa`` table: flagged / series per corruption."""
+    print("flag rate by corruption: " + ", ".join(
+        f"{k} {v['flagged']}/{v['series']}" for k, v in flags.items()))
+    sys.stdout.flush()

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rankiq.service.io.types import CONTRAST_FAMILIES
 
 if TYPE_CHECKING:
     from rankiq.service.cli import Registry
     from rankiq.training.noref import Dataset, FittedScorer
 
-FAMILIES = ("T1", "T1post", "T2", "FLAIR", "other")
+FAMILIES = CONTRAST_FAMILIES
 #: bumped whenever the simulated data change (realistic acquisitions, ladders, features):
 #: a --cache written by another version is rebuilt, not reused
 DATASET_VERSION = "3"
