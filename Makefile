@@ -11,7 +11,7 @@ PORT   ?= 3000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: noref-model venv serve test test-fast test-deps lint format docs models bench fuzz
+.PHONY: data-deps noref-model venv serve test test-fast test-deps lint format docs models bench fuzz
 .PHONY: typecheck mutate clean
 
 venv: $(STAMP)
@@ -73,6 +73,12 @@ docs: venv
 ## system packages the tests need: a real Prometheus server (Debian package) scrapes the service;
 ## a real Orthanc PACS with its DICOMweb plugin serves the PACS tests, and dciodvfy (dicom3tools)
 ## validates the DICOM objects RankIQ writes back
+## data-deps: Debian's mricron-data (the Colin27 scan the no-reference model's training uses)
+data-deps:
+	@test -f /usr/share/mricron/templates/ch2better.nii.gz || { \
+	  echo "installing the Debian package mricron-data (Colin27: anatomy of the no-reference model)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data >/dev/null; }
+
 test-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing the Debian package prometheus (the metrics tests scrape with it)"; \
@@ -82,6 +88,7 @@ test-deps:
 	  echo "installing the Debian packages orthanc, orthanc-dicomweb, dicom3tools (PACS tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    orthanc orthanc-dicomweb dicom3tools >/dev/null; }
+	@$(MAKE) --no-print-directory data-deps
 
 lint: venv
 	$(BIN)/ruff check .
@@ -136,7 +143,7 @@ models: venv
 ## It needs models/iqnet-ref (the teacher that orders corruption types).
 NOREF_PAIRS ?= 400
 NOREF_SIZE  ?= 256
-noref-model: venv
+noref-model: venv data-deps
 	mkdir -p $(DATA) $(REPORT)
 	$(BIN)/rankiq simulate --source brain --pairs $(NOREF_PAIRS) --size $(NOREF_SIZE) \
 	  --seed $(MODEL_SEED) --workers 2 --out $(DATA)/noref-pairs.h5 --json > $(DATA)/noref-simulate.json
