@@ -38,6 +38,22 @@ from rankiq.service.auth import needs_auth, token_matches
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+
+
+def replay_body(body: bytes, receive: Callable[[], Awaitable[Message]]
+                ) -> Callable[[], Awaitable[Message]]:
+    """An ASGI ``receive`` that hands the already-read ``body`` over once, then defers to the
+    original ``receive`` (for the disconnect message)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -305,16 +321,7 @@ class RequestGuard:
         except RequestRejected as exc:
             await self._refuse(send, path, exc)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         ctype, _ = parse_options_header(headers.get("content-type", ""))

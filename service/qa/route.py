@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rankiq.service.guard import replay_body
 from rankiq.service.qa.jobs import (
     accept_job,
     create_job,
@@ -194,14 +195,7 @@ class QAJobRecorder:
         body = b"".join(chunks)
         ctype = next((v.decode("latin-1") for k, v in scope.get("headers", [])
                       if k.lower() == b"content-type"), "")
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        replay = replay_body(body, receive)
 
         status = 0
 
