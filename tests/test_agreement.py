@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from rankiq.training.agreement import (
+from rankiq.service.readers.agreement import (
     Consensus,
     agreement_tables,
     agreement_with_labels,
@@ -29,7 +29,7 @@ from rankiq.training.agreement import (
     weighted_kappa_se,
     write_consensus,
 )
-from rankiq.training.rankings import LikertScore, Vote
+from rankiq.service.readers.rankings import LikertScore, Vote
 
 
 def vt(reader: str, pid: int, outcome: str) -> Vote:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from helpers_pairs import phantom, write_synthetic_pairs
 from rankiq.service.cli import EXIT_INPUT, main
-from rankiq.training.agreement import summarize
+from rankiq.service.readers.agreement import summarize
+from rankiq.service.readers.rankings import OUTCOMES, SKIP, read_likert, read_rankings
 from rankiq.training.panel import (
     ARTIFACTS,
     FEATURES,
@@ -20,7 +21,6 @@ from rankiq.training.panel import (
     outcome_probs,
     reader_quality,
 )
-from rankiq.training.rankings import OUTCOMES, SKIP, read_likert, read_rankings
 
 
 @pytest.fixture(scope="module")

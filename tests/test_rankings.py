@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rankiq.service.cli import EXIT_INPUT, main
 from rankiq.service.errors import RankIQError
-from rankiq.training.rankings import (
+from rankiq.service.readers.rankings import (
     LikertScore,
     RankingsFormatError,
     Vote,

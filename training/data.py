@@ -4,9 +4,9 @@ Every image goes through :func:`rankiq.service.preprocess.prepare`, the one norm
 serving, on the training grid. Labels come from a consensus CSV
 (``pair_id,outcome,...`` as written by ``rankiq agreement --consensus``) or from a raw rankings
 CSV (``reader,pair_id,outcome``), whose consensus is computed with
-:func:`rankiq.training.agreement.consensus`. Skipped votes never reach training: ``skip`` votes are
-dropped before the consensus, a ``skip`` outcome in a consensus file drops the row, and pairs
-without a consensus (ties) are left out.
+:func:`rankiq.service.readers.agreement.consensus`. Skipped votes never reach training:
+``skip`` votes are dropped before the consensus, a ``skip`` outcome in a consensus file drops
+the row, and pairs without a consensus (ties) are left out.
 
 Class order (everywhere): 0 = image 1 better, 1 = similar, 2 = image 2 better.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from rankiq.service.errors import RankIQError
-from rankiq.training.rankings import OUTCOME_INDEX, SKIP, RankingsFormatError
+from rankiq.service.readers.rankings import OUTCOME_INDEX, SKIP, RankingsFormatError
 
 CHUNK = 32  # pairs prepared at a time (bounds temporary memory)
 
@@ -51,8 +51,8 @@ def read_labels(path: str | Path) -> dict[int, int]:
     path = Path(path)
     header = _header(path)
     if "reader" in header:  # raw votes: consensus of the readers' own majority votes
-        from rankiq.training.agreement import consensus, vote_counts
-        from rankiq.training.rankings import read_rankings
+        from rankiq.service.readers.agreement import consensus, vote_counts
+        from rankiq.service.readers.rankings import read_rankings
 
         rows = consensus(vote_counts(read_rankings(path)))
         return {r.pair_id: OUTCOME_INDEX[r.outcome] for r in rows if r.outcome is not None}

@@ -26,7 +26,7 @@ Observer model (all arrays over pairs ``n`` and the two images ``j``; "Q units" 
   and the left/right bias ``b_r = 0.3 sigma_r z``, with ``u_r`` the reader's median
   ``|Q1 - Q2|`` over the file (so sigma and jnd0 keep their meaning whatever k does to Q).
 - Calibration: ``sigma``, ``k`` and ``jnd0`` are found by coordinate-wise bisection so that the
-  *expected* statistics of :mod:`rankiq.training.agreement` (computed in closed form from the
+  *expected* statistics of :mod:`rankiq.service.readers.agreement` (computed in closed form from the
   outcome
   probabilities, with the reader draws fixed by the seed) hit the targets: intra-reader 95 %,
   mean inter-reader 61 % (the paper's Table 1) and a 12 % "similar" rate (the paper's readers
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 from rankiq.service.errors import UnreadableInput, UnsupportedInput
-from rankiq.training.rankings import OUTCOMES, SKIP, LikertScore, Vote
+from rankiq.service.readers.rankings import OUTCOMES, SKIP, LikertScore, Vote
 from scipy.special import ndtr, ndtri
 
 SEVERITY_NAMES = ("blur_sigma", "undersample_1d_fraction", "undersample_2d_fraction",
@@ -453,7 +453,7 @@ class Panel:
 
 def metric_labels(data: PairsData) -> dict[str, dict[int, str]]:
     """Pair ranks by MSE (lower better) and SSIM (higher better): name -> pair_id -> outcome."""
-    from rankiq.training.agreement import metric_outcome
+    from rankiq.service.readers.agreement import metric_outcome
 
     out: dict[str, dict[int, str]] = {"mse": {}, "ssim": {}}
     for k, pid in enumerate(data.pair_id):

@@ -59,14 +59,14 @@ def add_commands(reg: Registry) -> None:
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    from rankiq.training.rankings import RankingsFormatError
+    from rankiq.service.readers.rankings import RankingsFormatError
 
     if not lo <= value <= hi:
         raise RankingsFormatError(f"{name} must be in [{lo}, {hi}], got {value}")
 
 
 def _metric_report(cons: list, labels: dict[str, dict[int, str]]) -> dict[str, Any]:
-    from rankiq.training.agreement import agreement_with_labels
+    from rankiq.service.readers.agreement import agreement_with_labels
 
     return {name: agreement_with_labels(cons, lab) for name, lab in labels.items()}
 
@@ -86,9 +86,9 @@ def _format_metric_report(rep: dict[str, Any]) -> list[str]:
 def panel(args: argparse.Namespace) -> int:
     """``rankiq panel``: calibrate, simulate, write, and print the measured statistics."""
     import numpy as np
-    from rankiq.training.agreement import consensus, summarize, vote_counts, write_consensus
+    from rankiq.service.readers.agreement import consensus, summarize, vote_counts, write_consensus
+    from rankiq.service.readers.rankings import RankingsFormatError, write_likert, write_rankings
     from rankiq.training.panel import Panel, load_pairs, metric_labels
-    from rankiq.training.rankings import RankingsFormatError, write_likert, write_rankings
 
     if args.readers < 1:
         raise RankingsFormatError("--readers must be >= 1")
@@ -194,14 +194,14 @@ def panel(args: argparse.Namespace) -> int:
 
 def agreement(args: argparse.Namespace) -> int:
     """``rankiq agreement``: statistics of a rankings CSV (and a Likert CSV)."""
-    from rankiq.training.agreement import (
+    from rankiq.service.readers.agreement import (
         consensus,
         format_summary,
         summarize,
         vote_counts,
         write_consensus,
     )
-    from rankiq.training.rankings import read_likert, read_rankings
+    from rankiq.service.readers.rankings import read_likert, read_rankings
 
     votes = read_rankings(args.rankings)
     scores = read_likert(args.likert) if args.likert else None
@@ -229,7 +229,7 @@ def agreement(args: argparse.Namespace) -> int:
 
 def import_votes(args: argparse.Namespace) -> int:
     """``rankiq import-votes``: ranking-page CSVs -> one rankings CSV."""
-    from rankiq.training.rankings import import_page_csv, write_rankings
+    from rankiq.service.readers.rankings import import_page_csv, write_rankings
 
     votes = []
     for path in args.files:

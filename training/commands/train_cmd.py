@@ -121,8 +121,8 @@ def _grid(value: str | None) -> tuple[int, int] | None:
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
+    from rankiq.service.readers.rankings import RankingsFormatError
     from rankiq.training.pairs import PairsFileError
-    from rankiq.training.rankings import RankingsFormatError
     from rankiq.training.runs import RunError
 
     if not Path(args.data).is_file():

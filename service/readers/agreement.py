@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rankiq.training.rankings import OUTCOME_INDEX, OUTCOMES, SKIP, LikertScore, Vote
+from rankiq.service.readers.rankings import OUTCOME_INDEX, OUTCOMES, SKIP, LikertScore, Vote
 
 Counts = dict[str, dict[int, np.ndarray]]  # reader -> pair_id -> int (3,) outcome counts
 LIKERT_LEVELS = 5
@@ -319,6 +319,7 @@ def weighted_kappa_ci(x: Sequence[int], y: Sequence[int], *, method: str = "asym
         return None
     if method == "asymptotic":
         se = weighted_kappa_se(x, y, k)
+        assert se is not None  # defined whenever kw is
         return (max(-1.0, kw - Z95 * se), min(1.0, kw + Z95 * se))
     if method != "bootstrap":
         raise ValueError(f"method must be 'asymptotic' or 'bootstrap', not {method!r}")
