@@ -11,19 +11,31 @@ PORT   ?= 3000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: data-deps noref-model venv serve test test-fast test-deps lint format docs models bench fuzz
+.PHONY: data-deps noref-model venv venv-serve serve test test-fast test-deps lint format docs models bench fuzz
 .PHONY: typecheck mutate clean
 
+## make venv: the full environment (serving + training + test tools + Ray); make venv-serve: the
+## lean serving set alone (no torch, no training stack: see docs/operations.md for the sizes)
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(PIP) --editable '.[train,dev,ray]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
-## make serve: set up from nothing, then serve the shipped models on port $(PORT)
-serve: venv
+SERVE_STAMP := $(VENV)/.installed-serve
+venv-serve: $(SERVE_STAMP)
+
+$(SERVE_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(PIP) --editable .
+	touch $(SERVE_STAMP)
+
+## make serve: set up the lean serving install from nothing, then serve the shipped models on
+## port $(PORT)
+serve: venv-serve
 	$(BIN)/rankiq serve --port $(PORT) --workers $(WORKERS)
 
 ## make test: set up from nothing, then lint, build the docs (warnings are errors) and run the
