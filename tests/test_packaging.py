@@ -86,3 +86,17 @@ def test_wheel_carries_models_and_declares_training_as_an_extra(tmp_path):
     assert "onnxruntime-gpu" in unconditional and not unconditional & TRAINING_ONLY
     torch = [q for q in requires if _norm(q.name) == "torch"]
     assert torch and all("train" in str(q.marker) for q in torch)
+
+
+def test_dockerfile_copies_what_the_build_needs():
+    """`pip install .` inside deploy/Dockerfile needs every mapped package folder, the readme and
+    the license file (no Docker daemon here: the build context is checked statically)."""
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    copied = {p.rstrip("/") for line in text.splitlines() if line.startswith("COPY ")
+              for p in line.split()[1:-1]}
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", "constraints.txt", pyproject["project"]["readme"],
+              *pyproject["project"]["license-files"],
+              *pyproject["tool"]["setuptools"]["package-dir"].values()}
+    assert needed <= copied, sorted(needed - copied)
+    assert all((REPO / p).exists() for p in copied)
