@@ -12,7 +12,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: data-deps noref-model venv venv-serve serve test test-fast test-deps lint format docs models bench fuzz
-.PHONY: typecheck mutate clean
+.PHONY: typecheck mutate clean dashboard-preview
 
 ## make venv: the full environment (serving + training + test tools + Ray); make venv-serve: the
 ## lean serving set alone (no torch, no training stack: see docs/operations.md for the sizes)
@@ -77,6 +77,11 @@ FUZZ_MUTATED ?= 3000
 FUZZ_EXAMPLES ?= 200
 fuzz: venv
 	$(BIN)/python tests/fuzz_service.py --mutated $(FUZZ_MUTATED) --examples $(FUZZ_EXAMPLES)
+
+## make dashboard-preview: the Grafana dashboard's queries rendered from a real Prometheus
+## against a live 2-worker service under synthetic traffic (docs/img/dashboard.png, ~2 min)
+dashboard-preview: venv test-deps
+	$(BIN)/python deploy/grafana/preview.py --seconds 75 --out docs/img/dashboard.png
 
 ## make docs: the documentation site (docs/, mkdocs.yml) built offline into site/, strict
 docs: venv
