@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 COMMAND_MODULES = (
     "rankiq.service.commands.inspect_cmd",  # rankiq inspect
     "rankiq.service.commands.score_cmd",  # rankiq score / compare
-    "rankiq.service.commands.serve_cmd",  # rankiq serve / bench serve
-    "rankiq.service.commands.qa_cmd",  # rankiq qa / bench qa
+    "rankiq.service.commands.serve_cmd",  # rankiq serve
+    "rankiq.service.commands.qa_cmd",  # rankiq qa
     "rankiq.service.commands.calibrate_cmd",  # rankiq calibrate
+    "rankiq.service.bench.serve",  # rankiq bench serve
+    "rankiq.service.bench.qa",  # rankiq bench qa
 )
 
 

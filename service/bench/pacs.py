@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rankiq.service.commands.qa_cmd import default_model_dir
+
 
 def _store_archive(client: Any, archive: Path) -> tuple[set[str], set[str]]:
     """STOW-RS every file of the archive (batches of 32); returns its study and series UIDs."""
@@ -40,7 +42,6 @@ def bench_qa_dicomweb(args: argparse.Namespace) -> int:
     """Handler of ``rankiq bench qa --dicomweb URL``."""
     from importlib.metadata import version
 
-    from rankiq.service.commands.qa_cmd import default_model_dir
     from rankiq.service.pacs.dicomweb import SeriesQuery, connect
     from rankiq.service.pacs.qa import run_dicomweb_qa
     from rankiq.service.qa.runner import QAOptions, run_qa
