@@ -76,3 +76,24 @@ def test_train_noref_refuses_bad_arguments(tmp_path: Path) -> None:
                         str(tmp_path / "m"), "--acquisitions", "3"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_calibration_audit_separates_calibrated_from_overconfident() -> None:
+    """Labels drawn from the ordinal model itself: cross-fitted ECE within the noise floor;
+    the same gaps with labels that ignore the gap: accuracy flat over the gap quintiles; the
+    MSE comparison counts the same pairs."""
+    from rankiq.service.models import OrdinalClassifier
+    from rankiq.training.commands.noref_cmd import calibration_audit
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(0, 1.5, 600)
+    p = OrdinalClassifier(2.0, 0.3).probabilities(np.ones_like(d), np.exp(d))
+    y = (rng.random(len(d))[:, None] > np.cumsum(p, 1)).sum(1).clip(0, 2)
+    mse_gap = np.where(y == 0, 1.0, -1.0)  # MSE agrees with every non-similar label
+    a = calibration_audit(d, y, mse_gap, draws=100)
+    assert a["cv_ece"] <= a["ece_if_calibrated"]["q95"] + 0.02
+    assert a["mse_order_accuracy"] == 1.0 and a["order_minus_mse_ci95"][1] < 0
+    gaps = [g["order_accuracy"] for g in a["accuracy_by_score_gap"]]
+    assert gaps[-1] > gaps[0] + 0.2  # confident where the gap is large
+    flat = calibration_audit(d, rng.choice([0, 2], len(d)), mse_gap, draws=100)
+    assert all(0.35 < g["order_accuracy"] < 0.65 for g in flat["accuracy_by_score_gap"])

@@ -122,12 +122,16 @@ def classifier(scorer: FittedScorer, pairs: str | None, consensus: str | None
     for i, pid in enumerate(ids):
         if int(pid) not in labels:
             continue
-        _, a, b = pf.images(i)
-        fi = prepare_features(np.abs(np.stack([a, b])))
+        ref, a, b = (np.abs(v) for v in pf.images(i))
+        fi = prepare_features(np.stack([a, b]))
         if fi.empty.any():
             continue
         sa, sb = scorer.score(fi.features)
-        rows.append((int(pid), sa, sb, labels[int(pid)]))
+        # the MSE baseline (with the reference) on the same pair, images in the reference's
+        # robust-max units: its order is the figure the no-reference score is held against
+        unit = max(float(np.percentile(ref, 99.5)), 1e-12)
+        mse_gap = float(np.mean(((b - ref) / unit) ** 2) - np.mean(((a - ref) / unit) ** 2))
+        rows.append((int(pid), sa, sb, labels[int(pid)], mse_gap))
     arr = np.array(rows, dtype=np.float64)
     fit_m, test_m = arr[:, 0] % 2 == 0, arr[:, 0] % 2 == 1
     d = np.log(arr[:, 2]) - np.log(arr[:, 1])  # > 0 when image 1 scores lower (better)
@@ -138,8 +142,55 @@ def classifier(scorer: FittedScorer, pairs: str | None, consensus: str | None
     order = float(np.mean((d[test_m] > 0)[y[test_m] != 1] == (y[test_m][y[test_m] != 1] == 0)))
     report = {"fitted": True, "pairs_fit": int(fit_m.sum()), "pairs_test": int(test_m.sum()),
               "test_accuracy_3way": acc, "test_order_accuracy": order,
-              "ece": ece(p, y[test_m]), "reliability": reliability(p, y[test_m])}
+              "ece": ece(p, y[test_m]), "reliability": reliability(p, y[test_m]),
+              **calibration_audit(d, y, arr[:, 4])}
     return {"kind": "ordinal", "beta": beta, "theta": theta}, report
+
+
+def calibration_audit(d: np.ndarray, y: np.ndarray, mse_gap: np.ndarray, *, folds: int = 5,
+                      draws: int = 500, seed: int = 0) -> dict[str, Any]:
+    """What the shipped classifier's ECE means, on every consensus pair.
+
+    Args:
+        d: ``(N,)`` log score ratios ``log s2 - log s1`` (> 0: image 1 scores better).
+        y: ``(N,)`` consensus classes (0 image 1 better, 1 similar, 2 image 2 better).
+        mse_gap: ``(N,)`` ``MSE(image 2, ref) - MSE(image 1, ref)`` (> 0: MSE prefers image 1).
+
+    Returns:
+        ``cv_ece``: ECE of ``folds``-fold cross-fitted probabilities over all N pairs;
+        ``ece_if_calibrated``: mean and 95th percentile of the ECE of the same probabilities
+        against labels drawn from them (the ECE a perfectly calibrated classifier shows on N
+        pairs); ``accuracy_by_score_gap``: order accuracy (similar pairs left out) per quintile
+        of ``|d|`` (a calibrated confidence needs accuracy that grows with the gap);
+        ``order_accuracy`` of the no-reference score and ``mse_order_accuracy`` of the MSE
+        baseline on the same pairs, with a bootstrap 95 % CI of their difference.
+    """
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(np.arange(len(y)) % folds)
+    p = np.zeros((len(y), 3))
+    for k in range(folds):
+        beta, theta = _fit_ordinal(d[fold != k], y[fold != k])
+        p[fold == k] = _ordinal_probs(d[fold == k], beta, theta)
+    null = [ece(p, (rng.random(len(p))[:, None] > np.cumsum(p, 1)).sum(1).clip(0, 2))
+            for _ in range(draws)]
+    ns = y != 1
+    ours = ((d > 0) == (y == 0))[ns].astype(np.float64)
+    mse = ((mse_gap > 0) == (y == 0))[ns].astype(np.float64)
+    boot = [float(np.mean(ours[i] - mse[i]))
+            for i in (rng.integers(0, len(ours), len(ours)) for _ in range(2000))]
+    edges = np.quantile(np.abs(d[ns]), np.linspace(0, 1, 6))
+    by_gap = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (np.abs(d[ns]) >= lo) & (np.abs(d[ns]) <= hi)
+        by_gap.append({"abs_log_ratio": [float(lo), float(hi)], "pairs": int(m.sum()),
+                       "order_accuracy": float(ours[m].mean()) if m.any() else None})
+    return {"pairs_all": int(len(y)), "cv_ece": ece(p, y),
+            "ece_if_calibrated": {"mean": float(np.mean(null)),
+                                  "q95": float(np.quantile(null, 0.95))},
+            "accuracy_by_score_gap": by_gap,
+            "order_accuracy": float(ours.mean()), "mse_order_accuracy": float(mse.mean()),
+            "order_minus_mse_ci95": [float(np.quantile(boot, 0.025)),
+                                     float(np.quantile(boot, 0.975))]}
 
 
 def _ordinal_probs(d: np.ndarray, beta: float, theta: float) -> np.ndarray:
