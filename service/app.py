@@ -152,6 +152,13 @@ class RankIQ:
                         m.mode, m.input_kind, m.provider)
         self.models = models
         self.ready = True
+        import gc
+
+        # everything loaded so far lives as long as the worker: move it out of the collector's
+        # reach, so the full collection after each request scans only what requests created
+        # (a full pass over the ~190k start-up objects cost ~80 ms per request)
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return self.ready
