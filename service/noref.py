@@ -307,20 +307,31 @@ def evidence_maps(x: np.ndarray) -> np.ndarray:
     noise/blur/bands: local high-pass energy inside the foreground (noise and lost or added
     detail); air/air_structure/ghost: air intensity; echo/efc: the EFC density ``-p log p``.
     """
-    x = np.asarray(x, dtype=np.float64)
+    maps, which = evidence_components(x)
+    return maps[list(which)]
+
+
+#: the evidence component (0 detail, 1 air, 2 EFC density) behind each feature of FEATURES
+_EVIDENCE_OF = {"air": 1, "air_far": 1, "air_reach": 1, "air_structure": 1, "ghost": 1,
+                "echo": 2, "efc": 2}
+EVIDENCE: tuple[int, ...] = tuple(_EVIDENCE_OF.get(name, 0) for name in FEATURES)
+
+
+def evidence_components(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The three distinct evidence maps of an analysis-grid slice, float32 ``(3, G, G)`` with
+    unit sums, and the component of each feature (:data:`EVIDENCE`): what
+    :func:`evidence_maps` expands to one map per feature. Display maps, so the smoothing runs
+    in float32."""
+    x = np.asarray(x, dtype=np.float32)
     near, fg, air, _ = masks(x)
-    lap = np.abs(ndimage.convolve(x, IMMERKAER, mode="nearest"))
+    lap = np.abs(ndimage.convolve(x, IMMERKAER.astype(np.float32), mode="nearest"))
     detail = ndimage.gaussian_filter(lap * fg, 2.0)
-    air_map = ndimage.gaussian_filter(np.where(air, x, 0.0), 2.0)
-    b = math.sqrt(float((x ** 2).sum())) or 1.0
-    p = np.where(near & (x > 0), x / b, 1.0)
+    air_map = ndimage.gaussian_filter(np.where(air, x, np.float32(0)), 2.0)
+    b = math.sqrt(float((x.astype(np.float64) ** 2).sum())) or 1.0
+    p = np.where(near & (x > 0), x / np.float32(b), np.float32(1))
     efc_map = ndimage.gaussian_filter(-p * np.log(p), 2.0)
-    by_name = {"noise": detail, "blur": detail, "air": air_map, "air_far": air_map,
-               "air_reach": air_map, "air_structure": air_map, "ghost": air_map,
-               "echo": efc_map, "efc": efc_map}
-    out = []
-    for name in FEATURES:
-        m = by_name.get(name, detail)
-        s = float(m.sum())
-        out.append(m / s if s > 0 else np.full(x.shape, 1.0 / x.size))
-    return np.stack(out).astype(np.float32)
+    out = np.empty((3, *x.shape), np.float32)
+    for k, m in enumerate((detail, air_map, efc_map)):
+        s = float(m.sum(dtype=np.float64))
+        out[k] = m / s if s > 0 else 1.0 / x.size
+    return out, EVIDENCE

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rankiq.service.domain import check_range
 from rankiq.service.errors import InputTooLarge, InvalidImage, RankIQError
-from rankiq.service.noref import FeatureInput, evidence_maps, prepare_features
+from rankiq.service.noref import FeatureInput, evidence_components, prepare_features
 from rankiq.service.preprocess import DEFAULT_PERCENTILE, as_slices, prepare
 
 if TYPE_CHECKING:
@@ -280,7 +280,9 @@ def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
     for i in range(n):
         if fi.empty[i]:
             continue
-        m = np.tensordot(grad[i], evidence_maps(fi.grids[i]), axes=1)
+        maps, which = evidence_components(fi.grids[i])
+        # features that share an evidence map add their weights (= the per-feature tensordot)
+        m = np.tensordot(np.bincount(which, weights=grad[i], minlength=len(maps)), maps, axes=1)
         total = float(m.sum())
         if total > 0:
             out[i, 0] = m * (base[i] / total)
