@@ -253,3 +253,12 @@ def test_summarize_keys_and_ranges():
     vals = [*s["intra"].values(), *s["inter"].values(), s["overall"]]
     assert all(0 <= v <= 1 for v in vals)
     assert s["consensus"]["n_pairs"] + s["consensus"]["n_no_consensus"] == s["n_pairs"]
+
+
+def test_summary_sds_are_population_sds():
+    """The paper's ± are population SDs (ddof=0): Table 1's 5.51 over its 21 reader pairs."""
+    s = summarize(VOTES)
+    inter = list(s["inter"].values())
+    assert len(inter) >= 2
+    assert s["inter_sd"] == pytest.approx(float(np.std(inter, ddof=0)))
+    assert s["inter_sd"] < float(np.std(inter, ddof=1))

@@ -93,8 +93,9 @@ def test_outcome_probs_sum_to_one_and_are_symmetric():
 def test_calibration_hits_targets(data):
     pan = Panel(data, 7, seed=0)
     prm = pan.calibrate()
-    assert prm.expected["intra"] == pytest.approx(0.95, abs=0.003)
-    assert prm.expected["inter"] == pytest.approx(0.61, abs=0.003)
+    # the paper's Table 1: diagonal 94.88 %, off-diagonal mean 67.47 % (not the text's 61.47)
+    assert prm.expected["intra"] == pytest.approx(0.949, abs=0.003)
+    assert prm.expected["inter"] == pytest.approx(0.675, abs=0.003)
     assert prm.expected["similar"] == pytest.approx(0.12, abs=0.003)
     prm2 = Panel(data, 7, seed=0).calibrate(intra=0.9, inter=0.7)
     assert prm2.sigma > prm.sigma and prm2.kappa < prm.kappa
@@ -111,8 +112,8 @@ def test_simulated_votes_measure_close_to_targets(data):
     for ids in per_reader.values():  # every pair once, half of them twice
         assert len(set(ids)) == data.n and len(ids) == data.n + data.n // 2
     s = summarize(votes)
-    assert s["intra_mean"] == pytest.approx(0.95, abs=0.03)
-    assert s["inter_mean"] == pytest.approx(0.61, abs=0.04)
+    assert s["intra_mean"] == pytest.approx(0.949, abs=0.03)
+    assert s["inter_mean"] == pytest.approx(0.675, abs=0.04)
     n_sim = sum(v.outcome == "similar" for v in votes)
     assert 0.05 < n_sim / len(votes) < 0.2
 

@@ -343,10 +343,12 @@ def weighted_kappa_ci(x: Sequence[int], y: Sequence[int], *, method: str = "asym
 # --- everything at once -----------------------------------------------------------------------
 
 def _mean_sd(values: Iterable[float]) -> tuple[float | None, float | None]:
+    """Mean and *population* SD (ddof=0) of the values, as the paper reports its ± (Table 1's
+    94.88 ± 2.44 % and 67.47 ± 5.51 % are population SDs over readers / reader pairs)."""
     v = list(values)
     if not v:
         return None, None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+    return float(np.mean(v)), (float(np.std(v, ddof=0)) if len(v) > 1 else None)
 
 
 def summarize(votes: Sequence[Vote], scores: Sequence[LikertScore] | None = None, *,
@@ -355,7 +357,8 @@ def summarize(votes: Sequence[Vote], scores: Sequence[LikertScore] | None = None
 
     Keys: ``intra``, ``inter``, ``overall``, ``n_votes`` (non-skip), ``likert``,
     ``likert_vs_rank``, ``confusion`` (as specified for ``rankiq agreement --json``) plus
-    ``intra_pairwise``, ``intra_mean``/``intra_sd``, ``inter_mean``/``inter_sd``, ``n_skips``,
+    ``intra_pairwise``, ``intra_mean``/``intra_sd``, ``inter_mean``/``inter_sd`` (population
+    SDs, ddof=0), ``n_skips``,
     ``n_pairs``, ``readers`` (per-reader counts) and ``consensus`` (label counts).
     Confusion names: ``rank:A|B`` (direct ranks, all common pairs), ``likert:A|B`` (5x5
     scores), ``likert_rank:A|B`` (Likert-derived ranks), ``rank_on_likert:A|B`` (direct ranks

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def add_commands(reg: Registry) -> None:
     """Add ``rankiq panel`` and ``rankiq agreement``."""
     p = reg.command("panel", "rankiq.training.commands.panel_cmd:panel",
-                    "simulate a calibrated panel of reader votes on a pairs file")
+                    "simulate votes of simulated readers calibrated to the paper's agreement "
+                    "on a pairs file")
     p.add_argument("--pairs", required=True, help="pairs HDF5 file (from `rankiq simulate`)")
     p.add_argument("--readers", type=int, default=7, help="number of readers (default 7)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -33,8 +34,12 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--coverage", type=float, default=None,
                    help="fraction of pairs each reader sees (default: the paper's reader "
                         "vote counts / 2916, capped at 1)")
-    p.add_argument("--target-intra", type=float, default=0.95, help="default 0.95")
-    p.add_argument("--target-inter", type=float, default=0.61, help="default 0.61")
+    p.add_argument("--target-intra", type=float, default=0.949,
+                   help="expected intra-reader agreement (default 0.949: the paper's Table 1 "
+                        "diagonal)")
+    p.add_argument("--target-inter", type=float, default=0.675,
+                   help="expected mean inter-reader agreement (default 0.675: Table 1's "
+                        "off-diagonal mean; the text's 61.47 %% is a typo)")
     p.add_argument("--target-similar", type=float, default=0.12,
                    help="expected fraction of 'similar' answers (default 0.12)")
 
@@ -142,7 +147,7 @@ def panel(args: argparse.Namespace) -> int:
     e = {k: ("-" if v != v else f"{100 * v:.2f}") for k, v in prm.expected.items()}  # NaN: -
     print(f"expected (closed form): intra {e['intra']} %, inter "
           f"{e['inter']} %, similar {e['similar']} % (targets "
-          f"{100 * args.target_intra:.0f} / {100 * args.target_inter:.0f} / "
+          f"{100 * args.target_intra:.1f} / {100 * args.target_inter:.1f} / "
           f"{100 * args.target_similar:.0f} %)")
     intra = summary["intra"]
     print("measured intra-reader agreement: " + ", ".join(
@@ -158,10 +163,10 @@ def panel(args: argparse.Namespace) -> int:
 
     inter = list(summary["inter"].values())
     print(f"measured intra-reader mean: {ms(summary['intra_mean'], summary['intra_sd'])} "
-          "(paper: 94.9 +- 2.4)")
+          "(population SD; paper: 94.88 +- 2.44)")
     rng_txt = f", range {100 * min(inter):.1f}-{100 * max(inter):.1f}" if inter else ""
     print(f"measured inter-reader mean: {ms(summary['inter_mean'], summary['inter_sd'])}"
-          f"{rng_txt} (paper: 61.47 +- 5.51, range 54-78)")
+          f"{rng_txt} (population SD; paper Table 1: 67.47 +- 5.51, range 53.9-77.8)")
     if summary["overall"] is not None:
         print(f"measured overall agreement: {100 * summary['overall']:.2f} % (paper: 81.4)")
     c = summary["consensus"]
