@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The full parser with every provider's subcommands."""
     parser = _Parser(
         prog="rankiq",
-        description="RankIQ: a learned MRI image-quality metric from radiologists' rankings.",
+        description="RankIQ: a learned MRI image-quality metric designed for radiologists' "
+                    "rankings (shipped models: simulated readers calibrated to the paper's "
+                    "agreement).",
     )
     from rankiq.service import __version__
 
