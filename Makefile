@@ -115,7 +115,8 @@ format: venv
 	$(BIN)/ruff format .
 
 ## make models: rebuild the shipped models from nothing, deterministic for the seeds below.
-## Reference model: simulate -> panel -> consensus -> train (5-fold CV) -> evaluate -> export
+## Reference model: simulate -> panel -> consensus -> train (5-fold CV, epoch chosen on an inner
+## split of the training folds; then one final model on all pairs) -> evaluate -> export (final/)
 ## (training and evaluation measured 44 min, simulation 12-20 min on 2 cores; training runs on
 ## a 128x128 grid, the paper's 396 costs ~10x more per epoch on CPU: see docs/deviations.md).
 ## No-reference model: `make noref-model` (realistic acquisitions with graded ladders ->
@@ -142,7 +143,8 @@ models: venv
 	  --seed $(MODEL_SEED) --workers 2 --out $(DATA)/pairs.h5 --json > $(DATA)/simulate.json
 	$(BIN)/rankiq panel --pairs $(DATA)/pairs.h5 --readers 7 --seed $(MODEL_SEED) \
 	  --out $(DATA)/rankings.csv --likert $(DATA)/likert.csv --consensus $(DATA)/consensus.csv
-	$(TRAIN) --model iqnet --lr 1e-3 --dropout 0 --epochs $(MODEL_EPOCHS) --out $(RUNS)/iqnet-ref
+	$(TRAIN) --model iqnet --lr 1e-3 --dropout 0 --epochs $(MODEL_EPOCHS) --final \
+	  --out $(RUNS)/iqnet-ref
 	$(TRAIN) --model mse --epochs 20 --out $(RUNS)/mse
 	$(TRAIN) --model ssim --epochs 20 --out $(RUNS)/ssim
 	$(TRAIN) --model iqnet --no-reference --lr 1e-3 --dropout 0 --epochs $(MODEL_EPOCHS) \

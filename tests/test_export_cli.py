@@ -34,7 +34,7 @@ def test_export_command_from_run(tmp_path, rankiq_exe) -> None:
     _make_run(run)
     out = tmp_path / "models" / "iqnet-test"
     res = subprocess.run([str(rankiq_exe), "export", str(run), "--out", str(out),
-                          "--version", "1.2.3"], capture_output=True, text=True)
+                          "--version", "1.2.3", "--fold", "1"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "exported iqnet-test 1.2.3" in res.stdout
     m = ScoringModel.load(out)

@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -67,15 +66,18 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path) -> None:
 
 
 def test_load_run_contract(ref_run, data) -> None:
-    run = load_run(ref_run)
+    from rankiq.training.runs import RunError
+
+    with pytest.raises(RunError, match="no final model"):  # never the best fold by default
+        load_run(ref_run)
+    run = load_run(ref_run, fold=0)
     assert run.config["mode"] == "reference" and run.config["grid"] == [32, 32]
     assert not run.scorer.training and not run.classifier.training
     d = load_ranking_data(*data)
     with torch.no_grad():
         s = run.scorer(torch.from_numpy(d.x1[:5]))
     assert s.shape == (5,)
-    summary = json.loads((ref_run / "summary.json").read_text())
-    assert run.fold == int(np.argmax(summary["val_acc"]))
+    assert run.fold == 0
     folds = json.loads((ref_run / "folds.json").read_text())
     ids = sorted(p for v in folds.values() for p in v)
     assert ids == sorted(d.pair_id.tolist())
@@ -88,7 +90,7 @@ def test_metric_baselines_train(data, tmp_path) -> None:
     for m in ("mse", "ssim"):
         s = train_run(*data, tmp_path / m, {**TINY, "model": m, "epochs": 2})
         assert s["mean"] > 0.6  # labels are MSE order; SSIM correlates
-        run = load_run(tmp_path / m)
+        run = load_run(tmp_path / m, fold=0)
         assert run.scorer(torch.tensor([0.5, 0.9])).shape == (2,)
 
 
@@ -98,7 +100,7 @@ def test_distilled_no_reference_run(ref_run, data, tmp_path) -> None:
     cfg = {**TINY, "input_kind": "magnitude", "student": "iqnet-relu", "epochs": 1,
            "distill_epochs": 2, "fresh_fraction": 0.5}
     distill_run(*data, tmp_path / "d", cfg, ref_run)
-    run = load_run(tmp_path / "d")
+    run = load_run(tmp_path / "d", fold=0)
     assert run.config["mode"] == "no-reference" and run.config["model"] == "distill"
     d = load_ranking_data(*data, mode="no-reference")
     with torch.no_grad():
@@ -130,3 +132,32 @@ def test_labels_for_unknown_pairs_are_an_error(data, tmp_path) -> None:
     bad = write_consensus(tmp_path / "bad.csv", {0: "1", 9001: "2"})
     with pytest.raises(DataError, match="9001"):
         load_ranking_data(pairs, bad)
+
+
+def test_epoch_chosen_on_inner_split_and_final_model(data, tmp_path) -> None:
+    """The held-out fold never chooses the epoch; the final model is trained on all pairs and
+    is what load_run (and so export) picks by default; pooled accuracy has 95 % CIs."""
+    s = train_run(*data, tmp_path / "r", {**TINY, "epochs": 2, "final": True})
+    for f in s["folds"].values():
+        assert f["selection"] == "inner" and f["n_select"] > 0
+        assert f["n_train"] + f["n_select"] + f["n_val"] == 40
+    folds = json.loads((tmp_path / "r" / "folds.json").read_text())
+    hist = json.loads((tmp_path / "r" / "fold0" / "history.json").read_text())
+    assert all(h["sel_acc"] is not None and h["val_acc"] is not None for h in hist)
+    assert sorted(len(v) for v in folds.values()) == sorted(f["n_val"] for f in
+                                                            s["folds"].values())
+    pooled = s["held_out"]
+    assert pooled["n"] == 40 and 0 <= pooled["accuracy"] <= 1
+    lo, hi = pooled["ci95_wilson"]
+    assert lo <= pooled["accuracy"] <= hi
+    assert s["grouping"]["by"] == "subject" and s["grouping"]["n_volumes"] == 1  # one phantom
+    assert s["final"]["n_train"] == 40 and 1 <= s["final"]["epochs"] <= 2
+    run = load_run(tmp_path / "r")
+    assert run.fold == "final"
+
+
+def test_crop_training_runs_on_whole_image_scale(data, tmp_path) -> None:
+    s = train_run(*data, tmp_path / "c", {**TINY, "epochs": 1, "crop": 16,
+                                                        "blocks": 4}, only=[0])
+    assert s["folds"]["0"]["epochs_run"] == 1
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["crop"] == 16

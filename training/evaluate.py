@@ -129,7 +129,7 @@ def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
     for r in runs:
         if r["config"]["mode"] != "no-reference":
             continue
-        teacher = Path(r["config"].get("teacher", {}).get("run", ""))
+        teacher = Path((r["config"].get("teacher") or {}).get("run", ""))
         if r["config"]["model"] == "distill" and (teacher / "folds.json").exists():
             other, name = teacher, teacher.name
         elif ref is not None:

@@ -125,16 +125,17 @@ def build_scorer(config: dict):
     raise RunError(f"unknown model/student {arch!r}")
 
 
-def _best_fold(run_dir: Path, summary: dict) -> int | str:
+def _default_fold(run_dir: Path) -> int | str:
+    """``final`` (the model trained on all labelled pairs). Never "the best fold": picking the
+    fold with the highest held-out accuracy ships the luckiest split and biases its accuracy
+    upward; a single fold is loaded only when asked for by number."""
     if (run_dir / FINAL / "best.pt").exists():
         return FINAL
-    folds = available_folds(run_dir)
-    if not folds:
+    if not available_folds(run_dir):
         raise RunError("no trained fold (no fold*/best.pt)", source=str(run_dir))
-    accs = {int(k): v.get("best_val_acc") for k, v in summary.get("folds", {}).items()}
-    if all(accs.get(k) is not None for k in folds):
-        return max(folds, key=lambda k: (accs[k], -k))
-    return folds[0]
+    raise RunError("no final model (final/best.pt): train with --final (one model on all "
+                   "labelled pairs for the folds' median chosen epoch), or name a fold",
+                   source=str(run_dir))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -154,8 +155,8 @@ def load_run(run_dir: str | Path, fold: int | str | None = None) -> LoadedRun:
 
     Args:
         run_dir: the ``runs/NAME`` directory.
-        fold: a fold number, ``"final"``, or None: ``final/`` when present, else the fold with
-            the best validation accuracy in summary.json.
+        fold: a fold number, ``"final"``, or None: ``final/`` (a run without one is a
+            :class:`RunError`; the best fold is never chosen silently).
 
     Returns:
         :class:`LoadedRun` with modules in eval mode on the CPU.
@@ -166,7 +167,7 @@ def load_run(run_dir: str | Path, fold: int | str | None = None) -> LoadedRun:
     config = read_config(run_dir)
     summary = read_summary(run_dir)
     if fold is None:
-        fold = _best_fold(run_dir, summary)
+        fold = _default_fold(run_dir)
     path = fold_dir(run_dir, fold) / "best.pt"
     ckpt = load_checkpoint(path)
     scorer = build_scorer(config)

@@ -57,3 +57,55 @@ def split(folds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(train_indices, val_indices)`` of fold ``k`` (int64, ascending)."""
     folds = np.asarray(folds)
     return np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+
+
+#: source-id prefix -> the one volume every such source is synthesised from
+SYNTHETIC_VOLUMES = {"brain-": "mni152-2009a", "phantom-": "shepp-logan"}
+
+
+def source_volume(source_id: str) -> str:
+    """The true source volume of a pair's source id.
+
+    Synthetic ``brain-sNNNN`` subjects are all deformations of one MNI152 template volume and
+    ``phantom-N`` of one Shepp-Logan phantom; ``nifti-<stem>`` and ``fastmri-<stem>`` are real
+    volumes (their own id).
+    """
+    for prefix, volume in SYNTHETIC_VOLUMES.items():
+        if source_id.startswith(prefix):
+            return volume
+    return source_id
+
+
+def fold_groups(source_ids: Sequence[str], by: str, n_folds: int) -> tuple[np.ndarray, dict]:
+    """Grouping keys for :func:`assign_folds` and what they are.
+
+    ``by="volume"`` groups by :func:`source_volume` when there are at least ``n_folds``
+    volumes; with fewer (the synthetic brain source has one) it falls back to subjects, and
+    the returned info says so. Returns ``(keys (N,) object, {"by", "n_volumes",
+    "n_subjects", "fallback"})``.
+    """
+    ids = np.asarray(source_ids, dtype=object).astype(str)
+    vols = np.array([source_volume(s) for s in ids], dtype=object)
+    n_vol, n_sub = len(set(vols.tolist())), len(set(ids.tolist()))
+    use_volume = by == "volume" and n_vol >= n_folds
+    info = {"by": "volume" if use_volume else "subject", "n_volumes": n_vol,
+            "n_subjects": n_sub, "fallback": by == "volume" and not use_volume}
+    return (vols if use_volume else ids.astype(object)), info
+
+
+def inner_split(train_idx: np.ndarray, groups: np.ndarray, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Split training indices into ``(fit, select)``, grouped: about ``fraction`` of the
+    groups go to the epoch-selection set. ``groups`` ``(N_all,)`` keys of every item.
+
+    Raises:
+        FoldError: fewer than 2 groups among the training indices.
+    """
+    g = np.asarray(groups, dtype=object)[train_idx]
+    n_inner = max(2, round(1 / fraction))
+    n_groups = len(set(np.asarray(g).astype(str).tolist()))
+    if n_groups < 2:
+        raise FoldError("the training folds hold one group only: no inner split for epoch "
+                        "selection (use selection 'validation' or more subjects)")
+    f = assign_folds(g, min(n_inner, n_groups), seed)
+    return train_idx[f != 0], train_idx[f == 0]

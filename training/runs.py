@@ -84,12 +84,20 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_config(run_dir: str | Path) -> dict:
-    """The run's config.json (:class:`RunError` if missing or not a run)."""
+    """The run's config.json as a dict of :class:`rankiq.training.config.TrainConfig` fields
+    (:class:`RunError` if missing, not a run, or invalid)."""
     cfg = read_json(Path(run_dir) / CONFIG)
     if cfg.get("model") not in MODELS or cfg.get("mode") not in MODES:
         raise RunError("not a rankiq run config (model/mode missing or unknown)",
                        source=str(Path(run_dir) / CONFIG))
-    return cfg
+    from rankiq.training.config import TrainConfig
+
+    try:  # validated; runs from older versions get the values they were trained with
+        return TrainConfig.from_run_dict(cfg).to_dict()
+    except RunError as exc:
+        raise RunError(str(exc), source=str(Path(run_dir) / CONFIG)) from None
+    except TypeError as exc:
+        raise RunError(f"training config: {exc}", source=str(Path(run_dir) / CONFIG)) from None
 
 
 def read_summary(run_dir: str | Path) -> dict:

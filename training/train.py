@@ -4,8 +4,12 @@ Per fold: Adam with two parameter groups (scoring network ``lr`` 1e-4, classifie
 ``lr_classifier`` 1e-3), weight decay 1e-5, the learning rates multiplied by ``lr_decay``
 (0.999) every epoch; cross-entropy on the classifier's logits; batch 24; dropout in the scorer
 during training only; augmentation (``rankiq.training.augment``) drawn per pair and applied to both
-network inputs. The epoch with the best validation accuracy is kept as ``best.pt``; ``last.pt``
-holds everything needed to continue (model, optimiser, history, best so far).
+network inputs; optional random native-resolution crops (``crop``). The epoch is chosen on an
+inner split of the training folds (``selection="inner"``, grouped like the folds), never on the
+held-out fold, whose accuracy at the chosen epoch is reported (with a 95 % CI pooled over folds
+in summary.json); that epoch is kept as ``best.pt``; ``last.pt`` holds everything needed to
+continue (model, optimiser, history, best so far). ``final=True`` then trains one model on all
+labelled pairs for the folds' median chosen epoch (``final/``: what ``rankiq export`` ships).
 
 Reproducibility: every random draw of epoch ``e`` of fold ``k`` (shuffle, augmentation, dropout)
 comes from seeds derived from ``(seed, k, e)``, and the initial weights from ``(seed, k, 0)``, so
@@ -24,10 +28,12 @@ import numpy as np
 import torch
 from rankiq.service.atomic import atomic_path, atomic_write
 from rankiq.training.augment import AugmentConfig, apply, draw
+from rankiq.training.config import TrainConfig
 from rankiq.training.data import RankingData
 from rankiq.training.factory import build_scorer, load_checkpoint
-from rankiq.training.folds import split
+from rankiq.training.folds import inner_split, split
 from rankiq.training.runs import (
+    FINAL,
     FOLDS,
     METRIC_MODELS,
     SUMMARY,
@@ -37,14 +43,10 @@ from rankiq.training.runs import (
 )
 from torch import nn
 
-HISTORY_FIELDS = ("epoch", "lr", "lr_classifier", "train_loss", "train_acc", "val_loss",
-                  "val_acc", "seconds")
-DEFAULTS: dict = {
-    "batch_size": 24, "lr": 1e-4, "lr_classifier": 1e-3, "lr_decay": 0.999,
-    "weight_decay": 1e-5, "augment": True, "activation": "identity", "dropout": 0.5,
-    "effnet_size": 224, "channels": 8, "blocks": 5,
-    "classifier_warmup": 300, "classifier_warmup_lr": 1e-2,
-}
+HISTORY_FIELDS = ("epoch", "lr", "lr_classifier", "train_loss", "train_acc", "sel_acc",
+                  "val_loss", "val_acc", "seconds")
+#: every field of :class:`TrainConfig` at its default (for callers that build dict configs)
+DEFAULTS: dict = TrainConfig().to_dict()
 
 
 def derived_seed(seed: int, *keys: int) -> int:
@@ -115,7 +117,7 @@ def _history_write(d: Path, history: list[dict]) -> None:
         w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
         w.writeheader()
         for h in history:
-            w.writerow({k: h[k] for k in HISTORY_FIELDS})
+            w.writerow({k: h.get(k) for k in HISTORY_FIELDS})
 
 
 def _save(path: Path, obj: dict) -> None:
@@ -136,19 +138,48 @@ def write_predictions(path: Path, data: RankingData, idx: np.ndarray, s1: np.nda
                         int(np.argmax(logits[j]))])
 
 
-def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, config: dict,
-               fold: int, out: Path, *, resume: bool = False, progress: bool = False,
-               scorer_init: dict | None = None, freeze_scorer: bool = False,
-               classifier_init: dict | None = None,
+def random_crops(x1: torch.Tensor, x2: torch.Tensor, size: int, gen: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``size`` x ``size`` window of both ``(N, C, H, W)`` inputs of each pair
+    (native resolution: no resampling)."""
+    n, _, h, w = x1.shape
+    oy = torch.randint(0, h - size + 1, (n,), generator=gen)
+    ox = torch.randint(0, w - size + 1, (n,), generator=gen)
+    a = torch.stack([x1[i, :, y:y + size, x:x + size] for i, (y, x)
+                     in enumerate(zip(oy.tolist(), ox.tolist(), strict=True))])
+    b = torch.stack([x2[i, :, y:y + size, x:x + size] for i, (y, x)
+                     in enumerate(zip(oy.tolist(), ox.tolist(), strict=True))])
+    return a, b
+
+
+def _accuracy(scorer: nn.Module, classifier: nn.Module, data: RankingData, idx: np.ndarray,
+              loss_fn: nn.Module) -> tuple[float | None, float | None]:
+    """Eval-mode (loss, accuracy) on whole images of pairs ``idx`` (None, None when empty)."""
+    if len(idx) == 0:
+        return None, None
+    _, _, lg = predict(scorer, classifier, data.x1[idx], data.x2[idx])
+    y = data.label[idx]
+    return (float(loss_fn(torch.from_numpy(lg), torch.from_numpy(y))),
+            float((lg.argmax(1) == y).mean()))
+
+
+def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray,
+               config: TrainConfig | dict, fold: int | str, out: Path, *,
+               select_idx: np.ndarray | None = None, resume: bool = False,
+               progress: bool = False, scorer_init: dict | None = None,
+               freeze_scorer: bool = False, classifier_init: dict | None = None,
                log: Callable[[str], None] | None = None) -> dict:
-    """Train one fold; writes ``out/fold{K}/`` and returns its summary entry.
+    """Train one fold (or ``fold="final"``); writes ``out/fold{K}/`` and returns its summary.
 
     Args:
         data: labelled pairs (network inputs or metric values).
-        train_idx, val_idx: indices into ``data``.
-        config: run config (model, mode, input_kind, seed, epochs + :data:`DEFAULTS` keys).
-        fold: fold number K.
+        train_idx: indices into ``data`` the model is fitted on.
+        val_idx: the held-out fold (may be empty: the final model); never used to choose.
+        config: the run's :class:`TrainConfig` (or a dict of its fields).
+        fold: fold number K, or ``"final"``.
         out: run directory.
+        select_idx: pairs the epoch is chosen on (inner split); None: the held-out fold when
+            ``config.selection == "validation"`` (legacy), else the last epoch.
         resume: continue from ``last.pt`` when present (a finished fold is not retrained).
         progress: show a tqdm bar per epoch.
         scorer_init: state dict to start the scorer from (distillation student).
@@ -156,36 +187,37 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, co
         freeze_scorer: train the classifier only (scorer kept in eval mode).
 
     Returns:
-        ``{"best_val_acc", "best_epoch", "epochs_run", "n_train", "n_val"}``.
+        ``{"best_val_acc" (held-out accuracy at the chosen epoch), "best_epoch",
+        "selection_acc", "selection", "epochs_run", "n_train", "n_select", "n_val"}``.
     """
-    cfg = {**DEFAULTS, **config}
-    seed, epochs, bs = int(cfg["seed"]), int(cfg["epochs"]), int(cfg["batch_size"])
+    cfg = TrainConfig.coerce(config)
+    seed, epochs, bs = cfg.seed, cfg.epochs, cfg.batch_size
+    k_seed = cfg.folds if fold == FINAL else int(fold)
     d = fold_dir(out, fold)
     d.mkdir(parents=True, exist_ok=True)
     from rankiq.training.models.classifier import RankClassifier
 
-    torch.manual_seed(derived_seed(seed, fold, 0))
-    scorer = build_scorer(cfg)
+    torch.manual_seed(derived_seed(seed, k_seed, 0))
+    scorer = build_scorer(cfg.to_dict())
     classifier = RankClassifier()
-    is_metric = cfg["model"] in METRIC_MODELS
+    is_metric = cfg.model in METRIC_MODELS
     if is_metric:
         from rankiq.training.baselines import fit_scale
 
         vals = np.concatenate([data.x1[train_idx, 0], data.x2[train_idx, 0]])
-        scorer.scale.fill_(fit_scale(cfg["model"], vals))
+        scorer.scale.fill_(fit_scale(cfg.model, vals))
     if scorer_init is not None:
         scorer.load_state_dict(scorer_init)
     if classifier_init is not None:
         classifier.load_state_dict(classifier_init)
     groups = []
     if not freeze_scorer and any(True for _ in scorer.parameters()):
-        groups.append({"params": list(scorer.parameters()), "lr": float(cfg["lr"]),
-                       "base_lr": float(cfg["lr"])})
-    groups.append({"params": list(classifier.parameters()), "lr": float(cfg["lr_classifier"]),
-                   "base_lr": float(cfg["lr_classifier"])})
-    opt = torch.optim.Adam(groups, weight_decay=float(cfg["weight_decay"]))
+        groups.append({"params": list(scorer.parameters()), "lr": cfg.lr, "base_lr": cfg.lr})
+    groups.append({"params": list(classifier.parameters()), "lr": cfg.lr_classifier,
+                   "base_lr": cfg.lr_classifier})
+    opt = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
     history: list[dict] = []
-    best = {"val_acc": None, "epoch": 0}
+    best: dict = {"val_acc": None, "epoch": 0, "sel_acc": None}
     start = 0
     last = d / "last.pt"
     if resume and last.exists():
@@ -194,20 +226,26 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, co
         classifier.load_state_dict(ck["classifier"])
         opt.load_state_dict(ck["optimizer"])
         history, best, start = list(ck["history"]), dict(ck["best"]), int(ck["epoch"])
+    if select_idx is None and cfg.selection == "validation":
+        sel_idx, sel_name = val_idx, "validation"
+    elif select_idx is not None:
+        sel_idx, sel_name = select_idx, "inner"
+    else:
+        sel_idx, sel_name = np.zeros(0, np.int64), "last"
     loss_fn = nn.CrossEntropyLoss()
     y_all = torch.from_numpy(data.label)
-    if start == 0 and int(cfg["classifier_warmup"]) > 0:
+    if start == 0 and cfg.classifier_warmup > 0:
         warmup_classifier(scorer, classifier, data.x1[train_idx], data.x2[train_idx],
-                          y_all[train_idx], int(cfg["classifier_warmup"]),
-                          float(cfg["classifier_warmup_lr"]))
-    aug = bool(cfg["augment"]) and not is_metric
+                          y_all[train_idx], cfg.classifier_warmup, cfg.classifier_warmup_lr)
+    aug = cfg.augment and not is_metric
     aug_cfg = AugmentConfig()
+    crop = cfg.crop if (cfg.crop and not is_metric and cfg.model != "efficientnet") else None
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * float(cfg["lr_decay"]) ** (epoch - 1)
-        gen = torch.Generator().manual_seed(derived_seed(seed, fold, epoch, 1))
-        torch.manual_seed(derived_seed(seed, fold, epoch, 2))  # dropout masks
+            g["lr"] = g["base_lr"] * cfg.lr_decay ** (epoch - 1)
+        gen = torch.Generator().manual_seed(derived_seed(seed, k_seed, epoch, 1))
+        torch.manual_seed(derived_seed(seed, k_seed, epoch, 2))  # dropout masks
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         scorer.train(not freeze_scorer)
         classifier.train()
@@ -225,13 +263,20 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, co
             if aug:
                 p = draw(len(idx), gen, aug_cfg)
                 x1, x2 = apply(x1, p), apply(x2, p)
+            scale = 1.0
+            if crop is not None and crop < min(x1.shape[-2:]):
+                # IQ-Net's L2-norm features grow with sqrt(area): a crop's score times
+                # sqrt(whole / crop area) is on the whole image's scale, which the classifier
+                # sees at selection, evaluation and export
+                scale = float(np.sqrt(x1.shape[-2] * x1.shape[-1] / crop**2))
+                x1, x2 = random_crops(x1, x2, crop, gen)
             y = y_all[idx]
             if freeze_scorer:
                 with torch.no_grad():
                     s1, s2 = score_pairs(scorer, x1, x2)
             else:
                 s1, s2 = score_pairs(scorer, x1, x2)
-            logits = classifier(s1, s2)
+            logits = classifier(s1 * scale, s2 * scale)
             loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,61 +284,90 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray, co
             tot_loss += float(loss.detach()) * len(idx)
             tot_ok += int((logits.detach().argmax(1) == y).sum())
             seen += len(idx)
-        s1v, s2v, lv = predict(scorer, classifier, data.x1[val_idx], data.x2[val_idx])
-        yv = data.label[val_idx]
-        val_loss = float(loss_fn(torch.from_numpy(lv), torch.from_numpy(yv))) if len(yv) else 0.0
-        val_acc = float((lv.argmax(1) == yv).mean()) if len(yv) else 0.0
+        val_loss, val_acc = _accuracy(scorer, classifier, data, val_idx, loss_fn)
+        _, sel_acc = ((None, val_acc) if sel_name == "validation"
+                      else _accuracy(scorer, classifier, data, sel_idx, loss_fn))
         lrs = [g["lr"] for g in opt.param_groups]
         row = {"epoch": epoch, "lr": lrs[0] if len(lrs) > 1 else 0.0, "lr_classifier": lrs[-1],
                "train_loss": tot_loss / max(seen, 1), "train_acc": tot_ok / max(seen, 1),
-               "val_loss": val_loss, "val_acc": val_acc,
+               "sel_acc": sel_acc, "val_loss": val_loss, "val_acc": val_acc,
                "seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
         state = {"scorer": scorer.state_dict(), "classifier": classifier.state_dict(),
-                 "epoch": epoch, "val_acc": val_acc}
-        if best["val_acc"] is None or val_acc > best["val_acc"]:
-            best = {"val_acc": val_acc, "epoch": epoch}
+                 "epoch": epoch, "val_acc": val_acc, "sel_acc": sel_acc}
+        if sel_name == "last" or best["epoch"] == 0 or (
+                sel_acc is not None and (best["sel_acc"] is None or sel_acc > best["sel_acc"])):
+            best = {"val_acc": val_acc, "epoch": epoch, "sel_acc": sel_acc}
             _save(d / "best.pt", state)
         _save(last, {**state, "optimizer": opt.state_dict(), "history": history, "best": best})
         _history_write(d, history)
         if log:
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             log(f"fold {fold} epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.3f}, val loss {val_loss:.4f} acc {val_acc:.3f} "
-                f"({row['seconds']:.1f} s)")
+                f"acc {row['train_acc']:.3f}, selection acc {fmt(sel_acc)}, held-out acc "
+                f"{fmt(val_acc)} ({row['seconds']:.1f} s)")
     if not (d / "best.pt").exists():
         raise RunError(f"fold {fold} has no trained epoch (epochs={epochs})", source=str(d))
-    ck = load_checkpoint(d / "best.pt")
-    scorer.load_state_dict(ck["scorer"])
-    classifier.load_state_dict(ck["classifier"])
-    s1v, s2v, lv = predict(scorer, classifier, data.x1[val_idx], data.x2[val_idx])
-    write_predictions(d / "predictions.csv", data, val_idx, s1v, s2v, lv)
+    if len(val_idx):
+        ck = load_checkpoint(d / "best.pt")
+        scorer.load_state_dict(ck["scorer"])
+        classifier.load_state_dict(ck["classifier"])
+        s1v, s2v, lv = predict(scorer, classifier, data.x1[val_idx], data.x2[val_idx])
+        write_predictions(d / "predictions.csv", data, val_idx, s1v, s2v, lv)
     return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+            "selection_acc": best.get("sel_acc"), "selection": sel_name,
             "epochs_run": len(history), "n_train": int(len(train_idx)),
+            "n_select": int(len(sel_idx)) if sel_name == "inner" else 0,
             "n_val": int(len(val_idx))}
 
 
-def summarise_folds(folds: dict[int, dict], config: dict) -> dict:
-    """summary.json: per-fold entries, ``val_acc`` list, ``mean`` and ``sd`` (ddof=1)."""
+def summarise_folds(folds: dict[int, dict], config: TrainConfig | dict,
+                    pooled: dict | None = None) -> dict:
+    """summary.json: per-fold entries, ``val_acc`` list (held-out accuracy at each fold's chosen
+    epoch), ``mean`` and ``sd`` (ddof=1, across folds) and ``held_out`` (pooled over the
+    held-out pairs of all folds, with 95 % CIs, see :mod:`rankiq.training.stats`)."""
+    cfg = TrainConfig.coerce(config)
     accs = [folds[k]["best_val_acc"] for k in sorted(folds)]
     arr = np.asarray(accs, dtype=np.float64)
-    return {"model": config["model"], "mode": config["mode"],
-            "input_kind": config["input_kind"], "student": config.get("student"),
+    return {"model": cfg.model, "mode": cfg.mode, "input_kind": cfg.input_kind,
+            "student": cfg.student, "selection": cfg.selection,
             "folds": {str(k): folds[k] for k in sorted(folds)}, "val_acc": accs,
             "mean": float(arr.mean()) if len(arr) else None,
             "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None,
-            "complete": len(folds) == int(config["folds"])}
+            "held_out": pooled, "complete": len(folds) == cfg.folds}
 
 
-def run_folds(data: RankingData, fold_of: np.ndarray, config: dict, out: Path, *,
-              only: list[int] | None = None, resume: bool = False, progress: bool = False,
+def pooled_held_out(out: Path, data: RankingData, groups: np.ndarray, seed: int) -> dict | None:
+    """Held-out accuracy over every fold's predictions.csv with 95 % CIs (cluster bootstrap
+    over ``groups``, Wilson over pairs); None before any fold finished."""
+    from rankiq.training.runs import read_predictions
+    from rankiq.training.stats import held_out_accuracy
+
+    pred = read_predictions(out)
+    if not pred:
+        return None
+    group_of = dict(zip(data.pair_id.tolist(), np.asarray(groups).astype(str).tolist(),
+                        strict=True))
+    ids = [p for p in sorted(pred) if p in group_of]
+    correct = np.array([pred[p][2] == pred[p][3] for p in ids], dtype=bool)
+    return held_out_accuracy(correct, np.array([group_of[p] for p in ids]), seed=seed)
+
+
+def run_folds(data: RankingData, fold_of: np.ndarray, config: TrainConfig | dict, out: Path,
+              *, groups: np.ndarray | None = None, only: list[int] | None = None,
+              resume: bool = False, progress: bool = False,
               log: Callable[[str], None] | None = None,
               fold_hook: Callable[[int, np.ndarray, np.ndarray], dict] | None = None) -> dict:
     """Train every fold (or ``only`` those), updating summary.json after each.
 
-    ``fold_hook(k, train_idx, val_idx)`` may return extra keyword arguments for
-    :func:`train_fold` (used by distillation to pass the student's weights).
+    ``groups`` ``(N,)`` keys the folds were grouped by (default ``data.source_id``): the inner
+    epoch-selection split and the CI's bootstrap use them too. ``fold_hook(k, train_idx,
+    val_idx)`` may return extra keyword arguments for :func:`train_fold` (used by distillation
+    to pass the student's weights).
     """
-    k_total = int(config["folds"])
+    cfg = TrainConfig.coerce(config)
+    groups = data.source_id if groups is None else groups
+    k_total = cfg.folds
     write_json(out / FOLDS, {str(k): [int(p) for p in data.pair_id[fold_of == k]]
                              for k in range(k_total)})
     prev = {}
@@ -305,15 +379,21 @@ def run_folds(data: RankingData, fold_of: np.ndarray, config: dict, out: Path, *
     for k in (only if only is not None else range(k_total)):
         tr, va = split(fold_of, k)
         extra = fold_hook(k, tr, va) if fold_hook else {}
-        results[k] = train_fold(data, tr, va, config, k, out, resume=resume, progress=progress,
-                                log=log, **extra)
-        write_json(out / SUMMARY, summarise_folds(results, config))
-    return summarise_folds(results, config)
+        sel = None
+        if cfg.selection == "inner":
+            tr, sel = inner_split(tr, groups, cfg.inner_fraction,
+                                  derived_seed(cfg.seed, k, 0, 3))
+        results[k] = train_fold(data, tr, va, cfg, k, out, select_idx=sel, resume=resume,
+                                progress=progress, log=log, **extra)
+        write_json(out / SUMMARY, summarise_folds(
+            results, cfg, pooled_held_out(out, data, groups, cfg.seed)))
+    return summarise_folds(results, cfg, pooled_held_out(out, data, groups, cfg.seed))
 
 
-def check_resume(out: Path, config: dict, resume: bool) -> None:
+def check_resume(out: Path, config: TrainConfig | dict, resume: bool) -> None:
     """Refuse to mix runs: an existing run directory needs ``resume`` and the same config
-    (except ``epochs``, which may grow, and the fold list)."""
+    (except ``epochs``, which may grow, and the fold list). A config.json this version cannot
+    read is a one-line :class:`RunError`."""
     from rankiq.training.runs import CONFIG, read_json
 
     p = out / CONFIG
@@ -322,50 +402,61 @@ def check_resume(out: Path, config: dict, resume: bool) -> None:
     if not resume:
         raise RunError("already holds a run; use --resume to continue it or another --out",
                        source=str(out))
-    old = read_json(p)
+    old = TrainConfig.from_run_dict(read_json(p)).to_dict()
+    new = TrainConfig.coerce(config).to_dict()
     free = {"epochs", "fold", "created_by"}
-    diff = sorted(k for k in set(old) | set(config) if k not in free and old.get(k)
-                  != config.get(k))
+    diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
     if diff:
         raise RunError(f"cannot resume: the run was made with different {', '.join(diff)}",
                        source=str(out))
 
 
-def train_run(pairs: str | Path, rankings: str | Path, out: str | Path, config: dict, *,
-              only: list[int] | None = None, resume: bool = False, progress: bool = False,
+def train_run(pairs: str | Path, rankings: str | Path, out: str | Path,
+              config: TrainConfig | dict, *, only: list[int] | None = None,
+              resume: bool = False, progress: bool = False,
               log: Callable[[str], None] | None = None) -> dict:
     """Train a run end to end (the body of ``rankiq train`` for non-distilled models).
 
     Args:
         pairs, rankings: the data.
         out: run directory (created; an existing one needs ``resume``).
-        config: model, mode, input_kind, grid (None = pairs size), folds, seed, epochs and
-            optional :data:`DEFAULTS` overrides.
-        only: train these folds only.
+        config: :class:`TrainConfig` (or a dict of its fields; ``grid`` None = pairs size).
+        only: train these folds only (no final model).
 
     Returns:
-        The summary dict (also in ``out/summary.json``).
+        The summary dict (also in ``out/summary.json``), with ``grouping`` (what the folds are
+        grouped by, how many source volumes and subjects) and, with ``final``, ``final``.
     """
     from rankiq.training.data import load_ranking_data
-    from rankiq.training.folds import assign_folds
+    from rankiq.training.folds import assign_folds, fold_groups
     from rankiq.training.runs import CONFIG, sha256_files
 
     out = Path(out)
-    config = {**DEFAULTS, **config}
-    metric = config["model"] if config["model"] in METRIC_MODELS else None
-    data = load_ranking_data(pairs, rankings, mode=config["mode"],
-                             input_kind=config["input_kind"], grid=config.get("grid"),
-                             metric=metric)
-    config["grid"] = list(data.grid)
-    config["data"] = {"pairs": str(Path(pairs).resolve()),
-                      "rankings": str(Path(rankings).resolve()),
-                      "fingerprint": sha256_files(pairs, rankings),
-                      "n_labelled": len(data), "pairs_size": data.size}
-    check_resume(out, config, resume)
-    fold_of = assign_folds(data.source_id, int(config["folds"]), int(config["seed"]))
-    if only is not None and any(not 0 <= k < int(config["folds"]) for k in only):
-        raise RunError(f"--fold must be in 0..{int(config['folds']) - 1}")
+    cfg = TrainConfig.coerce(config)
+    metric = cfg.model if cfg.model in METRIC_MODELS else None
+    data = load_ranking_data(pairs, rankings, mode=cfg.mode, input_kind=cfg.input_kind,
+                             grid=cfg.grid, metric=metric)
+    cfg = cfg.replace(grid=tuple(data.grid), data={
+        "pairs": str(Path(pairs).resolve()), "rankings": str(Path(rankings).resolve()),
+        "fingerprint": sha256_files(pairs, rankings), "n_labelled": len(data),
+        "pairs_size": data.size})
+    check_resume(out, cfg, resume)
+    groups, grouping = fold_groups(data.source_id, cfg.group_by, cfg.folds)
+    fold_of = assign_folds(groups, cfg.folds, cfg.seed)
+    if only is not None and any(not 0 <= k < cfg.folds for k in only):
+        raise RunError(f"--fold must be in 0..{cfg.folds - 1}")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, config)
-    return run_folds(data, fold_of, config, out, only=only, resume=resume, progress=progress,
-                     log=log)
+    write_json(out / CONFIG, cfg.to_dict())
+    summary = run_folds(data, fold_of, cfg, out, groups=groups, only=only, resume=resume,
+                        progress=progress, log=log)
+    summary["grouping"] = grouping
+    if cfg.final and only is None and summary["complete"]:
+        chosen = [int(f["best_epoch"]) for f in summary["folds"].values()]
+        n_epochs = max(1, int(np.median(chosen)))
+        everything = np.arange(len(data))
+        res = train_fold(data, everything, np.zeros(0, np.int64), cfg.replace(epochs=n_epochs),
+                         FINAL, out, resume=resume, progress=progress, log=log)
+        summary["final"] = {"epochs": n_epochs, "chosen_epochs": chosen,
+                            "n_train": res["n_train"]}
+    write_json(out / SUMMARY, summary)
+    return summary

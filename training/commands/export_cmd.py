@@ -19,7 +19,8 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--name", help="model name (default: the --out folder name)")
     p.add_argument("--version", default="0.1.0", help="model version (default 0.1.0)")
     p.add_argument("--fold", type=int, default=None,
-                   help="fold to export (default: final/ model or the best fold)")
+                   help="export this fold's model instead of final/ (the model trained on all "
+                        "labelled pairs with --final; default); the best fold is never chosen")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default 0)")
     p.add_argument("--calibrate", metavar="PAIRS",
                    help="calibrate the QA thresholds per contrast family on this pairs file "

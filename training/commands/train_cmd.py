@@ -67,6 +67,22 @@ def add_commands(reg: Registry) -> None:
     t.add_argument("--fresh-fraction", type=float, default=1.0,
                    help="distill: fresh simulated corruptions per epoch, as a fraction of the "
                         "training images (default 1)")
+    t.add_argument("--crop", type=int, default=None,
+                   help="train on random CROP x CROP windows at native resolution (IQ-Net is "
+                        "fully convolutional; scores are put on the whole image's scale); "
+                        "selection and evaluation use whole images (default: whole images)")
+    t.add_argument("--selection", choices=("inner", "validation"), default="inner",
+                   help="choose the epoch on an inner split of the training folds (default) "
+                        "or on the held-out fold itself (legacy: biased upward)")
+    t.add_argument("--inner-fraction", type=float, default=0.2,
+                   help="share of the training folds' groups held for epoch selection "
+                        "(default 0.2)")
+    t.add_argument("--group-by", choices=("volume", "subject"), default="volume",
+                   help="group folds by true source volume (default; falls back to subjects "
+                        "when there are fewer volumes than folds) or by subject")
+    t.add_argument("--final", action="store_true",
+                   help="after the folds, train one model on all labelled pairs for the "
+                        "folds' median chosen epoch (final/: what `rankiq export` ships)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -148,27 +164,28 @@ def train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = {
-        "model": args.model,
-        "mode": "no-reference" if (args.no_reference or args.model == "distill") else "reference",
-        "input_kind": "magnitude" if args.model in ("mse", "ssim") else args.input,
-        "grid": _grid(args.grid), "folds": args.folds, "seed": args.seed,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "lr_classifier": args.lr_classifier, "lr_decay": args.lr_decay,
-        "weight_decay": args.weight_decay, "augment": not args.no_augment,
-        "activation": args.activation, "dropout": args.dropout,
-        "effnet_size": args.effnet_size,
-        "classifier_warmup": args.classifier_warmup,
-        "created_by": "rankiq train",
-    }
+    from rankiq.training.config import TrainConfig
+
+    config = TrainConfig(
+        model=args.model,
+        mode="no-reference" if (args.no_reference or args.model == "distill") else "reference",
+        input_kind="magnitude" if args.model in ("mse", "ssim") else args.input,
+        grid=_grid(args.grid), folds=args.folds, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        lr_classifier=args.lr_classifier, lr_decay=args.lr_decay,
+        weight_decay=args.weight_decay, augment=not args.no_augment,
+        activation=args.activation, dropout=args.dropout,
+        effnet_size=args.effnet_size, classifier_warmup=args.classifier_warmup,
+        crop=args.crop, selection=args.selection, inner_fraction=args.inner_fraction,
+        group_by=args.group_by, final=args.final, created_by="rankiq train")
     progress = not args.quiet and sys.stderr.isatty()
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.model == "distill":
         from rankiq.training.distill import distill_run
 
-        config.update(student=args.student, fresh_fraction=args.fresh_fraction,
-                      distill_epochs=args.distill_epochs or args.epochs)
-        summary = distill_run(args.data, args.rankings, args.out, config, args.teacher,
+        config = config.replace(student=args.student, fresh_fraction=args.fresh_fraction,
+                                distill_epochs=args.distill_epochs or args.epochs)
+        summary = distill_run(args.data, args.rankings, args.out, config.to_dict(), args.teacher,
                               only=args.fold, resume=args.resume, progress=progress, log=log)
     else:
         from rankiq.training.train import train_run
@@ -177,8 +194,16 @@ def train(args: argparse.Namespace) -> int:
                             resume=args.resume, progress=progress, log=log)
     accs = " ".join(f"{a:.3f}" for a in summary["val_acc"])
     sd = "" if summary["sd"] is None else f" +- {summary['sd']:.3f}"
-    print(f"{args.out}: {config['model']} ({config['mode']}) validation accuracy per fold "
-          f"[{accs}], mean {summary['mean']:.3f}{sd}")
+    pooled = summary.get("held_out") or {}
+    ci = pooled.get("ci95_cluster_bootstrap") or pooled.get("ci95_wilson")
+    pooled_txt = ("" if not pooled.get("n") else
+                  f"; pooled held-out {pooled['accuracy']:.3f} on {pooled['n']} pairs"
+                  + ("" if ci is None else f", 95 % CI [{ci[0]:.3f}, {ci[1]:.3f}]"))
+    final = summary.get("final")
+    final_txt = "" if not final else f"; final model: all pairs, {final['epochs']} epochs"
+    print(f"{args.out}: {config.model} ({config.mode}) held-out accuracy per fold "
+          f"[{accs}] (epoch chosen on {config.selection} pairs), mean {summary['mean']:.3f}{sd}"
+          f"{pooled_txt}{final_txt}")
     return 0
 
 
