@@ -89,7 +89,8 @@ docs: venv
 
 ## system packages the tests need: a real Prometheus server (Debian package) scrapes the service;
 ## a real Orthanc PACS with its DICOMweb plugin serves the PACS tests, and dciodvfy (dicom3tools)
-## validates the DICOM objects RankIQ writes back
+## validates the DICOM objects RankIQ writes back; headless Chromium (chromium, chromium-driver)
+## drives the reader-study page and a throw-away PostgreSQL serves its durability test
 ## data-deps: Debian's mricron-data (the Colin27 scan the no-reference model's training uses)
 data-deps:
 	@test -f /usr/share/mricron/templates/ch2better.nii.gz || { \
@@ -105,6 +106,11 @@ test-deps:
 	  echo "installing the Debian packages orthanc, orthanc-dicomweb, dicom3tools (PACS tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    orthanc orthanc-dicomweb dicom3tools >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && \
+	    { command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1; } || { \
+	  echo "installing the Debian packages chromium, chromium-driver, postgresql (reader-study tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver postgresql >/dev/null; }
 	@$(MAKE) --no-print-directory data-deps
 
 lint: venv

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "rankiq.service.commands.serve_cmd",  # rankiq serve
     "rankiq.service.commands.qa_cmd",  # rankiq qa
     "rankiq.service.commands.calibrate_cmd",  # rankiq calibrate
+    "rankiq.service.commands.readers_cmd",  # rankiq readers serve / invite / export
     "rankiq.service.bench.serve",  # rankiq bench serve
     "rankiq.service.bench.qa",  # rankiq bench qa
 )
