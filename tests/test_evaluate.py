@@ -63,3 +63,21 @@ def test_matches_nested_linear_models_on_random_data(seed):
     assert (res["df1"], res["df2"]) == (df1, df2) == (3, 12)
     assert res["F"] == pytest.approx(f, rel=1e-9)
     assert res["p"] == pytest.approx(p, rel=1e-7)
+
+
+def test_paper_comparison_marks_rows_without_runs_not_run() -> None:
+    from rankiq.training.evaluate import format_markdown
+
+    res = {"runs": [{"run": "runs/iq", "label": "IQ-Net", "model": "iqnet", "mode": "reference",
+                     "input_kind": "magnitude", "grid": [64, 64], "epochs": 2,
+                     "val_acc": [0.7, 0.8], "mean": 0.75, "sd": 0.07,
+                     "held_out": {"accuracy": 0.75, "n": 40, "ci95_cluster_bootstrap":
+                                  [0.6, 0.9], "ci95_wilson": [0.6, 0.86]}}],
+           "anova": None, "ttests": {}, "spearman": {}, "notes": []}
+    md = format_markdown(res)
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()}
+    assert "75.2 ± 1.3" in rows["IQ-Net, with reference"]
+    assert "75.0 [60.0, 90.0] (40 pairs)" in rows["IQ-Net, with reference"]
+    for name in ("EfficientNet-b0, with reference", "EfficientNet-b0, without reference",
+                 "MSE", "SSIM"):
+        assert "not run" in rows[name] and "rankiq train" in rows[name]

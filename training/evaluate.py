@@ -2,7 +2,10 @@
 
 Writes to the report directory:
 
-* ``table.md`` / ``results.json``: validation ranking accuracy (best epoch per fold) mean ± sd
+* ``table.md`` / ``results.json``: the paper's accuracy beside RankIQ's for each of its rows
+  (IQ-Net / EfficientNet with and without reference, MSE, SSIM; rows without a run say "not
+  run" and the command that fills them), with the pooled held-out 95 % CI; then held-out
+  ranking accuracy (at the epoch chosen on the inner split) mean ± sd
   (ddof=1) over the folds for every run, per-fold values; a repeated-measures ANOVA over the
   runs (folds are the repeated "subjects"; implemented with numpy, p from scipy's F
   distribution); paired t-tests (``scipy.stats.ttest_rel``) of every run against the MSE and
@@ -103,7 +106,8 @@ def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
             "grid": r["config"].get("grid"), "epochs": r["config"].get("epochs"),
             "val_acc": r["acc"].tolist(), "mean": float(r["acc"].mean()),
             "sd": float(r["acc"].std(ddof=1)) if len(r["acc"]) > 1 else None,
-            "same_folds": r in same})
+            "held_out": r["summary"].get("held_out"),
+            "selection": r["config"].get("selection"), "same_folds": r in same})
     left_out = [r["name"] for r in runs if r not in same]
     if left_out:
         result["notes"].append(f"left out of the tests (incomplete or different folds): "
@@ -156,9 +160,58 @@ def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
     return result
 
 
+#: the paper's Results (consensus accuracy, mean ± SD over its 5 folds), by (model, mode)
+PAPER_ACCURACY = {("iqnet", "reference"): (75.2, 1.3), ("iqnet", "no-reference"): (49.8, 10.0),
+                  ("efficientnet", "reference"): (79.2, 1.7),
+                  ("efficientnet", "no-reference"): (79.4, 1.2),
+                  ("mse", "reference"): (70.3, 2.3), ("ssim", "reference"): (66.7, 2.3)}
+PAPER_ROWS = {("iqnet", "reference"): "IQ-Net, with reference",
+              ("iqnet", "no-reference"): "IQ-Net, without reference",
+              ("efficientnet", "reference"): "EfficientNet-b0, with reference",
+              ("efficientnet", "no-reference"): "EfficientNet-b0, without reference",
+              ("mse", "reference"): "MSE", ("ssim", "reference"): "SSIM"}
+#: how to fill a row that was not run (same data and folds as the other runs)
+NOT_RUN_COMMAND = {
+    ("iqnet", "reference"): "rankiq train --model iqnet --final ... --out runs/iqnet-ref",
+    ("iqnet", "no-reference"): "rankiq train --model iqnet --no-reference ... --out "
+                               "runs/iqnet-noref",
+    ("efficientnet", "reference"): "rankiq train --model efficientnet --input complex "
+                                   "--effnet-size 224 ... --out runs/effnet-ref",
+    ("efficientnet", "no-reference"): "rankiq train --model efficientnet --no-reference "
+                                      "--input complex --effnet-size 224 ... --out "
+                                      "runs/effnet-noref",
+    ("mse", "reference"): "rankiq train --model mse ... --out runs/mse",
+    ("ssim", "reference"): "rankiq train --model ssim ... --out runs/ssim"}
+
+
+def paper_comparison(res: dict) -> list[str]:
+    """Markdown lines: the paper's accuracy beside RankIQ's for each of the paper's rows (the
+    first run of that model and mode), with the pooled held-out 95 % CI; rows without a run are
+    marked "not run" with the command that fills them (never a number)."""
+    lines = ["| paper row | paper % (mean ± SD) | RankIQ % (mean ± SD over folds) | "
+             "RankIQ pooled held-out % [95 % CI] | run |", "|---|---|---|---|---|"]
+    for key, name in PAPER_ROWS.items():
+        pm, psd = PAPER_ACCURACY[key]
+        r = next((r for r in res["runs"] if (r["model"], r["mode"]) == key), None)
+        if r is None:
+            lines.append(f"| {name} | {pm} ± {psd} | not run | not run | "
+                         f"`{NOT_RUN_COMMAND[key]}` |")
+            continue
+        sd = "" if r["sd"] is None else f" ± {100 * r['sd']:.1f}"
+        h = r.get("held_out") or {}
+        ci = h.get("ci95_cluster_bootstrap") or h.get("ci95_wilson")
+        pooled = ("-" if not h.get("n") else f"{100 * h['accuracy']:.1f}"
+                  + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
+                  + f" ({h['n']} pairs)")
+        lines.append(f"| {name} | {pm} ± {psd} | {100 * r['mean']:.1f}{sd} | {pooled} | "
+                     f"{Path(r['run']).name} |")
+    return lines
+
+
 def format_markdown(res: dict) -> str:
     """The comparison table and statistics as Markdown."""
-    lines = ["| model | run | grid | epochs | accuracy % (mean ± sd) | per fold % |",
+    lines = [*paper_comparison(res), "",
+             "| model | run | grid | epochs | accuracy % (mean ± sd) | per fold % |",
              "|---|---|---|---|---|---|"]
     for r in res["runs"]:
         sd = "" if r["sd"] is None else f" ± {100 * r['sd']:.1f}"
