@@ -40,7 +40,8 @@ TARGETS: dict[str, list[str]] = {
     "service/qa/aggregate.py": ["tests/test_qa_aggregate.py"],
     "service/qa/selection.py": ["tests/test_qa_selection.py"],
     "service/io/limits.py": ["tests/test_io_budgets.py", "tests/test_io_archive.py"],
-    "service/guard.py": ["tests/test_service_bento.py::test_bearer_token_parsing_and_comparison",
+    "service/guard.py": ["tests/test_guard.py",
+                         "tests/test_service_bento.py::test_bearer_token_parsing_and_comparison",
                          "tests/test_service_bento.py::test_check_multipart_accepts_valid_forms",
                          "tests/test_service_bento.py::test_check_multipart_rejects"],
 }
@@ -56,6 +57,24 @@ EXCLUDED_OPERATORS = [
     r"core/ReplaceComparisonOperator_.*_(Is|IsNot|In|NotIn)$",
     r"core/ReplaceUnaryOperator_.*_(Invert|UAdd)$",
 ]
+
+
+#: Mutants that cannot change behaviour, each checked by hand: (module, line as written, line as
+#: mutated, why). Lines are compared without whitespace; a mutant matches only when both lines
+#: do, so a later edit of the line brings its mutants back.
+EQUIVALENT_MUTANTS: list[tuple[str, str, str, str]] = [
+    ("service/preprocess.py", "if (h, w) != (side, side):", "if (h, w) < (side, side):",
+     "h, w <= side: the tuples differ exactly when one side is shorter, which is when the "
+     "lexicographic < holds"),
+    ("service/scoring.py",
+     "display = (np.abs(img[:, 0]) if img.shape[1] == 1",
+     "display = (np.abs(img[:, -1]) if img.shape[1] == 1",
+     "with one channel, channel -1 is channel 0"),
+]
+
+
+def _squash(line: str) -> str:
+    return "".join(line.split())
 
 
 def copy_tree(dst: Path) -> None:
@@ -99,8 +118,28 @@ def _annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]
             for n in nodes]
 
 
-def skip_equivalent(db: Path, tree: Path) -> int:
-    """Mark mutants inside annotations skipped (equivalent by construction); returns how many."""
+def _listed_equivalent(tree: Path, m: object) -> bool:
+    """Whether mutant ``m`` (a MutationSpec) is one of :data:`EQUIVALENT_MUTANTS`."""
+    import cosmic_ray.plugins
+    from cosmic_ray.mutating import mutate_code
+
+    module, line = str(m.module_path), m.start_pos[0]  # type: ignore[attr-defined]
+    source = (tree / module).read_text(encoding="utf-8")
+    written = _squash(source.splitlines()[line - 1])
+    wanted = [_squash(after) for mod, before, after, _ in EQUIVALENT_MUTANTS
+              if mod == module and _squash(before) == written]
+    if not wanted:
+        return False
+    op = cosmic_ray.plugins.get_operator(m.operator_name)(  # type: ignore[attr-defined]
+        **(m.operator_args or {}))  # type: ignore[attr-defined]
+    mutated = mutate_code(source, op, m.occurrence)  # type: ignore[attr-defined]
+    return mutated is not None and _squash(mutated.splitlines()[line - 1]) in wanted
+
+
+def skip_equivalent(db: Path, tree: Path, *, listed: bool = False) -> int:
+    """Mark mutants inside annotations (equivalent by construction) skipped, or with
+    ``listed`` those of :data:`EQUIVALENT_MUTANTS` (after sampling, so that the list does not
+    move the sample); returns how many."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -113,7 +152,8 @@ def skip_equivalent(db: Path, tree: Path) -> int:
                 if key not in spans:
                     spans[key] = _annotation_spans(tree / key)
                 pos = tuple(m.start_pos)
-                if any(a <= pos < b for a, b in spans[key]):
+                if (_listed_equivalent(tree, m) if listed
+                        else any(a <= pos < b for a, b in spans[key])):
                     wdb.set_result(item.job_id,
                                    WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
                     skipped += 1
@@ -127,13 +167,37 @@ def sample(db: Path, n: int, seed: int) -> None:
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(db), WorkDB.Mode.open) as wdb:
-        pending = sorted(item.job_id for item in wdb.pending_work_items)
+        # job ids are random UUIDs drawn afresh by every ``cosmic-ray init``: sort by where the
+        # mutant is and what it does, so that a seed picks the same mutants on every run
+        pending = [item.job_id for item in sorted(wdb.pending_work_items, key=_mutant_key)]
         if n <= 0 or len(pending) <= n:
             return
         keep = set(random.Random(seed).sample(pending, n))
         for job in pending:
             if job not in keep:
                 wdb.set_result(job, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+
+
+def _mutant_key(item: object) -> tuple:
+    """A stable sort key of a work item: module, position, operator, occurrence."""
+    return tuple((str(m.module_path), tuple(m.start_pos), m.operator_name, m.occurrence)
+                 for m in item.mutations)  # type: ignore[attr-defined]
+
+
+def survivors(db: Path) -> list[str]:
+    """Each surviving mutant as ``file:line operator`` and its diff."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    out = []
+    with use_db(str(db), WorkDB.Mode.open) as wdb:
+        for item, result in sorted(wdb.completed_work_items, key=lambda r: _mutant_key(r[0])):
+            if (result.worker_outcome == WorkerOutcome.NORMAL
+                    and result.test_outcome == TestOutcome.SURVIVED):
+                m = item.mutations[0]
+                out.append(f"{m.module_path}:{m.start_pos[0]} {m.operator_name} "
+                           f"(occurrence {m.occurrence})\n{result.diff or ''}")
+    return out
 
 
 def tally(db: Path) -> tuple[int, int, int]:
@@ -163,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant's tests")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    ap.add_argument("--show-survivors", action="store_true",
+                    help="print each surviving mutant (file:line, operator, diff)")
     args = ap.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="rankiq-mutate-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -187,14 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([filt, str(db), str(cfg)], cwd=tree, env=env, check=True)
             equivalent = skip_equivalent(db, tree)
             sample(db, args.sample, args.seed)
+            listed = skip_equivalent(db, tree, listed=True)
             subprocess.run([cr, "exec", str(cfg), str(db)], cwd=tree, env=env, check=True)
             killed, survived, other = tally(db)
+            if args.show_survivors:
+                for text in survivors(db):
+                    print(f"SURVIVED {text}", flush=True)
             tested = killed + survived + other
             rate = 100.0 * (killed + other) / tested if tested else float("nan")
             rows.append((module, tested, killed + other, survived, rate,
                          time.monotonic() - t0))
             print(f"{module}: {killed + other}/{tested} killed ({rate:.1f} %); "
-                  f"{equivalent} mutants in annotations skipped", flush=True)
+                  f"{equivalent} mutants in annotations and {listed} listed equivalent "
+                  "ones skipped", flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -202,3 +202,18 @@ def test_default_limits_are_the_documented_values():
             DEFAULT_LIMITS.max_inflated_bytes, DEFAULT_LIMITS.max_series,
             DEFAULT_LIMITS.max_instances, DEFAULT_LIMITS.max_read_seconds) == (
         4096, 4096, 128, 512 * mib, 2 * gib, 512 * mib, 10_000, 100_000, None)
+
+
+def test_limits_are_immutable_and_overridable_per_field():
+    """The shared default limits cannot be changed by one caller for all; a caller gets its own
+    limits by replacing fields."""
+    import dataclasses
+
+    from rankiq.service.io.limits import DEFAULT_LIMITS, GiB, MiB
+
+    assert (GiB, MiB) == (1 << 30, 1 << 20)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_LIMITS.max_bytes = 1  # type: ignore[misc]
+    mine = dataclasses.replace(DEFAULT_LIMITS, max_slices=3)
+    assert mine.max_slices == 3 and DEFAULT_LIMITS.max_slices == 4096
+    assert ReadLimits() == DEFAULT_LIMITS

@@ -254,3 +254,23 @@ def test_complex_input_gives_real_and_imaginary_channels():
 def test_unknown_input_kind_is_refused(kind):
     with pytest.raises(ValueError, match="input_kind"):
         prepare(np.ones((32, 32)), grid=GRID, input_kind=kind)
+
+
+def test_contract_constants_and_keyword_only_options():
+    """The model grid and percentile of the preprocessing contract (a model exported for another
+    version is refused), and prepare's options by keyword only (a positional grid would be
+    silently read as something else)."""
+    import inspect
+
+    from rankiq.service import preprocess
+
+    assert preprocess.DEFAULT_GRID == (396, 396)  # the paper's 396x396 grid
+    assert preprocess.PREPROCESS_VERSION == "1" and preprocess.DEFAULT_PERCENTILE == 99.5
+    params = inspect.signature(prepare).parameters
+    assert [p for p, v in params.items() if v.kind is v.POSITIONAL_OR_KEYWORD] == [
+        "image", "reference"]
+    assert [p for p, v in params.items() if v.kind is v.KEYWORD_ONLY] == [
+        "grid", "input_kind", "percentile"]
+    img, _ = _images()
+    with pytest.raises(TypeError):
+        prepare(img, None, GRID)  # type: ignore[misc]

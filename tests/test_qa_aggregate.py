@@ -193,3 +193,172 @@ def test_archive_outlier_z_equal_to_the_cut_is_not_flagged():
     assert z > 0
     assert not archive_outliers(rows, z_cut=z, min_group=5)["s6"].outlier  # equal: not above
     assert archive_outliers(rows, z_cut=float(np.nextafter(z, 0.0)), min_group=5)["s6"].outlier
+
+
+# -- the rest of the contract: defaults, empty series, reasons, provenance, outlier details --------
+
+def test_documented_defaults():
+    from rankiq.service.qa import aggregate as mod
+
+    assert (mod.STATISTICS, mod.RULES) == (("median", "p90"),
+                                           ("model_threshold", "site_threshold",
+                                            "archive_outlier"))
+    assert (mod.DEFAULT_OUTLIER_Z, mod.MIN_GROUP, mod.MIN_LOG_SCALE, mod.SPACING_STEP_MM) == (
+        3.5, 5, 0.01, 0.1)
+
+
+def test_a_series_without_scorable_slices_aggregates_to_nan_and_is_flagged():
+    agg = aggregate(np.array([np.nan, 2.0, np.inf]), np.array([False, True, False]))
+    assert np.isnan([agg.median, agg.p90, agg.mean, agg.worst]).all()
+    assert (agg.worst_slices, agg.slices, agg.blank) == ([], 3, 1)
+    assert np.isnan(agg.statistic("p90"))
+    assert flag(agg, "T1", load_thresholds(META)) == (True, "no scorable slice (all blank)")
+    empty = aggregate(np.zeros(0))
+    assert (empty.slices, empty.blank, empty.worst_slices) == (0, 0, [])
+    assert flag(empty, "T1", load_thresholds(META))[0]
+
+
+def test_aggregate_defaults_to_three_worst_slices_ties_in_series_order():
+    agg = aggregate(np.array([2.0, 5.0, 5.0, 1.0, 5.0, 3.0]))
+    assert agg.worst_slices == [1, 2, 4] and agg.blank == 0 and agg.slices == 6
+    assert agg.mean == pytest.approx(21.0 / 6) and agg.statistic("median") == 4.0
+    assert aggregate(np.array([1.0, 2.0]), k=5).worst_slices == [1, 0]
+
+
+def test_flag_reason_states_statistic_family_and_numbers():
+    th = load_thresholds(META)
+    assert flag(aggregate(np.full(3, 1.8)), "T1", th) == (
+        True, "median 1.800 > T1 threshold 1.000")
+    assert flag(aggregate(np.full(3, 2.6)), "DWI", th) == (
+        True, "median 2.600 > other threshold 2.500")  # the fallback is named
+    assert th.for_family("DWI") == 2.5 and th.for_family("T2") == 2.0
+
+
+def test_thresholds_record_their_source_and_fingerprint(tmp_path):
+    th = load_thresholds(META)
+    assert (th.statistic, th.source, th.overridden) == ("median", "model metadata", ())
+    assert th.to_dict() == {"values": META["qa_thresholds"], "statistic": "median",
+                            "source": "model metadata", "overridden": ()}
+    fp = th.fingerprint()
+    assert len(fp) == 16 and int(fp, 16) >= 0 and fp == load_thresholds(META).fingerprint()
+    f = tmp_path / "site.json"
+    f.write_text(json.dumps({"statistic": "p90", "thresholds": META["qa_thresholds"]}))
+    p90 = load_thresholds(META, f)
+    assert p90.values == th.values and p90.fingerprint() != fp  # the statistic counts
+    assert p90.source == f"model metadata + {f}"
+    f.write_text(json.dumps({"thresholds": {"T1": 0.5}}))
+    only_file = load_thresholds({}, f)
+    assert only_file.source == str(f) and only_file.statistic == "median"
+    assert only_file.values == {"T1": 0.5, "other": 0.5}
+    assert threshold_rule_of(only_file, "DWI") == "model_threshold"  # "other" was derived
+
+
+def threshold_rule_of(th, family):
+    from rankiq.service.qa.aggregate import threshold_rule
+
+    return threshold_rule(family, th)
+
+
+def test_a_site_other_threshold_covers_unknown_families(tmp_path):
+    f = tmp_path / "site.json"
+    f.write_text(json.dumps({"other": 9.0, "T2": 1.0}))
+    th = load_thresholds(META, f)
+    assert th.overridden == ("T2", "other")
+    assert threshold_rule_of(th, "DWI") == "site_threshold"
+    assert threshold_rule_of(th, "T1") == "model_threshold"
+
+
+def test_metadata_without_other_gets_the_most_lenient_value():
+    th = load_thresholds({"qa_thresholds": {"T1": 1.0, "T2": 3.0, "FLAIR": 2}})
+    assert th.values["other"] == 3.0 and th.values["FLAIR"] == 2.0
+    assert isinstance(th.values["FLAIR"], float)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({}, "non-empty mapping"), ([1.0], "non-empty mapping"),
+    ({"T1": float("inf")}, "finite number"), ({"T1": float("nan")}, "finite number"),
+    ({"T1": None}, "finite number"), ({"T9": 1.0}, "unknown contrast family 'T9'")])
+def test_bad_threshold_values_are_refused_with_the_reason(tmp_path, values, message):
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({"thresholds": values}).replace("Infinity", "1e999"))
+    with pytest.raises(RulesError, match=message):
+        load_thresholds(META, f)
+    if values:  # the same checks hold for the model's own thresholds
+        with pytest.raises(RulesError, match="model metadata qa_thresholds"):
+            load_thresholds({"qa_thresholds": values})
+
+
+def test_provenance_is_checked_field_by_field(tmp_path):
+    meta = {**META, "name": "iqnet-noref", "files": {"score.onnx": "a" * 64}}
+    f = tmp_path / "site.json"
+
+    def load(prov):
+        f.write_text(json.dumps({"thresholds": {"T2": 0.7}, "provenance": prov}))
+        return load_thresholds(meta, f)
+
+    assert load("not a mapping").values["T2"] == 0.7  # no usable provenance: not checked
+    assert load({}).values["T2"] == 0.7
+    assert load({"model": {"name": "iqnet-noref"}}).values["T2"] == 0.7
+    assert load({"model": {"sha256": "a" * 64}}).values["T2"] == 0.7
+    with pytest.raises(RulesError, match="provenance.model must be a mapping"):
+        load({"model": "iqnet-noref"})
+    with pytest.raises(RulesError) as err:
+        load({"model": {"name": "other-model"}})
+    assert str(err.value) == (
+        f"{f}: thresholds calibrated with another model (other-model None), not iqnet-noref "
+        f"{'a' * 12}: run rankiq calibrate again with this model")
+    with pytest.raises(RulesError, match=f"another model \\(iqnet-noref {'b' * 12}\\)"):
+        load({"model": {"name": "iqnet-noref", "sha256": "b" * 64}})
+    # a model without a name or hash in its metadata cannot be told apart: accepted
+    f.write_text(json.dumps({"thresholds": {"T2": 0.7},
+                             "provenance": {"model": {"name": "x", "sha256": "b" * 64}}}))
+    assert load_thresholds(META, f).values["T2"] == 0.7
+
+
+def test_protocol_key_spacing_matrix_and_digest():
+    import hashlib
+
+    from rankiq.service.qa.aggregate import protocol_key
+
+    info = {"contrast": "FLAIR", "rows": 320, "cols": 256, "pixel_spacing": [0.86, 1.24],
+            "description": "  Sag  FLAIR "}
+    digest = hashlib.sha256(b"sag flair").hexdigest()[:8]
+    assert protocol_key(info) == f"FLAIR|320x256|0.9x1.2mm|{digest}"
+    assert protocol_key({"pixel_spacing": [2.04, 2.16]}) == (
+        f"other|?x?|2.0x2.2mm|{hashlib.sha256(b'').hexdigest()[:8]}")
+    assert protocol_key({"pixel_spacing": [2.04, 1.96, 9.0]}).split("|")[2] == "2.0mm"
+    assert protocol_key({"pixel_spacing": []}).split("|")[2] == "?mm"
+
+
+def test_archive_outlier_details_median_limit_and_unusable_values():
+    from rankiq.service.qa.aggregate import MIN_LOG_SCALE, Outlier, archive_outliers
+
+    vals = [10.0, 20.0, 40.0, 80.0, 160.0]  # exactly min_group: gets a z
+    rows = _rows(vals) + [
+        {"series_key": k, "protocol": "P", "model": "m", "statistic_value": v}
+        for k, v in (("none", None), ("nan", float("nan")), ("zero", 0.0), ("neg", -1.0),
+                     ("inf", float("inf")))]
+    out = archive_outliers(rows, z_cut=2.0, min_group=5)
+    for k in ("none", "nan", "zero", "neg", "inf"):
+        assert out[k] == Outlier(None, 0, None, False)
+    logs = np.log(vals)
+    scale = 1.4826 * np.log(2.0)  # MAD of the logs: one doubling
+    assert out["s2"].n == 5 and out["s2"].median == pytest.approx(40.0)
+    assert out["s4"].z == pytest.approx((logs[4] - logs[2]) / scale)
+    assert out["s0"].z == pytest.approx(-2 * np.log(2.0) / scale)
+    assert out["s4"].limit == pytest.approx(40.0 * np.exp(2.0 * scale))
+    assert out["s4"].outlier is (out["s4"].z > 2.0)
+    # one series fewer than min_group: the group median is still reported, no z, no limit
+    few = archive_outliers(_rows(vals[:4]), z_cut=2.0, min_group=5)
+    assert few["s0"] == Outlier(None, 4, pytest.approx(np.exp(np.median(logs[:4]))), False)
+    # the rule off (0 or negative): z reported, never an outlier, no limit
+    for off in (0.0, -1.0):
+        res = archive_outliers(_rows([*vals, 1e6]), z_cut=off, min_group=5)["s5"]
+        assert res.z is not None and res.z > 3.5 and not res.outlier and res.limit is None
+    # the scale floor, not 0, for a group of identical series
+    same = archive_outliers(_rows([5.0] * 5), z_cut=3.5, min_group=5)["s0"]
+    assert same.z == 0.0 and same.limit == pytest.approx(5.0 * np.exp(3.5 * MIN_LOG_SCALE))
+    # groups are also per model
+    mixed = _rows(vals) + [{"series_key": "x", "protocol": "P", "model": "other",
+                            "statistic_value": 1e6}]
+    assert archive_outliers(mixed, z_cut=2.0, min_group=5)["x"].n == 1

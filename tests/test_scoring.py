@@ -131,3 +131,128 @@ def test_json_views_carry_every_field(repo_root):
     # different slice counts: no per-slice verdicts
     uneven = compare_series(models["iqnet-noref"], one, b)
     assert uneven.per_slice is None and comparison_json(uneven)["per_slice"] is None
+
+
+# -- the documented defaults and signatures --------------------------------------------------------
+
+def test_default_slice_limit_and_keyword_only_options(repo_root):
+    """The default slice limit is the documented ``RANKIQ_MAX_SLICES`` default; options are
+    keyword-only (a positional ``True`` must never be read as a reference or a limit)."""
+    import inspect
+
+    from rankiq.service import scoring
+
+    assert scoring.DEFAULT_MAX_SLICES == 512
+    assert "| `RANKIQ_MAX_SLICES` | most slices in one image (or reference) | 512 |" in (
+        repo_root / "docs" / "operations.md").read_text()
+    for fn, keywords in ((scoring.score_series, ["saliency", "max_slices"]),
+                         (scoring.compare_series, ["max_slices"]),
+                         (scoring.select_model, ["reference"]),
+                         (scoring.saliency_to_input, ["features"])):
+        params = inspect.signature(fn).parameters.values()
+        assert [p.name for p in params if p.kind is p.KEYWORD_ONLY] == keywords, fn.__name__
+        assert all(p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+# -- saliency: shapes, the display image, and the map brought back onto the scan -------------------
+
+def test_reference_model_saliency_comes_with_the_prepared_image_as_display(repo_root):
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.preprocess import prepare
+    from rankiq.service.scoring import score_series
+
+    model = _models(repo_root)["iqnet-ref"]
+    base = mr_small()
+    ref = np.stack([base, base])
+    img = np.stack([noisy(base, 0.05, seed=1), noisy(base, 0.2, seed=2)])
+    r = score_series(model, ImageSeries.from_array(img), ImageSeries.from_array(ref),
+                     saliency=True)
+    assert r.saliency is not None and r.saliency.shape == (2, 1, *model.grid)
+    prepared = prepare(img.astype(np.float32), ref.astype(np.float32), grid=model.grid,
+                       input_kind="magnitude",
+                       percentile=float(model.metadata.get("percentile", 99.5)))
+    assert r.display is not None and r.display.dtype == np.float32
+    np.testing.assert_allclose(r.display, np.abs(prepared.image[:, 0]), rtol=1e-6, atol=1e-7)
+    # the saliency run scores like the plain run
+    plain = score_series(model, ImageSeries.from_array(img), ImageSeries.from_array(ref))
+    np.testing.assert_allclose(r.scores, plain.scores, rtol=1e-5)
+    assert plain.saliency is None and plain.display is None
+
+
+def test_timings_are_parts_of_the_total(repo_root):
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.scoring import score_series
+
+    r = score_series(_models(repo_root)["iqnet-noref"],
+                     ImageSeries.from_array(noisy(mr_small(), 0.05, seed=0)[None]))
+    t = r.timings
+    assert set(t) == {"prepare", "inference", "total"}
+    assert t["prepare"] >= 0 and t["inference"] >= 0
+    assert t["prepare"] + t["inference"] <= t["total"]
+
+
+def test_features_model_saliency_is_one_map_per_slice_on_its_analysis_grid(repo_root):
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.noref import analysis_grid
+    from rankiq.service.scoring import score_series
+
+    model = _models(repo_root)["iqnet-noref"]
+    base = np.pad(mr_small(), ((3, 5), (0, 0)))  # a zero border: the analysis grid crops it
+    vol = np.stack([noisy(base, 0.05, seed=1), np.zeros_like(base), noisy(base, 0.1, seed=2)])
+    vol[:, :3], vol[:, -5:] = 0, 0
+    r = score_series(model, ImageSeries.from_array(vol), saliency=True)
+    side = max(analysis_grid(v).shape[0] for v in vol)  # grids padded to the largest
+    assert r.saliency is not None and r.saliency.shape == (3, 1, side, side)
+    assert not r.saliency[1].any()  # the blank slice has no evidence
+    # each map sums to its slice's score (module docs of feature_saliency)
+    for i in (0, 2):
+        assert float(r.saliency[i].sum()) == pytest.approx(float(r.scores[i]), rel=1e-4)
+    assert r.display is not None and r.display.shape == (3, side, side)
+    assert r.display[0].max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("rows", "cols", "box"), [
+    (12, 9, (1, 8, 2, 7)),   # taller than wide: padded left and right (odd difference)
+    (9, 12, (2, 7, 1, 8)),   # wider than tall: padded above and below
+    (10, 10, (0, 10, 0, 10)),  # no border at all
+])
+def test_features_saliency_maps_back_onto_the_scan_exactly(rows, cols, box):
+    """The analysis grid of a scan, taken as a map, comes back as the scan itself: the crop of
+    the zero border and the padding to a square are undone pixel for pixel."""
+    from rankiq.service.noref import analysis_grid
+    from rankiq.service.scoring import saliency_to_input
+
+    r0, r1, c0, c1 = box
+    rng = np.random.default_rng(rows * cols)
+    px = np.zeros((2, rows, cols), np.float32)
+    px[0, r0:r1, c0:c1] = rng.uniform(1, 2, (r1 - r0, c1 - c0))
+    grid = np.stack([analysis_grid(px[0]), analysis_grid(px[0])])[:, None]  # (2, 1, G, G)
+    out = saliency_to_input(grid, px, features=True)
+    assert out.shape == (2, 1, rows, cols) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0, 0], px[0])
+    assert not out[1].any()  # a blank slice has no analysed region
+
+
+@pytest.mark.parametrize(("rows", "cols", "g"), [(6, 4, 12), (8, 8, 4), (5, 7, 7)])
+def test_network_saliency_is_resampled_with_its_total_kept(rows, cols, g):
+    """A uniform map on the network grid becomes a uniform map on the scan's square with the
+    same total per square (a derivative per pixel), cropped to the scan."""
+    from rankiq.service.scoring import saliency_to_input
+
+    px = np.ones((1, rows, cols), np.float32)
+    out = saliency_to_input(np.full((1, 2, g, g), 3.0), px, features=False)
+    side = max(rows, cols)
+    assert out.shape == (1, 2, rows, cols)
+    np.testing.assert_allclose(out, 3.0 * g * g / (side * side), rtol=1e-6)
+
+
+def test_network_saliency_on_the_scans_own_square_is_the_crop_of_the_padding():
+    from rankiq.service.fft import center_pad
+    from rankiq.service.scoring import saliency_to_input
+
+    px = np.ones((1, 5, 8), np.float32)
+    sal = np.arange(64, dtype=np.float64).reshape(1, 1, 8, 8)
+    out = saliency_to_input(sal, px, features=False)
+    # the scan sat at rows (8 - 5) // 2 = 1 .. 6 of the padded square
+    np.testing.assert_array_equal(out[0, 0], sal[0, 0, 1:6])
+    assert np.array_equal(center_pad(px, (8, 8))[0, 1:6], px[0])
