@@ -262,3 +262,26 @@ def test_summary_sds_are_population_sds():
     assert len(inter) >= 2
     assert s["inter_sd"] == pytest.approx(float(np.std(inter, ddof=0)))
     assert s["inter_sd"] < float(np.std(inter, ddof=1))
+
+
+def test_agreement_by_group_uses_each_groups_votes_only():
+    from rankiq.service.readers.agreement import agreement_by_group
+
+    by = agreement_by_group(VOTES, {1: "T1", 2: "T1", 4: "T2"})
+    assert set(by) == {"T1", "T2"}
+    assert by["T1"]["n_pairs"] == 2 and by["T2"]["n_pairs"] == 1
+    assert by["T1"]["inter_mean"] == pytest.approx(summarize(
+        [v for v in VOTES if v.pair_id in (1, 2)])["inter_mean"])
+    assert by["T2"]["inter_mean"] == pytest.approx(1.0)  # B and C both said 2 on pair 4
+
+
+def test_paired_times_match_reader_and_pair():
+    from rankiq.service.readers.agreement import paired_times
+
+    votes = [Vote("A", 1, "1", 3.0), Vote("A", 1, "2", 5.0), Vote("A", 2, "skip", 9.0),
+             Vote("B", 1, "1", 2.0)]
+    scores = [LikertScore("A", 1, 1, 3, 4.0), LikertScore("A", 1, 2, 4, 5.0),
+              LikertScore("A", 2, 1, 3, 1.0), LikertScore("A", 2, 2, 3, 1.0),
+              LikertScore("B", 1, 1, 3, 4.0)]  # B scored one image only: no pair
+    r, lk = paired_times(votes, scores)
+    assert r.tolist() == [4.0] and lk.tolist() == [9.0]

@@ -351,6 +351,52 @@ def _mean_sd(values: Iterable[float]) -> tuple[float | None, float | None]:
     return float(np.mean(v)), (float(np.std(v, ddof=0)) if len(v) > 1 else None)
 
 
+def agreement_by_group(votes: Sequence[Vote], group_of: Mapping[int, str]
+                       ) -> dict[str, dict[str, Any]]:
+    """Agreement per group of pairs (the paper's Table S2: by contrast): for each group, the
+    votes on its pairs only. Pairs without a group are left out.
+
+    Returns:
+        ``{group: {"n_pairs", "n_votes", "intra_mean", "intra_sd", "inter_mean", "inter_sd",
+        "overall"}}`` (fractions; population SDs; None where undefined), groups sorted.
+    """
+    by: dict[str, list[Vote]] = {}
+    for v in votes:
+        g = group_of.get(v.pair_id)
+        if g is not None:
+            by.setdefault(g, []).append(v)
+    out: dict[str, dict[str, Any]] = {}
+    for g in sorted(by):
+        counts = vote_counts(by[g])
+        intra, inter = agreement_tables(counts)
+        im, isd = _mean_sd(intra.values())
+        em, esd = _mean_sd(inter.values())
+        out[g] = {"n_pairs": len({pid for per in counts.values() for pid in per}),
+                  "n_votes": int(sum(c.sum() for per in counts.values() for c in per.values())),
+                  "intra_mean": im, "intra_sd": isd, "inter_mean": em, "inter_sd": esd,
+                  "overall": overall_agreement(counts)}
+    return out
+
+
+def paired_times(votes: Sequence[Vote], scores: Sequence[LikertScore]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds spent on the same pair by the same reader, ranking vs Likert: float64 ``(M,)``
+    twice over the (reader, pair) with both a timed ranking (mean over its presentations) and
+    timed Likert scores of both images (their sum), the paired data behind Table 2's 3.95 s vs
+    8.6 s per pair."""
+    rank: dict[tuple[str, int], list[float]] = {}
+    for v in votes:
+        if v.outcome != SKIP and v.seconds is not None:
+            rank.setdefault((v.reader, v.pair_id), []).append(float(v.seconds))
+    lik: dict[tuple[str, int], list[float]] = {}
+    for sc in scores:
+        if sc.seconds is not None:
+            lik.setdefault((sc.reader, sc.pair_id), []).append(float(sc.seconds))
+    keys = sorted(k for k in set(rank) & set(lik) if len(lik[k]) == 2)
+    return (np.array([np.mean(rank[k]) for k in keys], np.float64),
+            np.array([sum(lik[k]) for k in keys], np.float64))
+
+
 def summarize(votes: Sequence[Vote], scores: Sequence[LikertScore] | None = None, *,
               kappa_ci_method: str = "asymptotic", seed: int = 0) -> dict[str, Any]:
     """All statistics as one JSON-ready object (fractions in [0, 1], None where undefined).
