@@ -175,3 +175,113 @@ def test_numeric_range_bounds_are_inclusive(value, selected):
     only_max = selector_from_dict({"require": [{"reason": "big", "all": {"Rows": {"max": 512}}}]})
     assert only_max.decide({**MR, "Rows": 512}).selected
     assert only_max.decide({**MR, "Rows": 513}).reason == "big"
+
+
+# -- attribute values, rule modes and order, messages ---------------------------------------------
+
+def test_attribute_values_bytes_blanks_lists_and_numbers():
+    sel = selector_from_dict({"exclude": [{"reason": "absent", "all": {"SeriesDescription": None}},
+                                          {"reason": "t2", "any": {"SeriesDescription": "T2"}}]})
+    for empty in (None, "", "   ", b" ", [], ["", " "]):
+        assert sel.decide({**MR, "SeriesDescription": empty}).reason == "absent"
+    assert sel.decide({k: v for k, v in MR.items() if k != "SeriesDescription"}).reason == (
+        "absent")
+    assert sel.decide({**MR, "SeriesDescription": b"AX T2"}).reason == "t2"  # bytes decoded
+    assert sel.decide({**MR, "SeriesDescription": ["", "T2 TSE"]}).reason == "t2"
+    assert sel.decide({**MR, "SeriesDescription": "T1"}).selected
+    rows = selector_from_dict({"exclude": [{"reason": "r256", "all": {"Rows": "^256$"}}]})
+    assert rows.decide(MR).reason == "r256"  # a number is matched as its text
+
+
+def test_ranges_read_the_first_value_and_never_match_text_or_absence():
+    sel = selector_from_dict({"require": [{"reason": "few", "all": {"_slices": {"min": 3}}}]})
+    assert sel.decide({**MR, "_slices": ["4", "1"]}).selected
+    assert sel.decide({**MR, "_slices": ["1", "4"]}).reason == "few"
+    for value in ("many", None, [], "  "):
+        assert sel.decide({**MR, "_slices": value}).reason == "few"
+    both = selector_from_dict({"require": [{"reason": "r", "all": {"Rows": {}}}]})
+    assert both.decide(MR).selected  # no bound: any number
+    assert both.decide({**MR, "Rows": "x"}).reason == "r"
+
+
+def test_all_needs_every_condition_and_any_one():
+    conds = {"Modality": "^MR$", "Rows": "^512$"}
+    every = selector_from_dict({"exclude": [{"reason": "both", "all": conds}]})
+    one = selector_from_dict({"exclude": [{"reason": "either", "any": conds}]})
+    assert every.decide(MR).selected and one.decide(MR).reason == "either"
+    assert every.decide({**MR, "Rows": 512}).reason == "both"
+    assert one.decide({**MR, "Modality": "CT"}).selected
+
+
+def test_require_comes_first_and_the_first_matching_exclude_names_the_skip():
+    doc = {"require": [{"reason": "need_mr", "all": {"Modality": "^MR$"}},
+                       {"reason": "need_rows", "all": {"Rows": {"min": 300}}}],
+           "exclude": [{"reason": "first", "all": {"Modality": "MR"}},
+                       {"reason": "second", "all": {"Modality": "MR"}}]}
+    sel = selector_from_dict(doc, "site.yaml")
+    assert sel.decide({**MR, "Modality": "CT", "Rows": 1}).reason == "need_mr"
+    assert sel.decide(MR).reason == "need_rows"
+    assert sel.decide({**MR, "Rows": 300}) == type(sel.decide(MR))(False, "first")
+    assert sel.source == "site.yaml" and sel.document == doc
+    assert [r.reason for r in sel.require] == ["need_mr", "need_rows"]
+    assert [r.mode for r in sel.exclude] == ["all", "all"]
+    assert selector_from_dict({}).decide({}).selected  # no rules: everything is selected
+    assert selector_from_dict({"require": None, "exclude": None}).source == "built-in"
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ([], "rules must be a mapping with 'require' and/or 'exclude'"),
+    ({"exclude": ["x"]}, r"exclude\[0\]: each rule needs a 'reason' string"),
+    ({"require": [{"reason": 3, "all": {"A": "a"}}]}, r"require\[0\]: each rule needs a 'reason'"),
+    ({"exclude": [{"reason": "x"}]}, "exactly one non-empty 'all' or 'any' mapping"),
+    ({"exclude": [{"reason": "x", "any": ["A"]}]}, "exactly one non-empty 'all' or 'any'"),
+    ({"exclude": [{"reason": "x", "all": {"A": "("}}]}, r"exclude\[0\].A: bad regular expression"),
+    ({"exclude": [{"reason": "x", "all": {"A": ["a", "("]}}]}, "bad regular expression"),
+    ({"exclude": [{"reason": "x", "all": {"A": ["a", 1]}}]}, "a condition must be a regex"),
+    ({"exclude": [{"reason": "x", "all": {"A": {"min": 1, "low": 0}}}]}, "must be a regex"),
+    ({"exclude": [{"reason": "x", "all": {"A": 3}}]}, "must be a regex"),
+    ({"exclude": [{"reason": "a" * 41, "all": {"A": "a"}}]}, "short snake_case label"),
+    ({"exclude": [{"reason": "", "all": {"A": "a"}}]}, "short snake_case label"),
+])
+def test_malformed_rules_name_where_and_what(doc, message):
+    with pytest.raises(RulesError, match=message) as err:
+        selector_from_dict(doc, "site.yaml")
+    assert str(err.value).startswith("site.yaml")
+
+
+def test_reason_labels_up_to_forty_characters():
+    sel = selector_from_dict({"exclude": [{"reason": "a_1" + "b" * 37, "all": {"A": "a"}}]})
+    assert sel.exclude[0].reason == "a_1" + "b" * 37
+
+
+def test_a_file_is_read_as_json_first_then_yaml(tmp_path):
+    from rankiq.service.qa.selection import load_document
+
+    f = tmp_path / "rules"
+    f.write_text('{"a": [1, 2]}')
+    assert load_document(f) == {"a": [1, 2]}
+    f.write_text("a: yes\nb: '1'\n")  # YAML, not JSON
+    assert load_document(f) == {"a": True, "b": "1"}
+    f.write_text("a: [1, 2\n")
+    with pytest.raises(RulesError, match="neither JSON nor YAML") as err:
+        load_document(f)
+    assert err.value.source == str(f)
+
+
+@pytest.mark.parametrize(("attrs", "reason"), [
+    ({"SOPClass": "Legacy Converted Enhanced MR Image Storage"}, ""),
+    ({"SOPClass": "MR Spectroscopy Storage"}, "non_image"),
+    ({"SOPClass": "Enhanced MR Image Storage Extra"}, "non_image"),
+    ({"Modality": "MRI"}, "not_mr"),
+    ({"SeriesDescription": "AX_SCOUT"}, "localizer"),
+    ({"SeriesDescription": "Survey"}, "localizer"),
+    ({"SeriesDescription": "tri-pilot"}, "localizer"),
+    ({"SeriesDescription": "3 plane loc"}, "localizer"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "LOCALISER"]}, "localizer"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "VELOCITY"]}, "phase"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "PHASE MAP"]}, "derived"),  # a map first
+    ({"ImageType": ["DERIVED", "PRIMARY", "MPR"]}, ""),
+])
+def test_builtin_rule_details(attrs, reason):
+    decision = load_selector().decide({**MR, **attrs})
+    assert (decision.selected, decision.reason) == (reason == "", reason)
