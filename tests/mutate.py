@@ -36,7 +36,7 @@ TARGETS: dict[str, list[str]] = {
     "service/scoring.py": ["tests/test_scoring.py", "tests/test_public_api.py"],
     "service/models.py": ["tests/test_models.py", "tests/test_models_service.py",
                           "tests/test_public_api.py", "tests/test_scoring.py"],
-    "service/readers/agreement.py": ["tests/test_agreement.py"],
+    "service/readers/agreement.py": ["tests/test_agreement.py", "tests/test_agreement_stats.py"],
     "service/qa/aggregate.py": ["tests/test_qa_aggregate.py"],
     "service/qa/selection.py": ["tests/test_qa_selection.py"],
     "service/io/limits.py": ["tests/test_io_budgets.py", "tests/test_io_archive.py"],
