@@ -12,6 +12,11 @@
   which viewers overlay on the series; :func:`saliency_on_matrix` brings the model's map back
   from its analysis grid to the scan's matrix.
 
+The source of a series is either one single-frame instance per slice or one multi-frame
+instance (Enhanced MR, Legacy Converted Enhanced MR) whose frames are the slices
+(:func:`slice_sources`): then each slice-score measurement references its frame by number and
+the map's frames are derived from the source frames, with their positions.
+
 Both copy the source study's patient, study and equipment-independent attributes from the
 source images as the IODs require (highdicom does so from the evidence), invent none, and get
 new UIDs that are derived deterministically from the source series, the model and the kind of
@@ -113,6 +118,76 @@ def with_type2(sources: Sequence[Any]) -> list[Any]:
     return out
 
 
+@dataclass(frozen=True)
+class SliceSources:
+    """The source images of a series' slices, as the DICOM results reference them.
+
+    Attributes:
+        images: the source headers (pydicom datasets, no pixels): one per slice in slice order,
+            or the one multi-frame image whose frames are the slices.
+        frames: with one multi-frame image, the 1-based frame number of each slice in slice
+            order (the order RankIQ scores in: along the slice normal, else by frame number);
+            ``None`` for single-frame images.
+    """
+
+    images: list[Any]
+    frames: tuple[int, ...] | None = None
+
+
+def slice_sources(headers: Sequence[tuple[str, Any]], n_slices: int) -> SliceSources:
+    """Which source image (and frame) each slice of a series read by
+    :mod:`rankiq.service.io` came from.
+
+    Args:
+        headers: ``(source name, header)`` of each file of ``series.source_files``, in that
+            order (the names the reader gave them: the frames are ordered as it orders them).
+        n_slices: the series' number of slices.
+
+    Raises:
+        ValueError: what the results cannot describe: slices spread over several instances of
+            which one is a multi-frame image (a Parametric Map derives from one multi-frame
+            source or from single-frame images), or files and slices that do not match.
+    """
+    from highdicom._standard_utils import is_multiframe_image
+    from rankiq.service.io.dicom import Frame, _fg, _instance_meta, _num, _vec, order_frames
+
+    multi = [is_multiframe_image(ds) for _, ds in headers]
+    if not any(multi):
+        if len(headers) != n_slices:
+            raise ValueError(f"{len(headers)} single-frame images for {n_slices} slices")
+        return SliceSources(images=[ds for _, ds in headers])
+    if len(headers) != 1:
+        raise ValueError("the slices come from several instances, one of them multi-frame")
+    source, ds = headers[0]
+    count = int(_num(ds.get("NumberOfFrames")) or 1)
+    if count != n_slices:
+        raise ValueError(f"{count} frames for {n_slices} slices")
+    # the reader's own ordering, on the frames' geometry (no pixels needed)
+    meta, inst = _instance_meta(ds), _num(ds.get("InstanceNumber"))
+    empty = np.zeros((0, 0), np.float32)
+    frames = [Frame(pixels=empty,
+                    position=_vec(_fg(ds, i, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                    orientation=_vec(_fg(ds, i, "PlaneOrientationSequence",
+                                         "ImageOrientationPatient"), 6),
+                    instance_number=None if inst is None else int(inst), frame_index=i,
+                    source=source, meta=meta)
+              for i in range(count)]
+    ordered, _, _ = order_frames(frames)
+    return SliceSources(images=[ds], frames=tuple(f.frame_index + 1 for f in ordered))
+
+
+def _check_frames(sources: Sequence[Any], frames: Sequence[int] | None, n: int) -> None:
+    """Raise ValueError unless ``sources`` (and ``frames``) describe ``n`` slices."""
+    if frames is None:
+        if len(sources) != n:
+            raise ValueError(f"{len(sources)} source images for {n} slices")
+        return
+    count = int(sources[0].get("NumberOfFrames") or 1) if len(sources) == 1 else -1
+    if count != n or sorted(frames) != list(range(1, n + 1)):
+        raise ValueError(f"frame numbers {list(frames)[:4]}... are not the {n} frames of one "
+                         "multi-frame source image")
+
+
 def code(name: str) -> Any:
     """The :class:`highdicom.sr.CodedConcept` of a RankIQ concept."""
     from highdicom.sr import CodedConcept
@@ -135,30 +210,37 @@ def _no_units() -> Any:
     return CodedConcept("1", "UCUM", "no units")
 
 
-def build_sr(sources: Sequence[Any], verdict: SeriesVerdict, *, software_version: str) -> Any:
+def build_sr(sources: Sequence[Any], verdict: SeriesVerdict, *, software_version: str,
+             frames: Sequence[int] | None = None) -> Any:
     """The TID 1500 measurement report of one series (a Comprehensive 3D SR dataset).
 
     Args:
         sources: the series' source images (pydicom datasets, header only is enough), one per
-            slice, in slice order (the order of ``verdict.scores``).
+            slice, in slice order (the order of ``verdict.scores``); or, with ``frames``, the
+            one multi-frame image whose frames are the slices.
         verdict: the scores and the verdict.
         software_version: RankIQ's version (SoftwareVersions of the SR).
+        frames: with a multi-frame source, the 1-based frame number of each slice in slice
+            order (:attr:`SliceSources.frames`); each slice's measurement references its frame.
 
     Raises:
-        ValueError: sources and scores of different lengths.
+        ValueError: sources (or frames) and scores of different lengths.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    if len(sources) != len(verdict.scores):
-        raise ValueError(f"{len(sources)} source images for {len(verdict.scores)} scores")
+    _check_frames(sources, frames, len(verdict.scores))
     sources = with_type2(sources)
     series_uid = str(sources[0].SeriesInstanceUID)
     sha = verdict.model_sha256
     algorithm = hd.sr.AlgorithmIdentification(name=f"RankIQ {verdict.model}",
                                               version=verdict.model_version)
     unit = _no_units()
-    slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(ds) for ds in sources]
+    if frames is None:
+        slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(ds) for ds in sources]
+    else:
+        slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(
+            sources[0], referenced_frame_numbers=[int(n)]) for n in frames]
     measurements = [hd.sr.Measurement(name=code("slice_score"), value=float(s), unit=unit,
                                       algorithm_id=algorithm, referenced_images=[ref])
                     for s, ref in zip(verdict.scores, slice_refs, strict=True)]
@@ -224,22 +306,29 @@ def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bo
 
 
 def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerdict, *,
-                   software_version: str) -> Any:
+                   software_version: str, frames: Sequence[int] | None = None) -> Any:
     """The saliency maps of one series as a Parametric Map (one float frame per source slice).
 
     Args:
-        sources: the source images, one per slice, in slice order (header only is enough).
+        sources: the source images, one per slice, in slice order (header only is enough); or,
+            with ``frames``, the one multi-frame image whose frames are the slices.
         maps: float32 ``(S, rows, cols)`` on the source matrix (:func:`saliency_on_matrix`),
-            in score units per pixel.
+            in score units per pixel, in slice order.
         verdict: for the model name, version and hash.
         software_version: RankIQ's version.
+        frames: with a multi-frame source, the 1-based frame number of each slice in slice
+            order; the map's frame derived from source frame ``n`` (its position, from the
+            source's per-frame functional groups) holds the map of the slice read from it.
     """
     import highdicom as hd
 
     maps = np.ascontiguousarray(maps, dtype=np.float32)
+    _check_frames(sources, frames, maps.shape[0])
+    if frames is not None:  # highdicom pairs plane i with source frame i + 1
+        by_frame = np.empty_like(maps)
+        by_frame[np.asarray(frames, np.intp) - 1] = maps
+        maps = by_frame
     sources = with_type2(sources)
-    if maps.shape[0] != len(sources):
-        raise ValueError(f"{len(sources)} source images for {maps.shape[0]} saliency maps")
     series_uid = str(sources[0].SeriesInstanceUID)
     sha = verdict.model_sha256
     lo, hi = float(maps.min()), float(maps.max())
@@ -269,9 +358,9 @@ def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerd
 
 # -- the HTTP answer (POST /score?format=dicom) ---------------------------------------------------
 
-def upload_sources(data: bytes, series: Any, field: str) -> list[Any]:
-    """The source headers (pydicom datasets, no pixels) of each slice of an uploaded series, in
-    slice order: the one DICOM file, or the zip members the slices were read from.
+def upload_sources(data: bytes, series: Any, field: str) -> SliceSources:
+    """The source headers (pydicom datasets, no pixels) of the slices of an uploaded series: the
+    one DICOM file, or the zip members the slices were read from (:func:`slice_sources`).
 
     Args:
         data: the upload's bytes (a DICOM file or a zip of one series).
@@ -280,7 +369,8 @@ def upload_sources(data: bytes, series: Any, field: str) -> list[Any]:
 
     Raises:
         UnsupportedInput: k-space (HDF5): there are no source images to reference.
-        InvalidImage: a multi-frame source (the objects reference one instance per slice).
+        InvalidImage: slices the objects cannot reference (frames of several multi-frame
+            instances).
     """
     import io
     import zipfile
@@ -292,20 +382,23 @@ def upload_sources(data: bytes, series: Any, field: str) -> list[Any]:
         raise UnsupportedInput("format=dicom needs DICOM images (a file or a zip of one "
                                "series): k-space has no images to reference", source=field)
     files = list(series.source_files)
-    if len(files) != int(series.pixels.shape[0]):
-        raise InvalidImage("format=dicom needs one instance per slice (multi-frame images are "
-                           "not supported)", source=field)
+    headers: list[tuple[str, Any]] = []
     if files == [field]:  # one uploaded DICOM file
-        return [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)]
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        infos = zf.infolist()
-        out = []
-        for name in files:
-            # the member's display name is "<field>!<1-based position>-<hash>"
-            index = int(name.rsplit("!", 1)[1].split("-", 1)[0])
-            with zf.open(infos[index - 1]) as fp:
-                out.append(pydicom.dcmread(fp, stop_before_pixels=True))
-    return out
+        headers.append((field, pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)))
+    else:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            for name in files:
+                # the member's display name is "<field>!<1-based position>-<hash>"
+                index = int(name.rsplit("!", 1)[1].split("-", 1)[0])
+                with zf.open(infos[index - 1]) as fp:
+                    headers.append((name, pydicom.dcmread(fp, stop_before_pixels=True)))
+    try:
+        return slice_sources(headers, int(series.pixels.shape[0]))
+    except ValueError:
+        raise InvalidImage("format=dicom needs one single-frame instance per slice or one "
+                           "multi-frame instance holding every slice (the slices are frames "
+                           "of several multi-frame instances)", source=field) from None
 
 
 def verdict_of(result: Any) -> SeriesVerdict:
@@ -324,13 +417,13 @@ def verdict_of(result: Any) -> SeriesVerdict:
                          model_version=str(m["version"]), model_sha256=str(m.get("sha256", "")))
 
 
-def dicom_answer(sources: Sequence[Any], result: Any, *, software_version: str) -> Any:
+def dicom_answer(sources: SliceSources, result: Any, *, software_version: str) -> Any:
     """``POST /score?format=dicom``: the SR and the saliency Parametric Map of one series as a
     ``multipart/related; type="application/dicom"`` response (the body of a DICOMweb STOW-RS
     request or WADO-RS answer: one DICOM file per part).
 
     Args:
-        sources: the source headers in slice order (:func:`upload_sources`).
+        sources: the source headers of the slices (:func:`upload_sources`).
         result: the :class:`rankiq.service.scoring.SeriesScore`, its saliency already on the
             scan's matrix (:func:`rankiq.service.scoring.saliency_to_input`).
         software_version: RankIQ's version.
@@ -345,15 +438,16 @@ def dicom_answer(sources: Sequence[Any], result: Any, *, software_version: str) 
     from rankiq.service.errors import InvalidImage
     from starlette.responses import Response
 
-    if any("FrameOfReferenceUID" not in ds for ds in sources):
+    if any("FrameOfReferenceUID" not in ds for ds in sources.images):
         raise InvalidImage("format=dicom: the images have no FrameOfReferenceUID, so a saliency "
                            "map cannot be placed on them (it is never invented)", source="image")
     verdict = verdict_of(result)
     maps = np.sqrt(np.sum(np.square(result.saliency, dtype=np.float64), axis=1))
     try:
-        objects = [build_sr(sources, verdict, software_version=software_version),
-                   build_saliency(sources, maps.astype(np.float32), verdict,
-                                  software_version=software_version)]
+        objects = [build_sr(sources.images, verdict, software_version=software_version,
+                            frames=sources.frames),
+                   build_saliency(sources.images, maps.astype(np.float32), verdict,
+                                  software_version=software_version, frames=sources.frames)]
     except (ValueError, TypeError, AttributeError) as exc:
         # the source headers break a rule of the IODs; highdicom's message may quote values
         raise InvalidImage(f"format=dicom: the images' headers do not allow a DICOM result "

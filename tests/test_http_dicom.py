@@ -194,3 +194,63 @@ def test_format_dicom_refusals_and_logs(server):
     assert [p["schema"]["enum"] for p in op["parameters"] if p["name"] == "format"] == [
         ["json", "dicom"]]
     assert "multipart/related" in op["responses"]["200"]["content"]
+
+
+@pytest.mark.slow
+def test_format_dicom_multiframe_source(server, tmp_path):
+    """One Legacy Converted Enhanced MR instance whose frames are stored top slice first: each
+    slice score references its frame, the map's frames derive from the source frames, at their
+    positions, and hold the same scores and maps as the single-frame series of the same
+    pixels."""
+    from helpers_multiframe import (
+        frame_measurements,
+        frame_positions,
+        legacy_multiframe,
+        map_frames,
+        single_frame_series,
+        to_bytes,
+    )
+
+    slices = single_frame_series(tmp_path, volume_with_bad_slice(4, bad=1))
+    mf = legacy_multiframe(slices)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, ds in enumerate(slices):
+            zf.writestr(f"IM{i + 1:04d}.dcm", dicom_bytes(ds))
+    single = buf.getvalue()
+    as_json = score(server, single).json()  # slices in z order: 0, 3, 6, 9 mm
+    z_order = [round(float(ds.ImagePositionPatient[2]), 3) for ds in slices]
+    by_z = dict(zip(z_order, (s["score"] for s in as_json["slices"]), strict=True))
+
+    r = score(server, to_bytes(mf), query="?format=dicom")
+    assert r.status_code == 200, r.text
+    sr, pm = _parts(r)
+    positions = frame_positions(mf)  # frame n at positions[n - 1]: 9, 6, 3, 0 mm
+    found = frame_measurements(sr, CODES["slice_score"][0])
+    assert [f for _, _, f in found] == [[4], [3], [2], [1]]  # slice order: frame 4 is z = 0
+    assert {u for _, u, _ in found} == {mf.SOPInstanceUID}
+    for value, _, (n,) in found:
+        assert value == pytest.approx(by_z[positions[n - 1][2]], rel=1e-5)
+    evidence = {i.ReferencedSOPInstanceUID
+                for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert evidence == {mf.SOPInstanceUID}
+
+    # the map: a frame per source frame, derived from it, at its position
+    assert int(pm.NumberOfFrames) == 4
+    frames = map_frames(pm)
+    assert sorted(n for n, _ in frames) == [1, 2, 3, 4]
+    assert all(pos == positions[n - 1] for n, pos in frames)
+    ref = _parts(score(server, single, query="?format=dicom"))[1]
+    ref_maps = {pos[2]: m for pos, m in zip(frame_positions(ref), ref.pixel_array, strict=True)}
+    for (_, pos), m in zip(frames, pm.pixel_array, strict=True):
+        np.testing.assert_allclose(m, ref_maps[pos[2]], rtol=1e-5, atol=1e-9)
+
+    # frames of two multi-frame instances: no single source to derive the map from
+    two = io.BytesIO()
+    with zipfile.ZipFile(two, "w") as zf:
+        zf.writestr("a.dcm", to_bytes(legacy_multiframe(slices[:2], "a")))
+        zf.writestr("b.dcm", to_bytes(legacy_multiframe(slices[2:], "b")))
+    r = score(server, two.getvalue(), query="?format=dicom")
+    assert r.status_code == 422 and r.json()["error"] == "invalid_image", r.text
+    assert "multi-frame" in r.json()["detail"]

@@ -323,3 +323,70 @@ def test_push_mode_lua_recipe(tmp_path):
         assert found == ["MR", "OT", "SR"], logs
     finally:
         orthanc.stop()
+
+
+def test_multiframe_series_written_back(tmp_path):
+    """A series stored as one Legacy Converted Enhanced MR instance (frames top slice first) is
+    scored and written back: each SR slice score references its frame, the map has one frame
+    per source frame, derived from it and at its position."""
+    import highdicom as hd
+    from helpers_multiframe import (
+        frame_measurements,
+        frame_positions,
+        legacy_multiframe,
+        map_frames,
+        single_frame_series,
+    )
+    from helpers_service import volume_with_bad_slice
+
+    (tmp_path / "orthanc").mkdir()
+    orthanc = start_orthanc(tmp_path / "orthanc")
+    try:
+        mf = legacy_multiframe(single_frame_series(tmp_path / "sf",
+                                                   volume_with_bad_slice(4, bad=1)))
+        mf.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
+        orthanc.upload(tmp_path / "mf.dcm")
+        out = tmp_path / "out"
+        proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)["dicomweb"]
+        assert info["written"] == {"sr": 1, "saliency": 1} and info["unsupported"] == 0
+        assert not (out / "dicomweb-staging").exists()
+        (scores,) = journal_scores(out).values()  # slice order: along the normal, z = 0 first
+        by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
+                       for s in series_of_study(orthanc, mf.StudyInstanceUID)}
+        assert sorted(by_modality) == ["MR", "OT", "SR"]
+
+        (sr_ds,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["SR"])
+        if shutil.which("dciodvfy"):
+            sr_ds.save_as(tmp_path / "sr.dcm")
+            check = subprocess.run(["dciodvfy", str(tmp_path / "sr.dcm")], capture_output=True,
+                                   text=True)
+            assert not [ln for ln in (check.stdout + check.stderr).splitlines()
+                        if ln.startswith("Error")], check.stderr
+        sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+        found = frame_measurements(sr, "RIQ001")
+        positions = frame_positions(mf)  # frame n at positions[n - 1]: z = 9, 6, 3, 0 mm
+        z_order = sorted(p[2] for p in positions)
+        assert [f for _, _, f in found] == [[4], [3], [2], [1]]
+        for i, (value, uid, (n,)) in enumerate(found):
+            assert uid == mf.SOPInstanceUID and positions[n - 1][2] == z_order[i]
+            assert value == pytest.approx(scores[i], abs=1e-6)
+        (group,) = sr.content.get_image_measurement_groups()
+        assert [s.referenced_sop_instance_uid for s in group.source_images] == [
+            mf.SOPInstanceUID]
+
+        (pm,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["OT"])
+        assert int(pm.NumberOfFrames) == int(mf.NumberOfFrames) == 4
+        frames = map_frames(pm)
+        assert sorted(n for n, _ in frames) == [1, 2, 3, 4]
+        assert all(pos == positions[n - 1] for n, pos in frames)
+        shared = pm.SharedFunctionalGroupsSequence[0]
+        src_shared = mf.SharedFunctionalGroupsSequence[0]
+        assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] \
+            == [float(v) for v in src_shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        maps = np.asarray(pm.pixel_array, np.float64)
+        assert maps.shape == (4, pm.Rows, pm.Columns) and np.isfinite(maps).all()
+        assert (maps.reshape(4, -1).max(axis=1) > 0).all()
+    finally:
+        orthanc.stop()

@@ -70,7 +70,8 @@ class DicomwebResult:
         found: series the query matched; ``retrieved``: series fetched in this run (
             ``instances``: their instances); ``gone``: series that could not be retrieved.
         written: objects stored by write-back in this run, per kind; ``unsupported``: scored
-            series write-back cannot describe (multi-frame sources).
+            series write-back cannot describe (slices that are frames of several multi-frame
+            instances, or source headers that break a rule of the IODs).
         timings: wall seconds: ``query``, ``retrieve`` (in the background thread, overlapping
             the QA stage), ``write_back``.
     """
@@ -236,20 +237,27 @@ def _all_written(out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any]) -> 
     return all((r["series_key"], k) in have for r in doc["series"] for k in kinds)
 
 
-def _sources(refs: list[str], series: Any) -> list[Any] | None:
-    """The source datasets (header only) of each slice of ``series`` in slice order, or
-    ``None`` when slices are not one instance each (multi-frame sources)."""
+def _sources(refs: list[str], series: Any) -> Any:
+    """The :class:`~rankiq.service.results_dicom.SliceSources` of ``series`` (headers only:
+    one single-frame image per slice, or one multi-frame image and each slice's frame), or
+    ``None`` when the results cannot reference its slices (frames of several multi-frame
+    instances)."""
     import pydicom
+    from rankiq.service.results_dicom import slice_sources
 
-    where = {}
+    where: dict[str, str] = {}
     for text in refs:
         ref = ref_from_json(text)
-        where[ref.source] = ref.path
+        if ref.path is not None:
+            where[ref.source] = ref.path
     files = list(series.source_files)
-    paths = [where.get(f) for f in files]
-    if len(files) != series.shape[0] or any(p is None for p in paths):
+    if any(f not in where for f in files):
         return None
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths if p is not None]
+    headers = [(f, pydicom.dcmread(where[f], stop_before_pixels=True)) for f in files]
+    try:
+        return slice_sources(headers, series.shape[0])
+    except ValueError:
+        return None
 
 
 def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any],
@@ -260,7 +268,8 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
     a failure stops the write-back with :class:`PacsError` and a rerun stores the rest.
 
     Returns:
-        ``({kind: objects stored now}, series whose sources are multi-frame)``.
+        ``({kind: objects stored now}, series whose slices the objects cannot reference:
+        frames of several multi-frame instances, or headers that break a rule of the IODs)``.
     """
     from rankiq.service.io import load_series
     from rankiq.service.models import ScoringModel
@@ -303,10 +312,8 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
             verdict = SeriesVerdict.from_row(row, result.get("scores") or [],
                                              str(result.get("model_sha256", "")))
             for kind in missing:
-                if kind == "sr":
-                    obj = build_sr(sources, verdict, software_version=software_version)
-                    what = f"SR of series {key}"
-                else:
+                maps = None
+                if kind == "saliency":
                     if model is None:
                         model = ScoringModel.load(str(options.model_dir),
                                                   threads=options.threads or 1)
@@ -315,9 +322,20 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
                     assert scored.saliency is not None  # asked for: saliency=True
                     maps = saliency_on_matrix(scored.saliency, series.pixels,
                                               features=model.kind == "features")
-                    obj = build_saliency(sources, maps, verdict,
-                                         software_version=software_version)
-                    what = f"saliency map of series {key}"
+                try:
+                    if maps is None:
+                        obj = build_sr(sources.images, verdict, frames=sources.frames,
+                                       software_version=software_version)
+                        what = f"SR of series {key}"
+                    else:
+                        obj = build_saliency(sources.images, maps, verdict,
+                                             frames=sources.frames,
+                                             software_version=software_version)
+                        what = f"saliency map of series {key}"
+                except (ValueError, TypeError, AttributeError):
+                    # the source headers break a rule of the IODs (no frame of reference...)
+                    unsupported += 1
+                    break
                 store(client, [obj], what)
                 db.execute("INSERT OR REPLACE INTO writeback VALUES (?, ?, ?)", (key, kind, run))
                 written[kind] += 1
