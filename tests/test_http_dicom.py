@@ -254,3 +254,40 @@ def test_format_dicom_multiframe_source(server, tmp_path):
     r = score(server, two.getvalue(), query="?format=dicom")
     assert r.status_code == 422 and r.json()["error"] == "invalid_image", r.text
     assert "multi-frame" in r.json()["detail"]
+
+
+def test_enhanced_mr_frames_referenced_in_slice_order():
+    """An Enhanced MR upload whose frames are not in slice order: the slices are matched to
+    their frames as the reader orders them (along the normal), the SR's per-slice references
+    and the map's frames follow the frame numbers."""
+    from helpers_io import enhanced_mr_dataset
+    from helpers_multiframe import frame_measurements, map_frames
+    from rankiq.service.io import read_upload
+    from rankiq.service.results_dicom import (
+        SeriesVerdict,
+        build_saliency,
+        build_sr,
+        upload_sources,
+    )
+
+    stored = (np.random.default_rng(0).random((3, 32, 32)) * 1000).astype(np.int16)
+    ds = enhanced_mr_dataset(stored, [(0, 0, 8.0), (0, 0, 0.0), (0, 0, 4.0)])
+    ds.FrameOfReferenceUID = uid("enhanced-frame")
+    data = dicom_bytes(ds)
+    series = read_upload(data, "image")[0]
+    np.testing.assert_array_equal(series.pixels, stored[[1, 2, 0]])  # z = 0, 4, 8 mm
+    sources = upload_sources(data, series, "image")
+    assert sources.frames == (2, 3, 1) and len(sources.images) == 1
+    verdict = SeriesVerdict(scores=(1.0, 2.0, 3.0), median=2.0, p90=2.8, threshold=2.5,
+                            status="passed", flagged=False, rule="", model="m",
+                            model_version="1", model_sha256="0" * 64)
+    sr = build_sr(sources.images, verdict, frames=sources.frames, software_version="test")
+    found = frame_measurements(sr, CODES["slice_score"][0])
+    assert [(v, f) for v, _, f in found] == [(1.0, [2]), (2.0, [3]), (3.0, [1])]
+    maps = np.stack([np.full((32, 32), v, np.float32) for v in (1.0, 2.0, 3.0)])
+    pm = build_saliency(sources.images, maps, verdict, frames=sources.frames,
+                        software_version="test")
+    z_of_frame = {1: 8.0, 2: 0.0, 3: 4.0}
+    for (n, pos), m in zip(map_frames(pm), pm.pixel_array, strict=True):
+        assert pos[2] == z_of_frame[n]
+        assert float(m.mean()) == pytest.approx({8.0: 3.0, 0.0: 1.0, 4.0: 2.0}[pos[2]])
