@@ -75,6 +75,14 @@ EQUIVALENT_MUTANTS: list[tuple[str, str, str, str]] = [
      "except (CosmicRayTestingException, ValueError, KeyError, TypeError) as exc:",
      "classifier.json was read in full by the SHA-256 check just before: an OSError here needs "
      "the file to vanish in between (a race no test can stage)"),
+    ("service/qa/selection.py",
+     "except (IndexError, TypeError, ValueError):",
+     "except (IndexError, CosmicRayTestingException, ValueError):",
+     "_as_values returns strings only: float() of a string raises ValueError, never TypeError"),
+    ("service/qa/selection.py",
+     "return Rule(doc[\"reason\"], conds, modes[0])",
+     "return Rule(doc[\"reason\"], conds, modes[-1])",
+     "modes holds exactly one mode (checked just above): its first is its last"),
 ]
 
 

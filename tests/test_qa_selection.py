@@ -285,3 +285,14 @@ def test_a_file_is_read_as_json_first_then_yaml(tmp_path):
 def test_builtin_rule_details(attrs, reason):
     decision = load_selector().decide({**MR, **attrs})
     assert (decision.selected, decision.reason) == (reason == "", reason)
+
+
+def test_a_selector_and_its_rules_are_immutable():
+    """One selector is shared by every worker of a QA run: none can change it for the others."""
+    import dataclasses
+
+    sel = load_selector()
+    for obj, name in ((sel, "source"), (sel.require[0], "reason"),
+                      (sel.require[0].conditions[0], "keyword"), (sel.decide(MR), "reason")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, name, "x")
