@@ -77,13 +77,8 @@ def serve(args: argparse.Namespace) -> int:
     from rankiq.service.readers.app import create_app
     from rankiq.service.readers.db import StudyDB, redact
     from rankiq.service.readers.pairsource import PairSource
-    from rankiq.service.readers.study import (
-        DEFAULT_CRITERIA,
-        Settings,
-        StudyError,
-        configure,
-        read_priorities,
-    )
+    from rankiq.service.readers.settings import DEFAULT_CRITERIA, Settings, StudyError
+    from rankiq.service.readers.study import configure, read_priorities
 
     criteria = DEFAULT_CRITERIA
     if args.likert_criteria:

@@ -32,11 +32,10 @@ from rankiq.service.readers import agreement
 from rankiq.service.readers.db import StudyDB, presentations
 from rankiq.service.readers.pairsource import PairSource
 from rankiq.service.readers.rankings import write_likert, write_rankings
+from rankiq.service.readers.settings import Settings, StudyError
 from rankiq.service.readers.study import (
     Identity,
     Item,
-    Settings,
-    StudyError,
     collect,
     identity_by_id,
     identity_by_token,
