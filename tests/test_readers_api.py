@@ -12,6 +12,7 @@ import pytest
 import requests
 from helpers_pairs import write_synthetic_pairs
 from helpers_readers import RANKIQ, ReaderServer, invite, invite_cli, postgres
+from rankiq.service.readers.rankings import read_likert
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,8 @@ def test_security_and_bad_input(tmp_path: Path, pairs: Path) -> None:
     db = f"sqlite:///{tmp_path / 'study.db'}"
     a, b = invite_cli(db, "R1"), invite(db, "R2")
     admin = invite_cli(db, "boss", "admin")
-    with ReaderServer(pairs, db, "--repeat-fraction", "0") as srv:
+    lk = invite(db, "R1", "likert")  # the same reader also scores single images
+    with ReaderServer(pairs, db, "--repeat-fraction", "0", "--likert-pairs", "3") as srv:
         u = srv.url
         r = requests.get(u + "/api/next", headers=_bearer("rq_unknown"))
         assert r.status_code == 401 and r.json()["error"] == "unauthorized"
@@ -69,6 +71,28 @@ def test_security_and_bad_input(tmp_path: Path, pairs: Path) -> None:
         assert export.status_code == 200
         assert export.text.count("\nR1,") == 1  # recorded once
         assert "content-security-policy" in {k.lower() for k in export.headers}
+        # Likert mode: single images scored 1-5, both images of the 3 Likert pairs, no repeat
+        hl = _bearer(lk)
+        n = 0
+        while not (nxt := requests.get(u + "/api/next", headers=hl).json())["done"]:
+            it = nxt["item"]
+            assert set(it["images"]) == {"single", "reference"}
+            img = requests.get(u + it["images"]["single"], headers=hl)
+            assert img.headers["content-type"] == "image/png"
+            body = {"presentation": it["id"], "nonce": it["nonce"]}
+            r = requests.post(u + "/api/vote", headers=hl, json={**body, "choice": "left"})
+            assert r.status_code == 422
+            score = 1 + n % 5
+            assert requests.post(u + "/api/vote", headers=hl,
+                                 json={**body, "choice": score}).status_code == 200
+            n += 1
+        assert n == 6
+        likert = requests.get(u + "/api/admin/export/likert.csv", headers=_bearer(admin))
+    path = tmp_path / "likert.csv"
+    path.write_text(likert.text)
+    scores = read_likert(path)
+    assert len(scores) == 6 and {s.reader for s in scores} == {"R1"}
+    assert len({s.pair_id for s in scores}) == 3 and {s.image for s in scores} == {1, 2}
 
 
 def test_ten_concurrent_readers(tmp_path: Path, pairs: Path) -> None:
