@@ -51,10 +51,20 @@ def test_security_and_bad_input(tmp_path: Path, pairs: Path) -> None:
         r = requests.post(u + "/api/vote", headers=_bearer(b), json=vote)
         assert r.status_code == 403 and r.json()["error"] == "not_assigned"
         assert requests.get(u + item_a["images"]["left"], headers=_bearer(b)).status_code == 403
+        for path in ("/api/image/99999999999999999999999/left", "/api/image/x/left",
+                     "/api/image/1/elsewhere", "/api/admin/export/../x"):
+            r = requests.get(u + path, headers=_bearer(a))
+            assert 400 <= r.status_code < 500 and "error" in r.json(), path
         for bad in ({"presentation": item_a["id"]}, {**vote, "choice": "up"},
-                    {**vote, "seconds": -1}, {**vote, "extra": 1}, [1, 2], "x"):
+                    {**vote, "seconds": -1}, {**vote, "extra": 1}, [1, 2], "x",
+                    {**vote, "presentation": 2**70}):
             r = requests.post(u + "/api/vote", headers=_bearer(a), json=bad)
             assert r.status_code == 422 and r.json()["error"] == "malformed_vote", bad
+        for raw in ('{"presentation": 1, "nonce": "x", "choice": "left", "seconds": NaN}',
+                    '{"presentation": 1, "nonce": "x", "choice": "left", "seconds": Infinity}'):
+            r = requests.post(u + "/api/vote", data=raw, headers={
+                **_bearer(a), "Content-Type": "application/json"})
+            assert r.status_code == 422 and r.json()["error"] == "malformed_vote"
         r = requests.post(u + "/api/vote", headers=_bearer(a), json={**vote, "nonce": "forged"})
         assert r.status_code == 403 and r.json()["error"] == "bad_nonce"
         # cookie sessions need the CSRF header for a vote

@@ -244,6 +244,8 @@ class ReaderApp:
             pres = int(request.path_params["pres"])
         except ValueError:
             raise StudyError(404, "not_found", "no such image") from None
+        if not 1 <= pres < 2**31:
+            raise StudyError(404, "not_found", "no such image")
         slot = request.path_params["slot"]
         with self.db.read() as conn:
             row = conn.execute(sa.select(presentations).where(

@@ -303,8 +303,8 @@ def parse_vote(body: object, task: str) -> tuple[int, str, str, float | None]:
     if extra:
         raise bad(f"unknown field(s): {', '.join(sorted(str(k)[:20] for k in extra))}")
     pid, nonce, choice = body.get("presentation"), body.get("nonce"), body.get("choice")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid < 1:
-        raise bad("presentation must be a positive integer")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 1 <= pid < 2**31:
+        raise bad("presentation must be a positive integer (below 2^31)")
     if not isinstance(nonce, str) or not 1 <= len(nonce) <= 64:
         raise bad("nonce must be the string issued with the item")
     if isinstance(choice, int) and not isinstance(choice, bool):
