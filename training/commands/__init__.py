@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "rankiq.training.commands.train_cmd",  # rankiq train / evaluate / bench train
     "rankiq.training.commands.export_cmd",  # rankiq export / bench score
     "rankiq.training.commands.noref_cmd",  # rankiq train-noref
+    "rankiq.training.commands.experiment_cmd",  # rankiq experiment denoise / recon
 )
 
 

@@ -118,6 +118,14 @@ def add_commands(reg: Registry) -> None:
     b.add_argument("--models", default="iqnet,iqnet-complex,efficientnet,distill-student,mse",
                    help="comma-separated subset of iqnet, iqnet-complex, efficientnet, "
                         "distill-student, mse")
+    b.add_argument("--experiment", choices=("denoise", "recon"), default=None,
+                   help="time the denoising or reconstruction experiment's training step per "
+                        "loss instead (its CPU defaults; --losses, --device, --steps, "
+                        "--threads apply)")
+    b.add_argument("--losses", default=None,
+                   help="with --experiment: comma-separated losses (default iqnet,mse,ssim)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="with --experiment: cpu or cuda defaults")
 
 
 def _grid(value: str | None) -> tuple[int, int] | None:
@@ -237,6 +245,10 @@ def bench_train(args: argparse.Namespace) -> int:
     from rankiq.service.commands.registry import require
 
     require("torch", "bench train")
+    if args.experiment:  # seconds per epoch per loss of `rankiq experiment`
+        from rankiq.training.commands.experiment_cmd import bench_experiment
+
+        return bench_experiment(args)
     from rankiq.training.bench import bench_training, format_bench
 
     rows = bench_training(size=args.size, threads=args.threads, batch=args.batch_size,
