@@ -20,7 +20,8 @@ Each reference is scaled so that its largest magnitude is 1 (SSIM's data range).
   (``sigpy.mri.poisson``, ``calib`` x ``calib`` fully sampled centre, acceleration within 5 %)
   at each acceleration, and ESPIRiT maps (``sigpy.mri.app.EspiritCalib`` via
   :func:`rankiq.training.reconstruct.espirit_maps`, kernel 6 or ``calib - 2``) calibrated from
-  the *undersampled* data. The reference is the fully sampled coil combination with those maps, ``sum_c conj(S_c) F^H k_c`` (what the network can reach).
+  the *undersampled* data. The reference is the fully sampled coil combination with those
+  maps, ``sum_c conj(S_c) F^H k_c`` (what the network can reach).
 
 Arrays (complex64 unless said): denoise ``noisy, reference (n, S, S)``, ``sigma (n,)``
 float32; recon ``kspace (n, C, S, S)`` (masked), ``maps (n, C, S, S)``, ``mask (n, S, S)``
