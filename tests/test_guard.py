@@ -458,3 +458,16 @@ def test_form_spec_files_are_required_then_optional():
     assert QA.files == ("files",) and QA.optional_files == () and QA.bool_values == ()
     with pytest.raises(AttributeError):
         SPEC.required_files = ()  # type: ignore[misc]  (frozen: shared by every request)
+
+
+def test_guard_options_are_keyword_only():
+    """``token`` and ``max_body`` by keyword only: a positional token must never be read as a
+    size limit (or the reverse)."""
+    import inspect
+
+    params = inspect.signature(RequestGuard).parameters.values()
+    assert [p.name for p in params if p.kind is p.KEYWORD_ONLY] == [
+        "token", "max_body", "forms", "on_reject"]
+    assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == ["app"]
+    with pytest.raises(TypeError):
+        RequestGuard(App(), None, 10, {})  # type: ignore[misc]
