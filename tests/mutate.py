@@ -11,9 +11,14 @@ cosmic-ray edits source files in place, so everything runs in a scratch copy of 
 included. Operators are a representative subset (one replacement per arithmetic operator rather
 than all ten), mutants inside type annotations are skipped (never evaluated: equivalent), and
 ``--sample N`` tests a seeded random sample of N mutants per module for a
-time-limited run (0 = all).
+time-limited run (0 = all). The sample depends on the seed and the source alone (mutants are
+ordered by place and operator), so runs with the same seed are comparable. Mutants checked by
+hand to be equivalent are listed, each with its reason, in :data:`EQUIVALENT_MUTANTS`; they
+are left out after sampling (the sample does not move when the list grows).
+``--show-survivors`` prints every surviving mutant (file:line, operator, diff).
 
     .venv/bin/python tests/mutate.py [--modules service/preprocess.py ...] [--sample 40]
+        [--seed 1] [--show-survivors]
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ def test_a_summary_carries_every_confusion_where_readers_overlap():
     assert e["direct_rank_agreement"] == pytest.approx(0.5)
     assert s["likert_vs_rank"] == {"A": 1.0, "B": 1.0}
     assert s["n_skips"] == 1 and s["n_votes"] == 5 and s["intra"] == {"A": 1.0}
+    assert s["readers"] == {"A": {"n_votes": 3, "n_pairs": 2, "n_repeated_pairs": 1},
+                            "B": {"n_votes": 2, "n_pairs": 2, "n_repeated_pairs": 0}}
 
 
 def test_without_complete_likert_pairs_there_are_no_likert_rank_matrices():
