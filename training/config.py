@@ -7,6 +7,20 @@ import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
+from rankiq.service.errors import RankIQError
+
+MODELS = ("iqnet", "efficientnet", "mse", "ssim", "distill")
+METRIC_MODELS = ("mse", "ssim")
+STUDENTS = ("iqnet-relu", "efficientnet")
+MODES = ("reference", "no-reference")
+
+
+class RunError(RankIQError):
+    """A run directory (or its training configuration) that cannot be created, resumed or
+    loaded."""
+
+    reason = "bad_run"
+
 
 class JsonConfig:
     """Mixin for frozen dataclasses whose ranges are tuples: JSON holds them as lists."""
@@ -34,7 +48,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {"selection": "validation", "inner_fraction": 
 class TrainConfig(JsonConfig):
     """Everything ``rankiq train`` needs to reproduce a run (its folder's ``config.json``).
 
-    Validated on construction (:class:`rankiq.training.runs.RunError`, one line). Learning
+    Validated on construction (:class:`RunError`, one line). Learning
     rates per optimiser step; ``lr_decay`` per epoch; ``dropout`` a probability; ``grid``
     ``(H, W)`` pixels (None: the pairs file's size); ``crop`` the side in pixels of the random
     native-resolution square crop each training pair is cut to (None: whole images);
@@ -80,8 +94,6 @@ class TrainConfig(JsonConfig):
     data: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from rankiq.training.runs import MODELS, MODES, STUDENTS, RunError
-
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise RunError(f"training config: {what}")
@@ -126,8 +138,6 @@ class TrainConfig(JsonConfig):
         """A config from a ``TrainConfig`` or a dict of its fields (unknown keys: RunError)."""
         if isinstance(config, TrainConfig):
             return config
-        from rankiq.training.runs import RunError
-
         unknown = sorted(set(config) - {f.name for f in fields(cls)})
         if unknown:
             raise RunError(f"training config: unknown key(s) {', '.join(unknown)}")

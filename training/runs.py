@@ -31,22 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from rankiq.service import atomic
-from rankiq.service.errors import RankIQError
+from rankiq.training.config import (  # the run vocabulary is the config's (no import cycle)
+    METRIC_MODELS,
+    MODELS,
+    MODES,
+    STUDENTS,
+    RunError,
+    TrainConfig,
+)
 
-MODELS = ("iqnet", "efficientnet", "mse", "ssim", "distill")
-METRIC_MODELS = ("mse", "ssim")
-STUDENTS = ("iqnet-relu", "efficientnet")
-MODES = ("reference", "no-reference")
+__all__ = ["METRIC_MODELS", "MODELS", "MODES", "STUDENTS", "RunError", "TrainConfig"]
+
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 FOLDS = "folds.json"
 FINAL = "final"
-
-
-class RunError(RankIQError):
-    """A run directory that cannot be created, resumed or loaded."""
-
-    reason = "bad_run"
 
 
 def fold_dir(run_dir: str | Path, fold: int | str) -> Path:
@@ -90,7 +89,6 @@ def read_config(run_dir: str | Path) -> dict:
     if cfg.get("model") not in MODELS or cfg.get("mode") not in MODES:
         raise RunError("not a rankiq run config (model/mode missing or unknown)",
                        source=str(Path(run_dir) / CONFIG))
-    from rankiq.training.config import TrainConfig
 
     try:  # validated; runs from older versions get the values they were trained with
         return TrainConfig.from_run_dict(cfg).to_dict()
