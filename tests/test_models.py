@@ -205,3 +205,44 @@ def test_input_check_messages_name_the_expected_shape(repo_root):
             f.score(bad)
         assert str(err.value).startswith(
             f"model iqnet-noref expects features (N, {k}), got {tuple(bad.shape)}")
+
+
+def test_session_options_are_the_documented_threads_and_modes(repo_root):
+    import onnxruntime as ort
+    from rankiq.service.models import ScoringModel, session_options
+
+    opts = session_options(3)
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 1)
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert opts.log_severity_level == 3  # errors still reach the log; warnings do not
+    quiet = session_options(2, spinning=False)
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # a loaded model runs one intra-op thread per session unless told otherwise
+    m = ScoringModel.load(repo_root / "models" / "iqnet-ref")
+    got = m._score.get_session_options()
+    assert (got.intra_op_num_threads, got.inter_op_num_threads) == (1, 1)
+    two = ScoringModel.load(repo_root / "models" / "iqnet-ref", threads=2)
+    assert two._score.get_session_options().intra_op_num_threads == 2
+
+
+def test_saliency_is_available_from_a_graph_or_from_features(repo_root):
+    from rankiq.service.models import SaliencyUnavailable, ScoringModel
+
+    ref = ScoringModel.load(repo_root / "models" / "iqnet-ref")
+    noref = ScoringModel.load(repo_root / "models" / "iqnet-noref")
+    assert ref.has_saliency and noref.has_saliency and noref._saliency is None
+    bare = ScoringModel(ref.path, ref.metadata, ref.provider, ref.classifier, ref._score)
+    assert not bare.has_saliency
+    with pytest.raises(SaliencyUnavailable, match="no saliency graph"):
+        bare.score_and_saliency(np.zeros((1, 1, *ref.grid), np.float32))
+
+
+@pytest.mark.parametrize("name", ["a/z.txt", "zz/notes.txt"])
+def test_any_listed_subpath_is_refused(repo_root, tmp_path, name):
+    from rankiq.service.models import ModelCorrupt, ScoringModel
+
+    d, put = _noref_copy(repo_root, tmp_path)
+    put(name, "hello")
+    with pytest.raises(ModelCorrupt, match="path outside the directory"):
+        ScoringModel.load(d)

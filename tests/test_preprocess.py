@@ -274,3 +274,16 @@ def test_contract_constants_and_keyword_only_options():
     img, _ = _images()
     with pytest.raises(TypeError):
         prepare(img, None, GRID)  # type: ignore[misc]
+
+
+def test_matrix_limits_on_each_side_and_a_larger_reference():
+    from rankiq.service.preprocess import MAX_MATRIX, MIN_MATRIX, as_slices
+
+    assert (MIN_MATRIX, MAX_MATRIX) == (16, 4096)
+    assert as_slices(np.ones((16, MAX_MATRIX), np.float32)).shape == (1, 16, MAX_MATRIX)
+    with pytest.raises(InvalidImage, match="matrix"):
+        as_slices(np.ones((16, MAX_MATRIX + 1), np.float32))
+    img, ref = _images()
+    big = np.pad(ref, ((0, 0), (0, 4), (0, 0)))
+    with pytest.raises(GeometryMismatch, match="differs"):
+        prepare(img, big, grid=GRID)

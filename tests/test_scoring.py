@@ -256,3 +256,75 @@ def test_network_saliency_on_the_scans_own_square_is_the_crop_of_the_padding():
     # the scan sat at rows (8 - 5) // 2 = 1 .. 6 of the padded square
     np.testing.assert_array_equal(out[0, 0], sal[0, 0, 1:6])
     assert np.array_equal(center_pad(px, (8, 8))[0, 1:6], px[0])
+
+
+def test_features_saliency_weights_each_evidence_map_by_the_score_gradient(repo_root):
+    """The documented definition, with the gradient taken independently (a 10x larger central
+    step): the evidence maps weighted by |d score / d feature|, scaled to sum to the score."""
+    from rankiq.service.noref import evidence_components, prepare_features
+    from rankiq.service.scoring import feature_saliency
+
+    model = _models(repo_root)["iqnet-noref"]
+    fi = prepare_features(np.stack([noisy(mr_small(), 0.05, seed=1),
+                                    noisy(mr_small(), 0.2, seed=2)]))
+    got = feature_saliency(model, fi)
+    f = fi.features.astype(np.float64)
+    n, k = f.shape
+    h = 1e-2
+    steps = np.concatenate([f[:, None] + h * np.eye(k)[None], f[:, None] - h * np.eye(k)[None]],
+                           axis=1).reshape(-1, k)
+    s = model.score(steps.astype(np.float32)).astype(np.float64).reshape(n, 2, k)
+    grad = np.abs(s[:, 0] - s[:, 1]) / (2 * h)
+    base = model.score(fi.features).astype(np.float64)
+    for i in range(n):
+        maps, which = evidence_components(fi.grids[i])
+        want = np.tensordot(np.bincount(which, weights=grad[i], minlength=len(maps)), maps, 1)
+        want *= base[i] / want.sum()
+        assert np.abs(got[i, 0] - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_results_are_immutable_and_model_choice_checks_the_mode(repo_root):
+    import dataclasses
+
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.scoring import score_series, select_model
+
+    models = _models(repo_root)
+    r = score_series(models["iqnet-noref"], ImageSeries.from_array(mr_small()[None]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.median = 0.0  # type: ignore[misc]
+    # a model under the preferred name but of the other mode is not taken for that mode
+    swapped = {"iqnet-noref": models["iqnet-ref"], "zz": models["iqnet-noref"]}
+    assert select_model(swapped, reference=False) is models["iqnet-noref"]
+    assert select_model(swapped, reference=True) is models["iqnet-ref"]
+
+
+def test_a_mode_mismatch_says_which_way(repo_root):
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.scoring import score_series
+
+    models = _models(repo_root)
+    vol = ImageSeries.from_array(mr_small()[None])
+    with pytest.raises(InvalidImage, match="iqnet-ref is a reference model: it needs a reference"):
+        score_series(models["iqnet-ref"], vol)
+    with pytest.raises(InvalidImage,
+                       match="iqnet-noref is a no-reference model: it takes no reference"):
+        score_series(models["iqnet-noref"], vol, vol)
+
+
+def test_series_json_includes_the_overlay_png_and_raw_map_by_default(repo_root):
+    import inspect
+
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.scoring import score_series, series_json
+
+    assert [p.name for p in inspect.signature(series_json).parameters.values()
+            if p.kind is p.KEYWORD_ONLY] == ["png", "raw"]
+    base = mr_small()
+    r = score_series(_models(repo_root)["iqnet-ref"],
+                     ImageSeries.from_array(noisy(base, 0.1, 1)[None]),
+                     ImageSeries.from_array(base[None]), saliency=True)
+    sal = series_json(r)["slices"][0]["saliency"]
+    assert set(sal) == {"overlay_png", "map"}
+    assert set(series_json(r, png=False)["slices"][0]["saliency"]) == {"map"}
+    assert set(series_json(r, raw=False)["slices"][0]["saliency"]) == {"overlay_png"}
