@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,59 @@ def _accuracy(scorer: nn.Module, classifier: nn.Module, data: RankingData, idx: 
             float((lg.argmax(1) == y).mean()))
 
 
+@dataclass
+class _Step:
+    """What one optimisation step of a fold needs (see :func:`train_fold`)."""
+
+    scorer: nn.Module
+    classifier: nn.Module
+    opt: torch.optim.Optimizer
+    loss_fn: nn.Module
+    freeze_scorer: bool
+    aug_cfg: AugmentConfig | None  # None: no augmentation
+    crop: int | None
+
+
+def _train_epoch(step: _Step, data: RankingData, perm: np.ndarray, batches: Iterable[int],
+                 bs: int, y_all: torch.Tensor, gen: torch.Generator) -> tuple[float, int, int]:
+    """One pass over ``perm`` in batches of ``bs`` (augmentation and crops drawn from ``gen``,
+    in the same order as before the split): ``(summed loss, correct, pairs seen)``."""
+    scorer, classifier, opt, loss_fn = step.scorer, step.classifier, step.opt, step.loss_fn
+    freeze_scorer, crop = step.freeze_scorer, step.crop
+    scorer.train(not freeze_scorer)
+    classifier.train()
+    tot_loss, tot_ok, seen = 0.0, 0, 0
+    for a in batches:
+        idx = perm[a:a + bs]
+        x1 = torch.from_numpy(data.x1[idx]).float()
+        x2 = torch.from_numpy(data.x2[idx]).float()
+        if step.aug_cfg is not None:
+            p = draw(len(idx), gen, step.aug_cfg)
+            x1, x2 = apply(x1, p), apply(x2, p)
+        scale = 1.0
+        if crop is not None and crop < min(x1.shape[-2:]):
+            # IQ-Net's L2-norm features grow with sqrt(area): a crop's score times
+            # sqrt(whole / crop area) is on the whole image's scale, which the classifier
+            # sees at selection, evaluation and export
+            scale = float(np.sqrt(x1.shape[-2] * x1.shape[-1] / crop**2))
+            x1, x2 = random_crops(x1, x2, crop, gen)
+        y = y_all[idx]
+        if freeze_scorer:
+            with torch.no_grad():
+                s1, s2 = score_pairs(scorer, x1, x2)
+        else:
+            s1, s2 = score_pairs(scorer, x1, x2)
+        logits = classifier(s1 * scale, s2 * scale)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot_loss += float(loss.detach()) * len(idx)
+        tot_ok += int((logits.detach().argmax(1) == y).sum())
+        seen += len(idx)
+    return tot_loss, tot_ok, seen
+
+
 def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray,
                config: TrainConfig | dict, fold: int | str, out: Path, *,
                select_idx: np.ndarray | None = None, resume: bool = False,
@@ -247,43 +301,15 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray,
         gen = torch.Generator().manual_seed(derived_seed(seed, k_seed, epoch, 1))
         torch.manual_seed(derived_seed(seed, k_seed, epoch, 2))  # dropout masks
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        scorer.train(not freeze_scorer)
-        classifier.train()
-        tot_loss, tot_ok, seen = 0.0, 0, 0
         batches = range(0, len(perm), bs)
         if progress:
             from tqdm import tqdm
 
             batches = tqdm(batches, desc=f"fold {fold} epoch {epoch}/{epochs}", leave=False,
                            unit="batch")
-        for a in batches:
-            idx = perm[a:a + bs]
-            x1 = torch.from_numpy(data.x1[idx]).float()
-            x2 = torch.from_numpy(data.x2[idx]).float()
-            if aug:
-                p = draw(len(idx), gen, aug_cfg)
-                x1, x2 = apply(x1, p), apply(x2, p)
-            scale = 1.0
-            if crop is not None and crop < min(x1.shape[-2:]):
-                # IQ-Net's L2-norm features grow with sqrt(area): a crop's score times
-                # sqrt(whole / crop area) is on the whole image's scale, which the classifier
-                # sees at selection, evaluation and export
-                scale = float(np.sqrt(x1.shape[-2] * x1.shape[-1] / crop**2))
-                x1, x2 = random_crops(x1, x2, crop, gen)
-            y = y_all[idx]
-            if freeze_scorer:
-                with torch.no_grad():
-                    s1, s2 = score_pairs(scorer, x1, x2)
-            else:
-                s1, s2 = score_pairs(scorer, x1, x2)
-            logits = classifier(s1 * scale, s2 * scale)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach()) * len(idx)
-            tot_ok += int((logits.detach().argmax(1) == y).sum())
-            seen += len(idx)
+        step = _Step(scorer, classifier, opt, loss_fn, freeze_scorer,
+                     aug_cfg if aug else None, crop)
+        tot_loss, tot_ok, seen = _train_epoch(step, data, perm, batches, bs, y_all, gen)
         val_loss, val_acc = _accuracy(scorer, classifier, data, val_idx, loss_fn)
         _, sel_acc = ((None, val_acc) if sel_name == "validation"
                       else _accuracy(scorer, classifier, data, sel_idx, loss_fn))
