@@ -73,3 +73,23 @@ def test_kappa_se_is_zero_where_rounding_makes_the_variance_negative():
     # the variance formula gives about -2.6e-13 here: the SE is clipped to 0, not an error
     assert weighted_kappa_se([4, 4, 4], [5, 4, 4]) == 0.0
     assert weighted_kappa_se([1, 2, 2], [2, 2, 2]) == 0.0
+
+
+def test_matrix_labels_ci_bounds_and_readers_without_votes():
+    scores = _likert() + [LikertScore("C", 1, 1, 3), LikertScore("C", 1, 2, 3)]
+    s = summarize(_votes(), scores)
+    assert "C" not in s["likert_vs_rank"]  # C scored but never ranked
+    lines = format_summary(s).splitlines()
+    head = lines.index("  likert:A|B (rows first, columns second)")
+    assert lines[head + 1].split() == ["1", "2", "3", "4", "5"]
+    head = lines.index("  likert_rank:A|B (rows first, columns second)")
+    assert lines[head + 1].split() == ["1", "similar", "2"]
+    lo, hi = s["likert"]["A|B"]["kappa_ci"]
+    assert lo < hi and f"[{lo:.3f}, {hi:.3f}] (asymptotic)" in "\n".join(lines)
+
+
+def test_the_bootstrap_ci_is_seeded_with_zero_by_default():
+    votes, scores = _votes(), _likert() * 2
+    boot = summarize(votes, scores, kappa_ci_method="bootstrap")["likert"]["A|B"]["kappa_ci"]
+    assert boot == summarize(votes, scores, kappa_ci_method="bootstrap",
+                             seed=0)["likert"]["A|B"]["kappa_ci"]

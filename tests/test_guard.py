@@ -471,3 +471,12 @@ def test_guard_options_are_keyword_only():
     assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == ["app"]
     with pytest.raises(TypeError):
         RequestGuard(App(), None, 10, {})  # type: ignore[misc]
+
+
+def test_only_post_gets_the_form_checks():
+    app = App()
+    for method in ("PUT", "GET", "DELETE", "PATCH"):
+        status, _, _, _ = call(guard_for(app), method=method,
+                               headers=[(b"content-type", b"text/plain")], chunks=[b"x"])
+        assert status == 200, method
+    assert len(app.calls) == 4

@@ -246,3 +246,19 @@ def test_any_listed_subpath_is_refused(repo_root, tmp_path, name):
     put(name, "hello")
     with pytest.raises(ModelCorrupt, match="path outside the directory"):
         ScoringModel.load(d)
+
+
+def test_an_iqnet_model_with_saliency_must_list_its_graph(repo_root, tmp_path):
+    import json
+    import shutil
+
+    from rankiq.service.models import ModelCorrupt, ScoringModel
+
+    d = tmp_path / "iqnet-ref"
+    shutil.copytree(repo_root / "models" / "iqnet-ref", d)
+    meta = json.loads((d / "metadata.json").read_text())
+    assert meta["saliency"] and meta.get("kind", "iqnet") == "iqnet"
+    del meta["files"]["saliency.onnx"]
+    (d / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelCorrupt, match="metadata.json does not list saliency.onnx"):
+        ScoringModel.load(d)

@@ -362,3 +362,18 @@ def test_archive_outlier_details_median_limit_and_unusable_values():
     mixed = _rows(vals) + [{"series_key": "x", "protocol": "P", "model": "other",
                             "statistic_value": 1e6}]
     assert archive_outliers(mixed, z_cut=2.0, min_group=5)["x"].n == 1
+
+
+def test_one_slice_series_and_immutable_aggregates(tmp_path):
+    import dataclasses
+
+    one = aggregate(np.array([0.5]))
+    assert flag(one, "T1", load_thresholds(META)) == (False, "")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.median = 9.0  # type: ignore[misc]
+    meta = {**META, "name": "m", "files": {"score.onnx": "b" * 64}}
+    f = tmp_path / "site.json"
+    f.write_text(json.dumps({"thresholds": {"T2": 0.7},
+                             "provenance": {"model": {"name": "m", "sha256": "0" * 64}}}))
+    with pytest.raises(RulesError, match="calibrated with another model"):
+        load_thresholds(meta, f)  # a hash that sorts lower is just as different
