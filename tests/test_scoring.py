@@ -293,6 +293,12 @@ def test_results_are_immutable_and_model_choice_checks_the_mode(repo_root):
     r = score_series(models["iqnet-noref"], ImageSeries.from_array(mr_small()[None]))
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.median = 0.0  # type: ignore[misc]
+    from rankiq.service.scoring import compare_series
+
+    one = ImageSeries.from_array(mr_small()[None])
+    cmp = compare_series(models["iqnet-noref"], one, one)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cmp.per_slice = None  # type: ignore[misc]
     # a model under the preferred name but of the other mode is not taken for that mode
     swapped = {"iqnet-noref": models["iqnet-ref"], "zz": models["iqnet-noref"]}
     assert select_model(swapped, reference=False) is models["iqnet-noref"]
