@@ -111,6 +111,12 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
     boundary = params.get(b"boundary")
     if not boundary:
         raise RequestRejected(400, "bad_request", "multipart/form-data without a boundary")
+    _check_parts(_parse_parts(body, boundary), spec)
+
+
+def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
+    """The parts of a multipart body (names, whether each is a file, file-name problems, the
+    first bytes of text values); 400 when the body is malformed or truncated."""
     parts: list[_Part] = []
     header: dict[str, bytearray] = {"field": bytearray(), "value": bytearray()}
 
@@ -154,6 +160,12 @@ def check_multipart(body: bytes, content_type: str, spec: FormSpec) -> None:
         raise RequestRejected(400, "bad_request", f"malformed multipart body ({exc})") from None
     if not ended:
         raise RequestRejected(400, "bad_request", "truncated multipart body")
+    return parts
+
+
+def _check_parts(parts: list[_Part], spec: FormSpec) -> None:
+    """Every part named, known, not repeated (unless allowed), a file where a file is
+    expected, boolean values true/false, and every required file present (400 otherwise)."""
     seen: set[str] = set()
     for part in parts:
         if part.name is None:
