@@ -2,9 +2,10 @@
 
 The driver (the ``rankiq qa`` process) does what the local engine does: it walks the inputs,
 selects series and owns the journal (:mod:`rankiq.service.qa.journal`). Only the per-series work
-(:func:`rankiq.service.qa.runner.process_series`: decode, score, judge, saliency of flagged
-series) moves to Ray actors, one per CPU of the cluster, each holding its own ONNX Runtime
-session(s). A series is one task, so its slices stay together; results stream back and are
+moves to Ray actors, one per CPU of the cluster, each holding its own ONNX Runtime session(s).
+The runner hands that work in as a :class:`SeriesWork` (its ``init_worker`` and
+``process_series``: decode, score, judge, saliency of flagged series), so this module does not
+import the runner. A series is one task, so its slices stay together; results stream back and are
 journalled as they arrive, one transaction each, exactly as with the local process pool.
 Outputs, thresholds, selection and journal semantics are therefore those of the local engine.
 
@@ -41,15 +42,53 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from rankiq.service.qa.journal import Journal
-    from rankiq.service.qa.runner import QAOptions, SeriesOutcome
 
 MAX_ATTEMPTS = 3  # actor deaths one series may see before it fails as worker_lost
 IN_FLIGHT = 2  # series queued per actor (one scoring, one waiting: no idle gap)
 START_TIMEOUT_S = 300.0  # how long to wait for at least one actor to come up
+
+#: what scoring one series returns (the runner's ``SeriesOutcome``; opaque here)
+Outcome = TypeVar("Outcome")
+
+
+class EngineOptions(Protocol):
+    """What the engine reads of the run's options (the runner's ``QAOptions`` has them)."""
+
+    @property
+    def address(self) -> str | None:
+        """The Ray cluster (``auto`` or ``HOST:PORT``; ``None``: a local Ray instance)."""
+
+    @property
+    def workers(self) -> int:
+        """Actors to run when > 1 (else one per CPU of the cluster)."""
+
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime (and FFT) threads per actor (0: 1)."""
+
+
+@dataclass(frozen=True)
+class SeriesWork(Generic[Outcome]):
+    """The per-series work the actors run, handed in by the runner.
+
+    Attributes:
+        init: loads an actor's worker state once (model sessions, thresholds, selector),
+            called as ``init(*initargs)`` in the actor's process.
+        initargs: ``init``'s arguments, the same for every actor (pickled to each).
+        process: scores one series in an actor: ``(series key, instance refs as journalled,
+            mapped reference path or None) -> outcome``.
+        failed: the driver's outcome of a series that could not be scored, from ``(reason
+            code, message)``.
+    """
+
+    init: Callable[..., None]
+    initargs: tuple
+    process: Callable[[str, list[str], str | None], Outcome]
+    failed: Callable[[str, str], Outcome]
 
 
 def import_ray() -> Any:
@@ -64,15 +103,15 @@ def import_ray() -> Any:
 
 
 class ScorerActor:
-    """One Ray actor: the QA worker state of :func:`~rankiq.service.qa.runner.init_worker` (the
-    model's ONNX Runtime session(s), thresholds, selector) in its own process."""
+    """One Ray actor: the QA worker state of :attr:`SeriesWork.init` (the model's ONNX Runtime
+    session(s), thresholds, selector) in its own process."""
 
-    def __init__(self, env: dict[str, str], initargs: tuple) -> None:
-        # before anything reads them (the FFT thread count is read at import)
+    def __init__(self, env: dict[str, str], init: Callable[..., None], initargs: tuple,
+                 process: Callable[[str, list[str], str | None], Any]) -> None:
+        # before the model loads and anything reads them (thread counts)
         os.environ.update(env)
-        from rankiq.service.qa.runner import init_worker
-
-        init_worker(*initargs)
+        init(*initargs)
+        self._process = process
 
     def ready(self) -> str:
         """The node this actor runs on (answered once the model is loaded)."""
@@ -80,11 +119,9 @@ class ScorerActor:
 
         return ray.get_runtime_context().get_node_id()
 
-    def score(self, key: str, refs: list[str], reference: str | None) -> SeriesOutcome:
-        """:func:`~rankiq.service.qa.runner.process_series` of one series."""
-        from rankiq.service.qa.runner import process_series
-
-        return process_series(key, refs, reference)
+    def score(self, key: str, refs: list[str], reference: str | None) -> Any:
+        """:attr:`SeriesWork.process` of one series."""
+        return self._process(key, refs, reference)
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of this actor's process so far."""
@@ -127,7 +164,7 @@ class RayStats:
 LAST_STATS = RayStats()
 
 
-def _connect(ray: Any, options: QAOptions, env: dict[str, str]) -> bool:
+def _connect(ray: Any, options: EngineOptions, env: dict[str, str]) -> bool:
     """Connect to ``options.address`` or start a local Ray instance; ``True`` when this call
     did (so the caller shuts it down)."""
     from rankiq.service.errors import RankIQError
@@ -155,15 +192,161 @@ def _connect(ray: Any, options: QAOptions, env: dict[str, str]) -> bool:
     return True
 
 
-def _wanted_actors(ray: Any, options: QAOptions) -> int:
+def _wanted_actors(ray: Any, options: EngineOptions) -> int:
     """Actors to run: ``--workers`` when given (> 1), else one per CPU of the live cluster."""
     if options.workers > 1:
         return options.workers
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def run_ray(journal: Journal, todo: Iterable[str], options: QAOptions, initargs: tuple,
-            record: Callable[[str, SeriesOutcome], None],
+@dataclass
+class _Dispatch(Generic[Outcome]):
+    """The driver's side of one Ray run: the queue of series, the actors (starting or ready)
+    and the series in flight. Each method is one step of :func:`run_ray`'s loop.
+
+    Attributes:
+        ray: the ``ray`` module; ``actor_cls``: :class:`ScorerActor` as a Ray actor class.
+        died: the exceptions of a dead actor (or node).
+        env: the actors' environment (thread counts).
+        queue: series keys not yet sent (a lost series goes back to its front).
+        attempts: actor deaths each series has seen.
+        starting: ready ref -> actor still loading its model; ``load``: ready actor -> series
+            in flight on it; ``inflight``: result ref -> (series key, actor).
+        t_start: ``perf_counter`` seconds when the run started; ``t_ready``: when the first
+            actor was ready (``None`` until then).
+        deadline: ``monotonic`` seconds after which a cluster without actors is an error.
+    """
+
+    ray: Any
+    actor_cls: Any
+    died: tuple[type[BaseException], ...]
+    env: dict[str, str]
+    options: EngineOptions
+    work: SeriesWork[Outcome]
+    journal: Journal
+    record: Callable[[str, Outcome], None]
+    reference_of: Callable[[str], str | None]
+    stats: RayStats
+    queue: deque[str]
+    t_start: float
+    attempts: dict[str, int] = field(default_factory=dict)
+    starting: dict[Any, Any] = field(default_factory=dict)
+    load: dict[Any, int] = field(default_factory=dict)
+    inflight: dict[Any, tuple[str, Any]] = field(default_factory=dict)
+    t_ready: float | None = None
+    deadline: float = field(default_factory=lambda: time.monotonic() + START_TIMEOUT_S)
+
+    def start_actors(self) -> None:
+        """Start actors up to the wanted number, but no more than there are series left."""
+        want = _wanted_actors(self.ray, self.options) - len(self.load) - len(self.starting)
+        for _ in range(max(0, min(want, len(self.queue) + len(self.inflight)))):
+            actor = self.actor_cls.remote(self.env, self.work.init, self.work.initargs,
+                                          self.work.process)
+            self.starting[actor.ready.remote()] = actor
+            self.stats.actors += 1
+
+    def fill(self) -> None:
+        """Send queued series to every ready actor, up to :data:`IN_FLIGHT` each."""
+        for actor in list(self.load):
+            while self.queue and self.load.get(actor, IN_FLIGHT) < IN_FLIGHT:
+                key = self.queue.popleft()
+                ref = actor.score.remote(key, self.journal.refs(key), self.reference_of(key))
+                self.inflight[ref] = (key, actor)
+                self.load[actor] += 1
+
+    def restart(self) -> None:
+        """Nothing in flight or starting (every actor died): start new ones on what is left.
+
+        Raises:
+            RankIQError: none could start by :attr:`deadline`.
+        """
+        from rankiq.service.errors import RankIQError
+
+        if time.monotonic() > self.deadline:
+            raise RankIQError("no Ray worker could start (are there CPUs in the cluster?)")
+        self.start_actors()
+        if not self.starting:
+            time.sleep(1.0)
+
+    def next_ready(self) -> Any:
+        """The first ref (result or actor start) to be ready.
+
+        Raises:
+            RankIQError: nothing was ready within :data:`START_TIMEOUT_S`.
+        """
+        from rankiq.service.errors import RankIQError
+
+        waiting = list(self.inflight) + list(self.starting)
+        ready, _ = self.ray.wait(waiting, num_returns=1, timeout=START_TIMEOUT_S)
+        if not ready:
+            raise RankIQError(f"no Ray result in {START_TIMEOUT_S:g} s")
+        return ready[0]
+
+    def actor_ready(self, ref: Any) -> None:
+        """An actor answered ``ready`` (its model is loaded): it takes series from now on."""
+        actor = self.starting.pop(ref)
+        try:
+            self.stats.nodes.add(self.ray.get(ref))
+        except self.died:
+            self.stats.lost += 1
+            return
+        self.load[actor] = 0
+        if self.t_ready is None:
+            self.t_ready = time.perf_counter()
+            self.stats.startup_s = self.t_ready - self.t_start
+
+    def result(self, ref: Any) -> None:
+        """A series' result came back: record it, or send the series again if its actor died."""
+        key, actor = self.inflight.pop(ref)
+        try:
+            outcome = self.ray.get(ref)
+        except self.died:
+            self.requeue(key, actor)
+            return
+        if actor in self.load:
+            self.load[actor] -= 1
+        self.record(key, outcome)
+
+    def requeue(self, key: str, actor: Any) -> None:
+        """The actor (or its node) died holding ``key``, which was never journalled: queue it
+        first again, or fail it as ``worker_lost`` after :data:`MAX_ATTEMPTS` deaths."""
+        self.lose(actor)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if self.attempts[key] >= MAX_ATTEMPTS:
+            self.record(key, self.work.failed("worker_lost",
+                                              f"its worker died {MAX_ATTEMPTS} times"))
+        else:
+            self.stats.retried += 1
+            self.queue.appendleft(key)
+        if not self.starting:
+            self.start_actors()
+
+    def lose(self, actor: Any) -> None:
+        """Forget a dead actor (counted once) and make sure it is gone."""
+        if self.load.pop(actor, None) is not None:
+            self.stats.lost += 1
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor)
+
+    def finish(self, timings: dict[str, float]) -> None:
+        """Scoring wall time and the live actors' CPU seconds (added to ``worker_cpu``)."""
+        if self.t_ready is not None:
+            self.stats.score_wall_s = time.perf_counter() - self.t_ready
+        for actor in list(self.load):
+            with contextlib.suppress(*self.died):
+                self.stats.actor_cpu_s += float(
+                    self.ray.get(actor.cpu_seconds.remote(), timeout=60))
+        timings["worker_cpu"] = timings.get("worker_cpu", 0.0) + self.stats.actor_cpu_s
+
+    def close(self) -> None:
+        """End every actor this run started (ready or still starting)."""
+        for actor in [*self.load, *self.starting.values()]:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
+
+
+def run_ray(journal: Journal, todo: Iterable[str], options: EngineOptions,
+            work: SeriesWork[Outcome], record: Callable[[str, Outcome], None],
             reference_of: Callable[[str], str | None], timings: dict[str, float]) -> None:
     """Score the series ``todo`` on Ray actors, calling ``record`` (which journals) in this
     process as each result arrives; see the module docstring.
@@ -172,7 +355,7 @@ def run_ray(journal: Journal, todo: Iterable[str], options: QAOptions, initargs:
         journal: the run's journal (read here for each series' instance refs).
         todo: pending series keys, in scan order (submitted in that order).
         options: the run's options (``address``, ``workers`` = actors, ``threads``).
-        initargs: :func:`~rankiq.service.qa.runner.init_worker`'s arguments for every actor.
+        work: the per-series work every actor runs (the runner's).
         record: journals one outcome (the runner's).
         reference_of: a series' mapped reference path, or ``None``.
         timings: the run's stage seconds; ``worker_cpu`` (actor CPU seconds) is added.
@@ -181,8 +364,6 @@ def run_ray(journal: Journal, todo: Iterable[str], options: QAOptions, initargs:
         RankIQError: Ray missing or unreachable, or no actor could start.
     """
     global LAST_STATS
-    from rankiq.service.errors import RankIQError
-
     ray = import_ray()
     from ray.exceptions import RayActorError, WorkerCrashedError
 
@@ -191,93 +372,24 @@ def run_ray(journal: Journal, todo: Iterable[str], options: QAOptions, initargs:
     stats = LAST_STATS = RayStats()
     t_start = time.perf_counter()
     owned = _connect(ray, options, env)
-    remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ScorerActor)
-    queue: deque[str] = deque(todo)
-    attempts: dict[str, int] = {}
-    starting: dict[Any, Any] = {}  # ready ref -> actor (loading its model)
-    load: dict[Any, int] = {}  # ready actor -> series in flight
-    inflight: dict[Any, tuple[str, Any]] = {}  # result ref -> (series key, actor)
-    t_ready: float | None = None
-    deadline = time.monotonic() + START_TIMEOUT_S
-
-    def start_actors() -> None:
-        want = _wanted_actors(ray, options) - len(load) - len(starting)
-        for _ in range(max(0, min(want, len(queue) + len(inflight)))):
-            actor = remote_cls.remote(env, initargs)
-            starting[actor.ready.remote()] = actor
-            stats.actors += 1
-
-    def lose(actor: Any) -> None:
-        if load.pop(actor, None) is not None:
-            stats.lost += 1
-        with contextlib.suppress(Exception):
-            ray.kill(actor)
-
+    run = _Dispatch(ray, ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ScorerActor),
+                    (RayActorError, WorkerCrashedError), env, options, work, journal, record,
+                    reference_of, stats, deque(todo), t_start)
     try:
-        start_actors()
-        while queue or inflight:
-            for actor in list(load):  # fill every ready actor up to IN_FLIGHT series
-                while queue and load.get(actor, IN_FLIGHT) < IN_FLIGHT:
-                    key = queue.popleft()
-                    ref = actor.score.remote(key, journal.refs(key), reference_of(key))
-                    inflight[ref] = (key, actor)
-                    load[actor] += 1
-            waiting = list(inflight) + list(starting)
-            if not waiting:  # every actor died: start new ones on what is left
-                if time.monotonic() > deadline:
-                    raise RankIQError("no Ray worker could start (are there CPUs in the "
-                                      "cluster?)")
-                start_actors()
-                if not starting:
-                    time.sleep(1.0)
+        run.start_actors()
+        while run.queue or run.inflight:
+            run.fill()
+            if not run.inflight and not run.starting:
+                run.restart()
                 continue
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=START_TIMEOUT_S)
-            if not ready:
-                raise RankIQError(f"no Ray result in {START_TIMEOUT_S:g} s")
-            ref = ready[0]
-            if ref in starting:
-                actor = starting.pop(ref)
-                try:
-                    stats.nodes.add(ray.get(ref))
-                except (RayActorError, WorkerCrashedError):
-                    stats.lost += 1
-                    continue
-                load[actor] = 0
-                if t_ready is None:
-                    t_ready = time.perf_counter()
-                    stats.startup_s = t_ready - t_start
-                continue
-            key, actor = inflight.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except (RayActorError, WorkerCrashedError):
-                # the actor (or its node) died holding this series: it was never journalled
-                lose(actor)
-                attempts[key] = attempts.get(key, 0) + 1
-                if attempts[key] >= MAX_ATTEMPTS:
-                    from rankiq.service.qa.runner import SeriesOutcome
-
-                    record(key, SeriesOutcome("failed", {}, reason="worker_lost",
-                                              message=f"its worker died {MAX_ATTEMPTS} times"))
-                else:
-                    stats.retried += 1
-                    queue.appendleft(key)
-                if not starting:
-                    start_actors()
-                continue
-            if actor in load:
-                load[actor] -= 1
-            record(key, outcome)
-        if t_ready is not None:
-            stats.score_wall_s = time.perf_counter() - t_ready
-        for actor in list(load):
-            with contextlib.suppress(RayActorError, WorkerCrashedError):
-                stats.actor_cpu_s += float(ray.get(actor.cpu_seconds.remote(), timeout=60))
-        timings["worker_cpu"] = timings.get("worker_cpu", 0.0) + stats.actor_cpu_s
+            ref = run.next_ready()
+            if ref in run.starting:
+                run.actor_ready(ref)
+            else:
+                run.result(ref)
+        run.finish(timings)
     finally:
-        for actor in [*load, *starting.values()]:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
+        run.close()
         if owned:
             ray.shutdown()
 

@@ -736,13 +736,14 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
     try:
         ref_model = None if refmap is None else str(options.reference_model())
         if options.engine == "ray":  # imported here: Ray is an optional extra
-            from rankiq.service.qa.ray_engine import run_ray
+            from rankiq.service.qa.ray_engine import SeriesWork, run_ray
 
-            run_ray(journal, todo, options, (str(options.model_dir), max(1, options.threads),
-                                             thresholds, selector, options.worst_k, False,
-                                             ref_model, ref_thresholds, options.max_slices,
-                                             options.render, options.limits), record,
-                    reference_of, timings)
+            work = SeriesWork(init_worker, (str(options.model_dir), max(1, options.threads),
+                                            thresholds, selector, options.worst_k, False,
+                                            ref_model, ref_thresholds, options.max_slices,
+                                            options.render, options.limits), process_series,
+                              _failed)
+            run_ray(journal, todo, options, work, record, reference_of, timings)
         elif workers == 1:
             init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
                         False, ref_model, ref_thresholds, options.max_slices, options.render,
@@ -758,6 +759,11 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
     finally:
         bar.close()
     return slices
+
+
+def _failed(reason: str, message: str) -> SeriesOutcome:
+    """The outcome of a series that could not be scored (e.g. ``worker_lost``)."""
+    return SeriesOutcome("failed", {}, reason=reason, message=message)
 
 
 def _reference_of(journal: Journal, refmap: ReferenceMap | None, key: str) -> str | None:
