@@ -13,11 +13,12 @@ field of view) are cropped, the slice is zero-padded to a square; a side above
 a smaller one is kept as acquired. A 512x512 and a 256x256 acquisition of the same field of
 view thus land on the same grid, and a 64x64 slice is never interpolated into blur.
 
-Masks (:func:`masks`): *pad* = pixels outside the zero padding added by the grid or present in
-the file (exact zeros in both directions from the border); *foreground* = the image smoothed
-by a Gaussian (sigma ``SMOOTH_PX``) above ``FG_FRACTION`` of its maximum, holes filled;
-*air* = pad-free pixels farther than ``AIR_MARGIN`` of the side from the foreground. The
-tissue *level* is the median of the foreground.
+Masks (:func:`masks`): *pad* = pixels outside the bounding box of the non-zero pixels (zero
+padding added by the grid or present in the file); *foreground* = the image smoothed by a
+Gaussian (sigma ``SMOOTH_PX``) above ``FG_FRACTION`` of its maximum, holes filled; *air* =
+pad-free pixels farther than ``AIR_MARGIN`` of the side from the foreground, exact zeros
+included (air the scanner masked is noise-free air). The tissue *level* is the median of the
+foreground.
 
 Features (:data:`FEATURES`, all dimensionless, higher = worse unless noted):
 
@@ -31,8 +32,8 @@ Features (:data:`FEATURES`, all dimensionless, higher = worse unless noted):
 * ``air_reach``: how far from the foreground the air's excess over its own median lies: the
   excess-weighted mean distance (fraction of the side) over the plain mean distance of the
   air pixels (about 1 for a uniform floor; ghosts of a larger displacement reach farther).
-* ``air_structure``: log of (RMS / mean) of the air: 0.12 for a Rayleigh floor, more for
-  ghosts and aliasing that are brighter in some places than in others.
+* ``air_structure``: log of (RMS / mean) of the non-zero air: 0.12 for a Rayleigh floor,
+  more for ghosts and aliasing that are brighter in some places than in others.
 * ``ghost``: ``|log|`` of the ratio of the mean air intensity beside the foreground along
   the columns (above/below it) to that along the rows (left/right of it): motion and 1D
   undersampling replicate the object along the phase-encode axis only, thermal noise is
@@ -49,6 +50,10 @@ Features (:data:`FEATURES`, all dimensionless, higher = worse unless noted):
 * ``efc``: MRIQC's entropy focus criterion over the non-zero pixels, normalised by its
   maximum for the object's own area (the dilated foreground), so zero padding and masked
   air change nothing (ghosting, noise and blur spread the energy: higher).
+* ``border`` (context, not a defect): the share of the outermost ring of the slice's
+  non-zero bounding box that lies in the foreground: about 0 for a whole head in air or in a
+  masked background, near 1 for a field of view inside the anatomy, where "air" is dark
+  tissue and the air features mean something else.
 
 Arrays: slices are float ``(H, W)`` magnitudes; features float64 ``(F,)``.
 """
@@ -74,7 +79,7 @@ BANDS: tuple[float, ...] = (0.0, 0.04, 0.08, 0.15, 0.25, 0.35, 0.5, 0.71)
 IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
 FEATURES: tuple[str, ...] = (
     "noise", "air", "air_far", "air_reach", "air_structure", "ghost", "echo", "blur",
-    *(f"band_{i}" for i in range(len(BANDS) - 1)), "efc",
+    *(f"band_{i}" for i in range(len(BANDS) - 1)), "efc", "border",
 )
 _EPS = 1e-6
 AIR_MIN = 1e-3  # air below this fraction of the tissue level is not measurable (round-off)
@@ -129,8 +134,13 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
         dist = np.full(x.shape, np.iinfo(np.int32).max, np.int32)
     margin = max(2, int(round(AIR_MARGIN * x.shape[0])))
     near = dist <= margin
-    # exact zeros are padding or a background masked by the scanner: neither is measured air
-    air = (x > 0) & ~near
+    # zeros outside the non-zero bounding box are padding; inside it, zeros are air the
+    # scanner masked (noise-free air: adding noise to it must make the slice worse, not better)
+    rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
+    inside = np.zeros(x.shape, dtype=bool)
+    if rows.size and cols.size:
+        inside[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    air = inside & ~near
     level = float(np.median(x[fg])) if fg.any() else 0.0
     return near, fg, air, level, dist
 
@@ -253,7 +263,9 @@ def features(x: np.ndarray) -> np.ndarray:
         far = x[far_mask] if far_mask.sum() >= 32 else a
         air_far = math.log(max(float(far.mean()), AIR_MIN * level) / level)
         reach = _reach(x, fg, air)
-        structure = math.log(math.sqrt(float((a ** 2).mean())) / mean)
+        live = a[a > 0]  # the structure of what the scanner left unmasked
+        structure = (math.log(math.sqrt(float((live ** 2).mean())) / float(live.mean()))
+                     if live.size >= 32 else math.log(1.128))
     else:  # no measurable air (masked to zero, or no background in the field of view)
         air_f = air_far = AIR_FLOOR
         reach = 1.0
@@ -263,7 +275,21 @@ def features(x: np.ndarray) -> np.ndarray:
     b = min(max(_blur_measure(x, fg), 1e-4), 1 - 1e-4)
     bands = np.log(_band_shares(x) + 1e-9)
     return np.array([noise, air_f, air_far, math.log(reach), structure, ghost, echo,
-                     math.log(b / (1 - b)), *bands, _efc(x, near)], dtype=np.float64)
+                     math.log(b / (1 - b)), *bands, _efc(x, near), _border(x, fg)],
+                    dtype=np.float64)
+
+
+def _border(x: np.ndarray, fg: np.ndarray) -> float:
+    """Share of the outermost ring of the slice's non-zero bounding box ``(G, G)`` that is
+    foreground: zeros count as not foreground, so a head whose air the scanner masked touches
+    its box at a few points only (low), while a field of view inside the anatomy is tissue all
+    round (high)."""
+    rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
+    if rows.size < 3 or cols.size < 3:
+        return 0.0
+    box = fg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    ring = np.concatenate([box[0], box[-1], box[1:-1, 0], box[1:-1, -1]])
+    return float(ring.mean())
 
 
 @dataclass(frozen=True)
@@ -313,7 +339,7 @@ def evidence_maps(x: np.ndarray) -> np.ndarray:
 
 #: the evidence component (0 detail, 1 air, 2 EFC density) behind each feature of FEATURES
 _EVIDENCE_OF = {"air": 1, "air_far": 1, "air_reach": 1, "air_structure": 1, "ghost": 1,
-                "echo": 2, "efc": 2}
+                "echo": 2, "efc": 2, "border": 1}
 EVIDENCE: tuple[int, ...] = tuple(_EVIDENCE_OF.get(name, 0) for name in FEATURES)
 
 

@@ -69,6 +69,20 @@ def test_noise_and_blur_move_their_features_the_right_way() -> None:
     assert fb[i["band_0"]] > base[i["band_0"]]  # energy moves to the lowest band
 
 
+def test_border_tells_a_whole_head_in_air_from_a_region_inside_it() -> None:
+    """The context feature: ~0 when air surrounds the object, ~1 for a field of view inside
+    it; zero padding is not border."""
+    img = _phantom(128)
+    b = FEATURES.index("border")
+    rng = np.random.default_rng(2)
+    noisy = np.abs(img + 0.01 * rng.standard_normal(img.shape)).astype(np.float32)
+    whole = features(analysis_grid(noisy))[b]
+    inside = features(analysis_grid(noisy[40:88, 40:88]))[b]
+    assert whole < 0.05 and inside > 0.95
+    padded = np.pad(noisy[40:88, 40:88], 20)  # the same region, zero-padded by the file
+    assert features(analysis_grid(padded))[b] == pytest.approx(inside)
+
+
 def test_fast_masks_equal_the_morphology_they_replace() -> None:
     """The one-pass hole filling and the distance-based dilations give exactly the masks of
     scipy's iterated morphology (the features, hence the shipped model's scores, are unchanged)."""

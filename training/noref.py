@@ -22,9 +22,11 @@ is fitted so that, *within one acquisition*, more corruption always scores highe
    (clean acquisitions < moderately corrupted copies of *other* acquisitions, weight 0.5: this
    puts all acquisitions on one scale). Deterministic for its seed.
 3. Scale: the shipped score is ``2 ** ((raw - m) / (q - m))`` with ``m`` the median and
-   ``q`` the 95 % quantile of the clean training acquisitions' raw scores: a clean realistic
-   acquisition scores 1 at the median and 2 at the 95 % quantile, whatever its contrast,
-   matrix or SNR (one scale; the default QA threshold is 2).
+   ``q`` the 90 % quantile of the clean training acquisitions' raw scores: a clean realistic
+   acquisition scores 1 at the median and 2 at the 90 % quantile, whatever its contrast,
+   matrix or SNR (one scale; the default QA threshold is 2, which flags a tenth of the clean
+   simulated acquisitions: the low-SNR end that a no-reference score cannot tell from added
+   noise).
 
 Arrays: features float64 ``(N, F)``; scores float64 ``(N,)``.
 """
@@ -50,8 +52,10 @@ LEVELS = 4
 #: index (0-based, of LEVELS) from which a copy counts as "moderately corrupted"
 MODERATE = 2
 #: the quantile of the clean training acquisitions' scores that is put at 2 (and is the QA
-#: threshold): clean acquisitions score 1 at the median, 2 at this quantile
-CLEAN_QUANTILE = 0.95
+#: threshold): clean acquisitions score 1 at the median, 2 at this quantile. 0.90, not 0.95:
+#: the issue's budget is 10 % of clean series flagged, and the extra 5 % of clean low-SNR
+#: simulations buys 17 points of moderately corrupted ones flagged (41 % -> 58 %)
+CLEAN_QUANTILE = 0.90
 
 
 @dataclass

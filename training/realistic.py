@@ -11,7 +11,9 @@ synthesises such acquisitions from anatomy that ships offline and is not used fo
   contrast (CSF bright, white matter dark).
 
 Every draw gets a random rigid-plus-scale transform and a smooth elastic deformation (up to a
-few mm), a matrix of 64..512 and a field of view of 180..260 mm (pixel spacing ~0.35..2 mm),
+few mm), a matrix of 64..512 and a field of view of 180..260 mm (pixel spacing ~0.35..4 mm);
+a fifth of the draws image a region inside the head instead (partial field of view of
+24..120 mm at 0.4..1.2 mm, Colin27 only, no air around the object, as small-FOV scans and crops),
 1..12 receive coils (SigPy birdcage maps) with a smooth receive bias, and complex Gaussian
 thermal noise at a peak SNR drawn log-uniformly over 12..100. The *truth* is the root-sum-of-
 squares reconstruction of the fully sampled noisy coils; corrupted copies apply the
@@ -42,6 +44,13 @@ FOV_MM = (180.0, 260.0)
 SNR = (12.0, 100.0)
 COILS = (1, 12)
 ANATOMIES = ("mni", "colin")
+#: share of acquisitions with a partial field of view (a zoomed-in region of the head, no air
+#: around it, as small-FOV and cropped scans are), their FOV range (mm), pixel spacing range
+#: (mm) and how far from the head's centre (mm, per axis) the region may sit
+PARTIAL_FOV = 0.2
+PARTIAL_FOV_MM = (24.0, 120.0)
+PARTIAL_SPACING_MM = (0.4, 1.2)
+PARTIAL_OFFSET_MM = 35.0
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,10 @@ def _elastic(s: int, rng: np.random.Generator, amp_px: float) -> tuple[np.ndarra
     return out[0], out[1]
 
 
-def colin_image(s: int, fov_mm: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """A resliced, deformed Colin27 slice ``(s, s)`` float32 (magnitude, max ~1)."""
+def colin_image(s: int, fov_mm: float, rng: np.random.Generator,
+                offset_mm: float = 6.0) -> tuple[np.ndarray, dict]:
+    """A resliced, deformed Colin27 slice ``(s, s)`` float32 (magnitude, max ~1) whose centre
+    lies up to ``offset_mm`` from the volume's centre along each axis."""
     vol = colin27()
     assert vol is not None
     vox = COLIN27_VOXEL_MM
@@ -104,7 +115,7 @@ def colin_image(s: int, fov_mm: float, rng: np.random.Generator) -> tuple[np.nda
     c = (math.sin(th) * rows + math.cos(th) * cols) / zoom
     dx, dy = _elastic(s, rng, rng.uniform(0, 3.0) / mm)
     r, c = (r + dy * mm) / vox, (c + dx * mm) / vox  # mm -> voxels
-    centre = (np.asarray(vol.shape) - 1) / 2 + rng.uniform(-6, 6, 3) / vox
+    centre = (np.asarray(vol.shape) - 1) / 2 + rng.uniform(-offset_mm, offset_mm, 3) / vox
     depth = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
     lo, hi = int(vol.shape[depth] * 0.3), int(vol.shape[depth] * 0.75)
     z = float(rng.uniform(lo, hi))
@@ -151,8 +162,15 @@ def acquire(rng: np.random.Generator, *, corrupt: bool = True,
     """Draw one realistic acquisition (see the module docstring) and a corrupted copy."""
     s = int(rng.integers(MATRIX[0] // 16, MATRIX[1] // 16 + 1)) * 16
     fov = float(rng.uniform(*FOV_MM))
-    anatomy = "colin" if (colin27() is not None and rng.random() < 0.5) else "mni"
-    obj, info = (colin_image if anatomy == "colin" else mni_image)(s, fov, rng)
+    partial = colin27() is not None and rng.random() < PARTIAL_FOV
+    if partial:  # a region inside the head: Colin27's 0.5 mm voxels resolve it
+        fov = float(rng.uniform(*PARTIAL_FOV_MM))
+        s = int(np.clip(round(fov / rng.uniform(*PARTIAL_SPACING_MM) / 16), 4, 16)) * 16
+        anatomy = "colin"
+        obj, info = colin_image(s, fov, rng, offset_mm=PARTIAL_OFFSET_MM)
+    else:
+        anatomy = "colin" if (colin27() is not None and rng.random() < 0.5) else "mni"
+        obj, info = (colin_image if anatomy == "colin" else mni_image)(s, fov, rng)
     u = np.linspace(-1, 1, s, dtype=np.float32)
     uu, vv = np.meshgrid(u, u, indexing="ij")
     b = rng.normal(0, 0.15, 5)
@@ -180,8 +198,8 @@ def acquire(rng: np.random.Generator, *, corrupt: bool = True,
         if plan:
             kc, _, _ = apply_plan(k, plan, np.full(nc, sigma), rng)
             image = postprocess(rss(kc), post)
-    info.update({"anatomy": anatomy, "matrix": s, "fov_mm": fov, "coils": nc, "snr": snr,
-                 "plan": plan, "post": post})
+    info.update({"anatomy": anatomy, "matrix": s, "fov_mm": fov, "partial_fov": partial,
+                 "coils": nc, "snr": snr, "plan": plan, "post": post})
     return Acquisition(truth=truth, image=image, spacing_mm=fov / s, info=info)
 
 

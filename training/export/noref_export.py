@@ -20,7 +20,7 @@ import torch
 from rankiq.service.noref import ANALYSIS_MAX, FEATURES
 from rankiq.service.preprocess import PREPROCESS_VERSION
 from rankiq.training.export.writer import OPSET, seal, staged_model_dir, to_onnx
-from rankiq.training.noref import FittedScorer
+from rankiq.training.noref import CLEAN_QUANTILE, FittedScorer
 from torch import nn
 
 
@@ -108,7 +108,7 @@ def model_card(meta: dict[str, Any]) -> str:
         f"{meta['grid'][0]} px (never upsampled), then a mean of "
         f"{meta['architecture']['members']} MLPs ({meta['architecture']['hidden']} softplus "
         "units) and `exp(scale * (raw - offset))`: clean realistic acquisitions score 1 at "
-        "the median and 2 at the 95 % quantile.", "",
+        f"the median and 2 at the {CLEAN_QUANTILE:.0%} quantile.", "",
         "## Training",
         f"{t.get('acquisitions')} realistic simulated acquisitions (seed {t.get('seed')}), "
         "each with graded ladders of noise, blur, motion and undersampling; pairwise ranking "
