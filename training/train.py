@@ -217,6 +217,159 @@ def _train_epoch(step: _Step, data: RankingData, perm: np.ndarray, batches: Iter
     return tot_loss, tot_ok, seen
 
 
+def _fold_models(cfg: TrainConfig, data: RankingData, train_idx: np.ndarray, k_seed: int,
+                 scorer_init: dict | None, classifier_init: dict | None
+                 ) -> tuple[nn.Module, nn.Module]:
+    """A fold's scorer and classifier, initialised from the fold's seed (a metric's scale
+    fitted on the training pairs), then from the given state dicts when any."""
+    from rankiq.training.models.classifier import RankClassifier
+
+    torch.manual_seed(derived_seed(cfg.seed, k_seed, 0))
+    scorer = build_scorer(cfg.to_dict())
+    classifier = RankClassifier()
+    if cfg.model in METRIC_MODELS:
+        from rankiq.training.baselines import fit_scale
+
+        vals = np.concatenate([data.x1[train_idx, 0], data.x2[train_idx, 0]])
+        scorer.scale.fill_(fit_scale(cfg.model, vals))
+    if scorer_init is not None:
+        scorer.load_state_dict(scorer_init)
+    if classifier_init is not None:
+        classifier.load_state_dict(classifier_init)
+    return scorer, classifier
+
+
+def _fold_step(cfg: TrainConfig, scorer: nn.Module, classifier: nn.Module,
+               freeze_scorer: bool) -> _Step:
+    """The optimiser (Adam; a parameter group per model, each with its ``base_lr``, the
+    scorer's left out when frozen or parameterless), loss, augmentation and crop of a fold."""
+    groups = []
+    if not freeze_scorer and any(True for _ in scorer.parameters()):
+        groups.append({"params": list(scorer.parameters()), "lr": cfg.lr, "base_lr": cfg.lr})
+    groups.append({"params": list(classifier.parameters()), "lr": cfg.lr_classifier,
+                   "base_lr": cfg.lr_classifier})
+    opt = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    is_metric = cfg.model in METRIC_MODELS
+    crop = cfg.crop if (cfg.crop and not is_metric and cfg.model != "efficientnet") else None
+    return _Step(scorer, classifier, opt, nn.CrossEntropyLoss(), freeze_scorer,
+                 AugmentConfig() if cfg.augment and not is_metric else None, crop)
+
+
+def _resume_state(last: Path, resume: bool, step: _Step) -> tuple[list[dict], dict, int]:
+    """``(history, best, last finished epoch)``: loaded from ``last`` (models and optimiser
+    too) when resuming from an existing checkpoint, else a fresh start."""
+    if not (resume and last.exists()):
+        return [], {"val_acc": None, "epoch": 0, "sel_acc": None}, 0
+    ck = load_checkpoint(last)
+    step.scorer.load_state_dict(ck["scorer"])
+    step.classifier.load_state_dict(ck["classifier"])
+    step.opt.load_state_dict(ck["optimizer"])
+    return list(ck["history"]), dict(ck["best"]), int(ck["epoch"])
+
+
+def _selection(cfg: TrainConfig, select_idx: np.ndarray | None, val_idx: np.ndarray
+               ) -> tuple[np.ndarray, str]:
+    """The pairs an epoch is chosen on and the rule's name: ``inner`` (``select_idx``),
+    ``validation`` (legacy: the held-out fold) or ``last`` (no pairs: the last epoch)."""
+    if select_idx is None and cfg.selection == "validation":
+        return val_idx, "validation"
+    if select_idx is not None:
+        return select_idx, "inner"
+    return np.zeros(0, np.int64), "last"
+
+
+@dataclass
+class _Fold:
+    """One fold being trained (see :func:`train_fold`): its pairs, its step and the state its
+    ``last.pt`` holds (``history`` rows, ``best`` epoch so far)."""
+
+    cfg: TrainConfig
+    fold: int | str
+    k_seed: int  # the fold's key in :func:`derived_seed` (``cfg.folds`` for the final model)
+    d: Path  # the fold's directory
+    data: RankingData
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    sel_idx: np.ndarray
+    sel_name: str
+    step: _Step
+    history: list[dict]
+    best: dict
+
+    def epoch(self, epoch: int, progress: bool) -> dict:
+        """Train epoch ``epoch`` (1-based; learning rates decayed, shuffle, augmentation and
+        dropout seeded by fold and epoch), evaluate it and checkpoint; returns its history
+        row."""
+        t0 = time.perf_counter()
+        cfg, step = self.cfg, self.step
+        for g in step.opt.param_groups:
+            g["lr"] = g["base_lr"] * cfg.lr_decay ** (epoch - 1)
+        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, self.k_seed, epoch, 1))
+        torch.manual_seed(derived_seed(cfg.seed, self.k_seed, epoch, 2))  # dropout masks
+        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=gen).numpy()]
+        batches: Iterable[int] = range(0, len(perm), cfg.batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"fold {self.fold} epoch {epoch}/{cfg.epochs}",
+                           leave=False, unit="batch")
+        tot_loss, tot_ok, seen = _train_epoch(step, self.data, perm, batches, cfg.batch_size,
+                                              torch.from_numpy(self.data.label), gen)
+        val_loss, val_acc = _accuracy(step.scorer, step.classifier, self.data, self.val_idx,
+                                      step.loss_fn)
+        _, sel_acc = ((None, val_acc) if self.sel_name == "validation" else
+                      _accuracy(step.scorer, step.classifier, self.data, self.sel_idx,
+                                step.loss_fn))
+        lrs = [g["lr"] for g in step.opt.param_groups]
+        row = {"epoch": epoch, "lr": lrs[0] if len(lrs) > 1 else 0.0, "lr_classifier": lrs[-1],
+               "train_loss": tot_loss / max(seen, 1), "train_acc": tot_ok / max(seen, 1),
+               "sel_acc": sel_acc, "val_loss": val_loss, "val_acc": val_acc,
+               "seconds": round(time.perf_counter() - t0, 3)}
+        self.checkpoint(row)
+        return row
+
+    def checkpoint(self, row: dict) -> None:
+        """Record an epoch's row: ``best.pt`` when the selection rule prefers it, then
+        ``last.pt`` (with optimiser, history and best) and the history files."""
+        step, sel_acc = self.step, row["sel_acc"]
+        self.history.append(row)
+        state = {"scorer": step.scorer.state_dict(), "classifier": step.classifier.state_dict(),
+                 "epoch": row["epoch"], "val_acc": row["val_acc"], "sel_acc": sel_acc}
+        if self.sel_name == "last" or self.best["epoch"] == 0 or (
+                sel_acc is not None and (self.best["sel_acc"] is None
+                                         or sel_acc > self.best["sel_acc"])):
+            self.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "sel_acc": sel_acc}
+            _save(self.d / "best.pt", state)
+        _save(self.d / "last.pt", {**state, "optimizer": step.opt.state_dict(),
+                                   "history": self.history, "best": self.best})
+        _history_write(self.d, self.history)
+
+    def predict_held_out(self) -> None:
+        """``predictions.csv`` of the held-out pairs by the chosen epoch's models (loaded)."""
+        ck = load_checkpoint(self.d / "best.pt")
+        self.step.scorer.load_state_dict(ck["scorer"])
+        self.step.classifier.load_state_dict(ck["classifier"])
+        x1, x2 = self.data.x1[self.val_idx], self.data.x2[self.val_idx]
+        s1v, s2v, lv = predict(self.step.scorer, self.step.classifier, x1, x2)
+        write_predictions(self.d / "predictions.csv", self.data, self.val_idx, s1v, s2v, lv)
+
+    def summary(self) -> dict:
+        """The fold's summary (see :func:`train_fold`)."""
+        return {"best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
+                "selection_acc": self.best.get("sel_acc"), "selection": self.sel_name,
+                "epochs_run": len(self.history), "n_train": int(len(self.train_idx)),
+                "n_select": int(len(self.sel_idx)) if self.sel_name == "inner" else 0,
+                "n_val": int(len(self.val_idx))}
+
+
+def _epoch_line(fold: int | str, epochs: int, row: dict) -> str:
+    """One epoch's log line."""
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    return (f"fold {fold} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.3f}, selection acc {fmt(row['sel_acc'])}, held-out acc "
+            f"{fmt(row['val_acc'])} ({row['seconds']:.1f} s)")
+
+
 def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray,
                config: TrainConfig | dict, fold: int | str, out: Path, *,
                select_idx: np.ndarray | None = None, resume: bool = False,
@@ -245,106 +398,27 @@ def train_fold(data: RankingData, train_idx: np.ndarray, val_idx: np.ndarray,
         "selection_acc", "selection", "epochs_run", "n_train", "n_select", "n_val"}``.
     """
     cfg = TrainConfig.coerce(config)
-    seed, epochs, bs = cfg.seed, cfg.epochs, cfg.batch_size
     k_seed = cfg.folds if fold == FINAL else int(fold)
     d = fold_dir(out, fold)
     d.mkdir(parents=True, exist_ok=True)
-    from rankiq.training.models.classifier import RankClassifier
-
-    torch.manual_seed(derived_seed(seed, k_seed, 0))
-    scorer = build_scorer(cfg.to_dict())
-    classifier = RankClassifier()
-    is_metric = cfg.model in METRIC_MODELS
-    if is_metric:
-        from rankiq.training.baselines import fit_scale
-
-        vals = np.concatenate([data.x1[train_idx, 0], data.x2[train_idx, 0]])
-        scorer.scale.fill_(fit_scale(cfg.model, vals))
-    if scorer_init is not None:
-        scorer.load_state_dict(scorer_init)
-    if classifier_init is not None:
-        classifier.load_state_dict(classifier_init)
-    groups = []
-    if not freeze_scorer and any(True for _ in scorer.parameters()):
-        groups.append({"params": list(scorer.parameters()), "lr": cfg.lr, "base_lr": cfg.lr})
-    groups.append({"params": list(classifier.parameters()), "lr": cfg.lr_classifier,
-                   "base_lr": cfg.lr_classifier})
-    opt = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
-    history: list[dict] = []
-    best: dict = {"val_acc": None, "epoch": 0, "sel_acc": None}
-    start = 0
-    last = d / "last.pt"
-    if resume and last.exists():
-        ck = load_checkpoint(last)
-        scorer.load_state_dict(ck["scorer"])
-        classifier.load_state_dict(ck["classifier"])
-        opt.load_state_dict(ck["optimizer"])
-        history, best, start = list(ck["history"]), dict(ck["best"]), int(ck["epoch"])
-    if select_idx is None and cfg.selection == "validation":
-        sel_idx, sel_name = val_idx, "validation"
-    elif select_idx is not None:
-        sel_idx, sel_name = select_idx, "inner"
-    else:
-        sel_idx, sel_name = np.zeros(0, np.int64), "last"
-    loss_fn = nn.CrossEntropyLoss()
-    y_all = torch.from_numpy(data.label)
+    scorer, classifier = _fold_models(cfg, data, train_idx, k_seed, scorer_init, classifier_init)
+    step = _fold_step(cfg, scorer, classifier, freeze_scorer)
+    history, best, start = _resume_state(d / "last.pt", resume, step)
+    run = _Fold(cfg, fold, k_seed, d, data, train_idx, val_idx,
+                *_selection(cfg, select_idx, val_idx), step, history, best)
     if start == 0 and cfg.classifier_warmup > 0:
         warmup_classifier(scorer, classifier, data.x1[train_idx], data.x2[train_idx],
-                          y_all[train_idx], cfg.classifier_warmup, cfg.classifier_warmup_lr)
-    aug = cfg.augment and not is_metric
-    aug_cfg = AugmentConfig()
-    crop = cfg.crop if (cfg.crop and not is_metric and cfg.model != "efficientnet") else None
-    for epoch in range(start + 1, epochs + 1):
-        t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * cfg.lr_decay ** (epoch - 1)
-        gen = torch.Generator().manual_seed(derived_seed(seed, k_seed, epoch, 1))
-        torch.manual_seed(derived_seed(seed, k_seed, epoch, 2))  # dropout masks
-        perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        batches = range(0, len(perm), bs)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"fold {fold} epoch {epoch}/{epochs}", leave=False,
-                           unit="batch")
-        step = _Step(scorer, classifier, opt, loss_fn, freeze_scorer,
-                     aug_cfg if aug else None, crop)
-        tot_loss, tot_ok, seen = _train_epoch(step, data, perm, batches, bs, y_all, gen)
-        val_loss, val_acc = _accuracy(scorer, classifier, data, val_idx, loss_fn)
-        _, sel_acc = ((None, val_acc) if sel_name == "validation"
-                      else _accuracy(scorer, classifier, data, sel_idx, loss_fn))
-        lrs = [g["lr"] for g in opt.param_groups]
-        row = {"epoch": epoch, "lr": lrs[0] if len(lrs) > 1 else 0.0, "lr_classifier": lrs[-1],
-               "train_loss": tot_loss / max(seen, 1), "train_acc": tot_ok / max(seen, 1),
-               "sel_acc": sel_acc, "val_loss": val_loss, "val_acc": val_acc,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        history.append(row)
-        state = {"scorer": scorer.state_dict(), "classifier": classifier.state_dict(),
-                 "epoch": epoch, "val_acc": val_acc, "sel_acc": sel_acc}
-        if sel_name == "last" or best["epoch"] == 0 or (
-                sel_acc is not None and (best["sel_acc"] is None or sel_acc > best["sel_acc"])):
-            best = {"val_acc": val_acc, "epoch": epoch, "sel_acc": sel_acc}
-            _save(d / "best.pt", state)
-        _save(last, {**state, "optimizer": opt.state_dict(), "history": history, "best": best})
-        _history_write(d, history)
+                          torch.from_numpy(data.label)[train_idx], cfg.classifier_warmup,
+                          cfg.classifier_warmup_lr)
+    for epoch in range(start + 1, cfg.epochs + 1):
+        row = run.epoch(epoch, progress)
         if log:
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            log(f"fold {fold} epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.3f}, selection acc {fmt(sel_acc)}, held-out acc "
-                f"{fmt(val_acc)} ({row['seconds']:.1f} s)")
+            log(_epoch_line(fold, cfg.epochs, row))
     if not (d / "best.pt").exists():
-        raise RunError(f"fold {fold} has no trained epoch (epochs={epochs})", source=str(d))
+        raise RunError(f"fold {fold} has no trained epoch (epochs={cfg.epochs})", source=str(d))
     if len(val_idx):
-        ck = load_checkpoint(d / "best.pt")
-        scorer.load_state_dict(ck["scorer"])
-        classifier.load_state_dict(ck["classifier"])
-        s1v, s2v, lv = predict(scorer, classifier, data.x1[val_idx], data.x2[val_idx])
-        write_predictions(d / "predictions.csv", data, val_idx, s1v, s2v, lv)
-    return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-            "selection_acc": best.get("sel_acc"), "selection": sel_name,
-            "epochs_run": len(history), "n_train": int(len(train_idx)),
-            "n_select": int(len(sel_idx)) if sel_name == "inner" else 0,
-            "n_val": int(len(val_idx))}
+        run.predict_held_out()
+    return run.summary()
 
 
 def summarise_folds(folds: dict[int, dict], config: TrainConfig | dict,
