@@ -118,12 +118,9 @@ def _contrast_and_time_lines(votes: list, scores: list | None, pair_ids: Any,
     return lines
 
 
-def panel(args: argparse.Namespace) -> int:
-    """``rankiq panel``: calibrate, simulate, write, and print the measured statistics."""
-    import numpy as np
-    from rankiq.service.readers.agreement import consensus, summarize, vote_counts, write_consensus
-    from rankiq.service.readers.rankings import RankingsFormatError, write_likert, write_rankings
-    from rankiq.training.panel import Panel, load_pairs, metric_labels
+def _check_panel_args(args: argparse.Namespace) -> None:
+    """The numeric options of ``rankiq panel`` in their ranges (else a one-line error)."""
+    from rankiq.service.readers.rankings import RankingsFormatError
 
     if args.readers < 1:
         raise RankingsFormatError("--readers must be >= 1")
@@ -133,28 +130,122 @@ def panel(args: argparse.Namespace) -> int:
     _check_range("--target-similar", args.target_similar, 0.0, 0.9)
     if args.coverage is not None:
         _check_range("--coverage", args.coverage, 1e-6, 1.0)
+
+
+def _likert_plan(args: argparse.Namespace, pan: Any, names: list[str], n_pairs: int
+                 ) -> tuple[list[str], Any]:
+    """``(Likert readers, sorted pair indices they score)`` of ``--likert`` (none without it);
+    the pairs are drawn from the panel's generator, so this runs between calibration and the
+    simulation."""
+    import numpy as np
+    from rankiq.service.readers.rankings import RankingsFormatError
+
+    if not args.likert:
+        return [], np.zeros(0, np.int64)
+    if args.likert_readers:
+        readers = [r.strip() for r in args.likert_readers.split(",") if r.strip()]
+        unknown = [r for r in readers if r not in names]
+        if unknown:
+            raise RankingsFormatError(f"--likert-readers: unknown reader(s) "
+                                      f"{', '.join(unknown)} (readers are R1..R{len(names)})")
+    else:
+        readers = ["R5", "R7"] if len(names) >= 7 else names[-2:]
+    idx = np.sort(pan.rng.choice(n_pairs, size=min(args.likert_pairs, n_pairs), replace=False))
+    return readers, idx
+
+
+def _mean_observer_vs(pan: Any, data: Any, labels: dict[str, dict[int, str]]
+                      ) -> dict[str, float]:
+    """Agreement of the noise-free panel-mean observer (every reader at kappa=0, for
+    reference) with each metric's labels (fraction of labelled pairs)."""
+    import numpy as np
+
+    dq0 = pan.dq(0.0)[0]
+    mean_obs = {int(pid): ("1" if d > 0 else "2") for pid, d in zip(data.pair_id, dq0,
+                                                                      strict=True)}
+    return {m: float(np.mean([mean_obs[k] == v for k, v in lab.items()]))
+            for m, lab in labels.items() if lab}
+
+
+def _calibration_lines(args: argparse.Namespace, n_readers: int, n_pairs: int,
+                       prm: Any) -> list[str]:
+    """The run and its calibrated observer parameters, with the closed-form expectations."""
+    e = {k: ("-" if v != v else f"{100 * v:.2f}") for k, v in prm.expected.items()}  # NaN: -
+    return [f"rankiq panel: {n_readers} readers on {n_pairs} pairs from {args.pairs} "
+            f"(seed {args.seed})",
+            f"calibrated: sigma={prm.sigma:.4f} and jnd0={prm.jnd0:.4f} (x each reader's "
+            f"median |Q1-Q2|), idiosyncrasy kappa={prm.kappa:.4f}",
+            f"expected (closed form): intra {e['intra']} %, inter "
+            f"{e['inter']} %, similar {e['similar']} % (targets "
+            f"{100 * args.target_intra:.1f} / {100 * args.target_inter:.1f} / "
+            f"{100 * args.target_similar:.0f} %)"]
+
+
+def _measured_lines(summary: dict[str, Any], names: list[str]) -> list[str]:
+    """Measured intra/inter/overall agreement (with the paper's values) and the consensus."""
+
+    def ms(m: float | None, sd: float | None) -> str:
+        if m is None:
+            return "-"
+        return f"{100 * m:.2f} %" + ("" if sd is None else f" +- {100 * sd:.2f}")
+
+    intra = summary["intra"]
+    lines = ["measured intra-reader agreement: " + ", ".join(
+        f"{r} {100 * intra[r]:.1f}" if r in intra else f"{r} -" for r in names)
+        + " (repeated pairs per reader: "
+        + ", ".join(str(summary["readers"][r]["n_repeated_pairs"]) for r in names
+                    if r in summary["readers"]) + ")"]
+    inter = list(summary["inter"].values())
+    lines.append(f"measured intra-reader mean: {ms(summary['intra_mean'], summary['intra_sd'])} "
+                 "(population SD; paper: 94.88 +- 2.44)")
+    rng_txt = f", range {100 * min(inter):.1f}-{100 * max(inter):.1f}" if inter else ""
+    lines.append(f"measured inter-reader mean: {ms(summary['inter_mean'], summary['inter_sd'])}"
+                 f"{rng_txt} (population SD; paper Table 1: 67.47 +- 5.51, range 53.9-77.8)")
+    if summary["overall"] is not None:
+        lines.append(f"measured overall agreement: {100 * summary['overall']:.2f} % "
+                     "(paper: 81.4)")
+    c = summary["consensus"]
+    lines.append(f"votes: {summary['n_votes']} (+{summary['n_skips']} skips); consensus on "
+                 f"{c['n_pairs']} pairs (1: {c['1']}, similar: {c['similar']}, 2: {c['2']}), "
+                 f"{c['n_no_consensus']} ties without consensus")
+    return lines
+
+
+def _likert_lines(summary: dict[str, Any]) -> list[str]:
+    """Likert agreement (kappa_w and its CI) and Likert-derived vs direct ranks, with the
+    paper's values."""
+    lines = []
+    for key, le in summary["likert"].items():
+        kw = "-" if le["kappa_w"] is None else f"{le['kappa_w']:.2f}"
+        ci = le["kappa_ci"]
+        cis = "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        lines.append(f"Likert {key}: kappa_w {kw}{cis}, agreement {100 * le['agreement']:.1f} % "
+                     f"(paper 0.47, 25 %); Likert-derived ranks "
+                     f"{100 * le['rank_agreement']:.1f} % (paper 65.4); direct ranks on the "
+                     f"same pairs {100 * (le['direct_rank_agreement'] or 0):.1f} % (paper 70.4)")
+    if summary["likert_vs_rank"]:
+        lines.append("Likert-derived vs direct ranks: " + ", ".join(
+            f"{r} {100 * v:.1f} %" for r, v in summary["likert_vs_rank"].items())
+            + " (paper: 59.6, 51.9)")
+    return lines
+
+
+def panel(args: argparse.Namespace) -> int:
+    """``rankiq panel``: calibrate, simulate, write, and print the measured statistics."""
+    from rankiq.service.readers.agreement import consensus, summarize, vote_counts, write_consensus
+    from rankiq.service.readers.rankings import RankingsFormatError, write_likert, write_rankings
+    from rankiq.training.panel import Panel, load_pairs, metric_labels
+
+    _check_panel_args(args)
     data = load_pairs(args.pairs)
     if data.n < 2:
         raise RankingsFormatError("needs at least 2 pairs", source=args.pairs)
     pan = Panel(data, args.readers, args.seed, args.coverage)
     prm = pan.calibrate(args.target_intra, args.target_inter, args.target_similar)
     names = [d.name for d in pan.draws]
-    force: dict[str, Any] = {}
-    likert_readers: list[str] = []
-    likert_idx = np.zeros(0, np.int64)
-    if args.likert:
-        if args.likert_readers:
-            likert_readers = [r.strip() for r in args.likert_readers.split(",") if r.strip()]
-            unknown = [r for r in likert_readers if r not in names]
-            if unknown:
-                raise RankingsFormatError(f"--likert-readers: unknown reader(s) "
-                                          f"{', '.join(unknown)} (readers are R1..R{len(names)})")
-        else:
-            likert_readers = ["R5", "R7"] if len(names) >= 7 else names[-2:]
-        likert_idx = np.sort(pan.rng.choice(data.n, size=min(args.likert_pairs, data.n),
-                                            replace=False))
-        force = {r: likert_idx for r in likert_readers}  # they also rank those pairs
-    votes = pan.simulate(args.repeat_fraction, force=force)
+    likert_readers, likert_idx = _likert_plan(args, pan, names, data.n)
+    # the Likert readers also rank their Likert pairs
+    votes = pan.simulate(args.repeat_fraction, force={r: likert_idx for r in likert_readers})
     write_rankings(args.out, votes)
     scores = pan.simulate_likert(likert_readers, likert_idx) if args.likert else None
     if args.likert:
@@ -162,65 +253,15 @@ def panel(args: argparse.Namespace) -> int:
     summary = summarize(votes, scores)
     cons = consensus(vote_counts(votes))
     labels = metric_labels(data)
-    rep = _metric_report(cons, labels)
-    # the noise-free panel-mean observer (every reader at kappa=0), for reference
-    dq0 = pan.dq(0.0)[0]
-    mean_obs = {int(pid): ("1" if d > 0 else "2") for pid, d in zip(data.pair_id, dq0,
-                                                                      strict=True)}
-    obs_vs = {m: float(np.mean([mean_obs[k] == v for k, v in lab.items()]))
-              for m, lab in labels.items() if lab}
-
-    print(f"rankiq panel: {len(names)} readers on {data.n} pairs from {args.pairs} "
-          f"(seed {args.seed})")
-    print(f"calibrated: sigma={prm.sigma:.4f} and jnd0={prm.jnd0:.4f} (x each reader's median "
-          f"|Q1-Q2|), idiosyncrasy kappa={prm.kappa:.4f}")
-    e = {k: ("-" if v != v else f"{100 * v:.2f}") for k, v in prm.expected.items()}  # NaN: -
-    print(f"expected (closed form): intra {e['intra']} %, inter "
-          f"{e['inter']} %, similar {e['similar']} % (targets "
-          f"{100 * args.target_intra:.1f} / {100 * args.target_inter:.1f} / "
-          f"{100 * args.target_similar:.0f} %)")
-    intra = summary["intra"]
-    print("measured intra-reader agreement: " + ", ".join(
-        f"{r} {100 * intra[r]:.1f}" if r in intra else f"{r} -" for r in names)
-        + " (repeated pairs per reader: "
-        + ", ".join(str(summary["readers"][r]["n_repeated_pairs"]) for r in names
-                    if r in summary["readers"]) + ")")
-
-    def ms(m: float | None, sd: float | None) -> str:
-        if m is None:
-            return "-"
-        return f"{100 * m:.2f} %" + ("" if sd is None else f" +- {100 * sd:.2f}")
-
-    inter = list(summary["inter"].values())
-    print(f"measured intra-reader mean: {ms(summary['intra_mean'], summary['intra_sd'])} "
-          "(population SD; paper: 94.88 +- 2.44)")
-    rng_txt = f", range {100 * min(inter):.1f}-{100 * max(inter):.1f}" if inter else ""
-    print(f"measured inter-reader mean: {ms(summary['inter_mean'], summary['inter_sd'])}"
-          f"{rng_txt} (population SD; paper Table 1: 67.47 +- 5.51, range 53.9-77.8)")
-    if summary["overall"] is not None:
-        print(f"measured overall agreement: {100 * summary['overall']:.2f} % (paper: 81.4)")
-    c = summary["consensus"]
-    print(f"votes: {summary['n_votes']} (+{summary['n_skips']} skips); consensus on "
-          f"{c['n_pairs']} pairs (1: {c['1']}, similar: {c['similar']}, 2: {c['2']}), "
-          f"{c['n_no_consensus']} ties without consensus")
-    for line in _format_metric_report(rep):
-        print(line)
-    print("noise-free panel-mean observer vs " + ", ".join(
-        f"{m.upper()} {100 * v:.1f} %" for m, v in obs_vs.items()))
-    for key, le in summary["likert"].items():
-        kw = "-" if le["kappa_w"] is None else f"{le['kappa_w']:.2f}"
-        ci = le["kappa_ci"]
-        cis = "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-        print(f"Likert {key}: kappa_w {kw}{cis}, agreement {100 * le['agreement']:.1f} % "
-              f"(paper 0.47, 25 %); Likert-derived ranks {100 * le['rank_agreement']:.1f} % "
-              f"(paper 65.4); direct ranks on the same pairs "
-              f"{100 * (le['direct_rank_agreement'] or 0):.1f} % (paper 70.4)")
-    if summary["likert_vs_rank"]:
-        print("Likert-derived vs direct ranks: " + ", ".join(
-            f"{r} {100 * v:.1f} %" for r, v in summary["likert_vs_rank"].items())
-            + " (paper: 59.6, 51.9)")
-    for line in _contrast_and_time_lines(votes, scores, data.pair_id, data.contrast):
-        print(line)
+    obs_vs = _mean_observer_vs(pan, data, labels)
+    lines = [*_calibration_lines(args, len(names), data.n, prm),
+             *_measured_lines(summary, names),
+             *_format_metric_report(_metric_report(cons, labels)),
+             "noise-free panel-mean observer vs " + ", ".join(
+                 f"{m.upper()} {100 * v:.1f} %" for m, v in obs_vs.items()),
+             *_likert_lines(summary),
+             *_contrast_and_time_lines(votes, scores, data.pair_id, data.contrast)]
+    print("\n".join(lines))
     written = [args.out] + ([args.likert] if args.likert else [])
     if args.consensus:
         write_consensus(args.consensus, cons)
