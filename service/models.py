@@ -124,38 +124,48 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class OrdinalClassifier:
     """A rank classifier that agrees with its model's scores by construction.
 
-    With ``d = log(s2) - log(s1)`` (positive when image 1 scores lower, i.e. better)::
+    With ``d = log(s2) - log(s1)`` (positive when image 1 scores lower, i.e. better) and
+    ``g = sign(d) |d| ** gamma``::
 
-        P(1 better) = sigmoid(beta d - theta),  P(2 better) = sigmoid(-beta d - theta),
+        P(1 better) = sigmoid(beta g - theta),  P(2 better) = sigmoid(-beta g - theta),
         P(similar)  = 1 - both
 
-    (Davidson-type ties). ``beta > 0`` and ``theta >= 0``: P(1 better) rises with
-    ``s2 - s1``, swapping the images swaps the outer probabilities, and the image with the
-    lower score is never the less likely winner. Scores must be positive (no-reference models'
-    scores are); ``floor`` keeps the log finite.
+    (Davidson-type ties). ``beta > 0``, ``theta >= 0`` and ``gamma > 0``: P(1 better) rises
+    with ``s2 - s1``, swapping the images swaps the outer probabilities, and the image with
+    the lower score is never the less likely winner. ``gamma`` (1: the plain logistic in the
+    log ratio) is how much the *size* of the gap matters beyond its sign: readers of similar
+    corruptions follow the sign of the score difference about as often at small gaps as at
+    large ones, and a fitted ``gamma`` well below 1 says so, which keeps the probabilities
+    calibrated. Scores must be positive (no-reference models' scores are); ``floor`` keeps the
+    log finite.
     """
 
     beta: float
     theta: float
     floor: float = 1e-6
+    gamma: float = 1.0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OrdinalClassifier:
         beta, theta = float(data["beta"]), float(data["theta"])
-        if not (beta > 0 and theta >= 0 and np.isfinite(beta) and np.isfinite(theta)):
-            raise ValueError("ordinal classifier needs beta > 0 and theta >= 0")
-        return cls(beta, theta, float(data.get("floor", 1e-6)))
+        gamma = float(data.get("gamma", 1.0))
+        if not (beta > 0 and theta >= 0 and gamma > 0
+                and np.isfinite([beta, theta, gamma]).all()):
+            raise ValueError("ordinal classifier needs beta > 0, theta >= 0 and gamma > 0")
+        return cls(beta, theta, float(data.get("floor", 1e-6)), gamma)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "ordinal", "beta": self.beta, "theta": self.theta, "floor": self.floor}
+        return {"kind": "ordinal", "beta": self.beta, "theta": self.theta, "floor": self.floor,
+                "gamma": self.gamma}
 
     def probabilities(self, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
         """``(N,)``, ``(N,)`` scores -> float64 ``(N, 3)`` (1 better, similar, 2 better)."""
         a = np.log(np.maximum(np.asarray(s1, np.float64).reshape(-1), self.floor))
         b = np.log(np.maximum(np.asarray(s2, np.float64).reshape(-1), self.floor))
         d = b - a
-        p1 = _sigmoid(self.beta * d - self.theta)
-        p2 = _sigmoid(-self.beta * d - self.theta)
+        g = np.sign(d) * np.abs(d) ** self.gamma
+        p1 = _sigmoid(self.beta * g - self.theta)
+        p2 = _sigmoid(-self.beta * g - self.theta)
         return np.stack([p1, np.clip(1.0 - p1 - p2, 0.0, 1.0), p2], axis=1)
 
 

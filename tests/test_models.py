@@ -25,7 +25,31 @@ def test_ordinal_classifier_matches_its_formula():
     # scores at or below the floor are compared at the floor (no log of zero)
     z = clf.probabilities(np.array([0.0, -1.0]), np.array([1e-6, 1e-6]))
     assert np.allclose(z[0], z[1]) and np.isfinite(z).all()
-    assert clf.to_json() == {"kind": "ordinal", "beta": 2.0, "theta": 0.5, "floor": 1e-6}
+    assert clf.to_json() == {"kind": "ordinal", "beta": 2.0, "theta": 0.5, "floor": 1e-6,
+                             "gamma": 1.0}
+
+
+def test_ordinal_classifier_gamma_shapes_the_gap_and_keeps_the_order():
+    """gamma < 1: the size of the score gap matters less than its sign; the order of the
+    probabilities and the swap symmetry stay; gamma must be positive."""
+    clf = load_classifier({"kind": "ordinal", "beta": 1.0, "theta": 0.1, "gamma": 0.25})
+    assert isinstance(clf, OrdinalClassifier) and clf.gamma == 0.25
+    p = clf.probabilities(np.array([1.0, 1.0]), np.array([1.01, 10.0]))
+    d = np.log([1.01, 10.0])
+    g = d ** 0.25
+    assert p[:, 0] == pytest.approx(_sigmoid(g - 0.1), rel=1e-12)
+    assert p[:, 2] == pytest.approx(_sigmoid(-g - 0.1), rel=1e-12)
+    plain = load_classifier({"kind": "ordinal", "beta": 1.0, "theta": 0.1})
+    q = plain.probabilities(np.array([1.0, 1.0]), np.array([1.01, 10.0]))
+    assert p[1, 0] - p[0, 0] < q[1, 0] - q[0, 0]  # a 10x gap adds less confidence
+    np.testing.assert_allclose(clf.probabilities(np.array([1.01, 10.0]), np.ones(2)),
+                               p[:, ::-1])
+    r = np.linspace(-3, 3, 61)
+    pa = clf.probabilities(np.ones_like(r), np.exp(r))[:, 0]
+    assert (np.diff(pa) > 0).all()
+    for bad in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError):
+            load_classifier({"kind": "ordinal", "beta": 1.0, "theta": 0.1, "gamma": bad})
 
 
 @pytest.mark.parametrize(("beta", "theta", "ok"), [(1.0, 0.0, True), (1e-9, 2.0, True),
@@ -38,7 +62,7 @@ def test_ordinal_classifier_parameters_are_validated(beta, theta, ok):
     if ok:
         assert load_classifier(doc).beta == beta
     else:
-        with pytest.raises(ValueError, match="beta > 0 and theta >= 0"):
+        with pytest.raises(ValueError, match="beta > 0, theta >= 0 and gamma > 0"):
             load_classifier(doc)
 
 

@@ -106,8 +106,9 @@ def domain(ds: Dataset) -> dict[str, Any]:
 
 def classifier(scorer: FittedScorer, pairs: str | None, consensus: str | None
                ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit the ordinal classifier's ``beta``/``theta`` on consensus pairs (even pair ids) and
-    report calibration on the odd ones; without consensus data, a documented default."""
+    """Fit the ordinal classifier's ``beta``/``theta``/``gamma`` on consensus pairs (even pair
+    ids) and report calibration on the odd ones; without consensus data, a documented
+    default."""
     if not (pairs and consensus):
         return ({"kind": "ordinal", "beta": 4.0, "theta": 1.0},
                 {"fitted": False, "note": "no consensus pairs given: default beta 4, theta 1"})
@@ -136,15 +137,15 @@ def classifier(scorer: FittedScorer, pairs: str | None, consensus: str | None
     fit_m, test_m = arr[:, 0] % 2 == 0, arr[:, 0] % 2 == 1
     d = np.log(arr[:, 2]) - np.log(arr[:, 1])  # > 0 when image 1 scores lower (better)
     y = arr[:, 3].astype(int)
-    beta, theta = _fit_ordinal(d[fit_m], y[fit_m])
-    p = _ordinal_probs(d[test_m], beta, theta)
+    beta, theta, gamma = _fit_ordinal(d[fit_m], y[fit_m])
+    p = _ordinal_probs(d[test_m], beta, theta, gamma)
     acc = float((p.argmax(1) == y[test_m]).mean())
     order = float(np.mean((d[test_m] > 0)[y[test_m] != 1] == (y[test_m][y[test_m] != 1] == 0)))
     report = {"fitted": True, "pairs_fit": int(fit_m.sum()), "pairs_test": int(test_m.sum()),
               "test_accuracy_3way": acc, "test_order_accuracy": order,
               "ece": ece(p, y[test_m]), "reliability": reliability(p, y[test_m]),
               **calibration_audit(d, y, arr[:, 4])}
-    return {"kind": "ordinal", "beta": beta, "theta": theta}, report
+    return {"kind": "ordinal", "beta": beta, "theta": theta, "gamma": gamma}, report
 
 
 def calibration_audit(d: np.ndarray, y: np.ndarray, mse_gap: np.ndarray, *, folds: int = 5,
@@ -169,8 +170,7 @@ def calibration_audit(d: np.ndarray, y: np.ndarray, mse_gap: np.ndarray, *, fold
     fold = rng.permutation(np.arange(len(y)) % folds)
     p = np.zeros((len(y), 3))
     for k in range(folds):
-        beta, theta = _fit_ordinal(d[fold != k], y[fold != k])
-        p[fold == k] = _ordinal_probs(d[fold == k], beta, theta)
+        p[fold == k] = _ordinal_probs(d[fold == k], *_fit_ordinal(d[fold != k], y[fold != k]))
     null = [ece(p, (rng.random(len(p))[:, None] > np.cumsum(p, 1)).sum(1).clip(0, 2))
             for _ in range(draws)]
     ns = y != 1
@@ -193,22 +193,37 @@ def calibration_audit(d: np.ndarray, y: np.ndarray, mse_gap: np.ndarray, *, fold
                                      float(np.quantile(boot, 0.975))]}
 
 
-def _ordinal_probs(d: np.ndarray, beta: float, theta: float) -> np.ndarray:
+def _ordinal_probs(d: np.ndarray, beta: float, theta: float, gamma: float = 1.0
+                   ) -> np.ndarray:
     from rankiq.service.models import OrdinalClassifier
 
-    return OrdinalClassifier(beta, theta).probabilities(np.ones_like(d), np.exp(d))
+    return OrdinalClassifier(beta, theta, gamma=gamma).probabilities(np.ones_like(d),
+                                                                     np.exp(d))
 
 
-def _fit_ordinal(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+#: Nelder-Mead starts for (log beta, log theta, log gamma): the plain logistic, and a flat one
+_STARTS = ((0.0, -1.0, 0.0), (0.0, -1.0, -2.0))
+
+
+def _fit_ordinal(d: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Maximum-likelihood ``beta``, ``theta``, ``gamma`` of the ordinal classifier.
+
+    Args:
+        d: ``(N,)`` log score ratios ``log s2 - log s1``.
+        y: ``(N,)`` consensus classes (0 image 1 better, 1 similar, 2 image 2 better).
+    """
     from scipy.optimize import minimize
 
     def nll(p: np.ndarray) -> float:
-        pr = _ordinal_probs(d, float(np.exp(p[0])), float(np.exp(p[1])))
+        beta, theta, gamma = (float(v) for v in np.exp(np.clip(p, -30, 5)))
+        pr = _ordinal_probs(d, beta, theta, gamma)
         return -float(np.log(np.maximum(pr[np.arange(len(y)), y], 1e-12)).mean())
 
-    res = minimize(nll, np.array([0.0, -1.0]), method="Nelder-Mead",
-                   options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
-    return float(np.exp(res.x[0])), float(np.exp(res.x[1]))
+    best = min((minimize(nll, np.array(s), method="Nelder-Mead",
+                         options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000})
+                for s in _STARTS), key=lambda r: r.fun)
+    beta, theta, gamma = (float(v) for v in np.exp(np.clip(best.x, -30, 5)))
+    return beta, theta, gamma
 
 
 def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
