@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     reason="needs the Debian packages orthanc and orthanc-dicomweb (make test-deps)")]
 
 ENV = {"RANKIQ_DICOMWEB_USER": USER, "RANKIQ_DICOMWEB_PASSWORD": PASSWORD}
+MODEL = Path(__file__).resolve().parents[1] / "models" / "iqnet-noref"
 
 
 def qa_env(**extra: str) -> dict:
@@ -115,6 +116,7 @@ def test_pull_score_write_back_and_rerun(pacs, tmp_path):
     scores = journal_scores(out)
 
     sources: dict[str, list[pydicom.Dataset]] = {}
+    written_maps: dict[str, np.ndarray] = {}
     for f in (root / "archive").rglob("*.dcm"):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         sources.setdefault(series_key_of(ds.SeriesInstanceUID, ""), []).append(ds)
@@ -166,6 +168,29 @@ def test_pull_score_write_back_and_rerun(pacs, tmp_path):
         maps = np.asarray(pm.pixel_array, np.float64).reshape(len(src), pm.Rows, pm.Columns)
         assert np.isfinite(maps).all() and (maps >= 0).all()
         assert (maps.reshape(len(src), -1).max(axis=1) > 0).all()  # every slice has a map
+        # the reader's slice order: along the slice normal
+        cosines = [float(v) for v in pm.SharedFunctionalGroupsSequence[0]
+                   .PlaneOrientationSequence[0].ImageOrientationPatient]
+        normal = np.cross(cosines[:3], cosines[3:])
+        along = [float(np.dot(normal, [float(v) for v in fg.PlanePositionSequence[0]
+                                       .ImagePositionPatient]))
+                 for fg in pm.PerFrameFunctionalGroupsSequence]
+        written_maps[key] = maps[np.argsort(along, kind="stable")]
+
+    # the map comes from the QA's one scoring pass and is the one `/score` (and `rankiq score
+    # --saliency`) gives for the same slices: the scorer's saliency on the scan's matrix, its
+    # magnitude as `?format=dicom` answers it
+    from rankiq.service.io import read_series
+    from rankiq.service.models import ScoringModel
+    from rankiq.service.scoring import saliency_to_input, score_series
+
+    model = ScoringModel.load(str(MODEL), threads=1)
+    for image in read_series(str(root / "archive")):
+        scored = score_series(model, image, saliency=True)
+        on_matrix = saliency_to_input(scored.saliency, image.pixels, features=True)
+        answered = np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
+        np.testing.assert_allclose(written_maps[image.series_key],
+                                   answered.astype(np.float32), rtol=1e-5, atol=1e-12)
 
     # a rerun finds everything done: nothing fetched, nothing stored twice
     count = orthanc.get("/statistics")["CountInstances"]

@@ -14,10 +14,12 @@
    before it could be retrieved is listed in ``failed.csv`` (``series_not_found``), the others
    go on; a series already journalled is not fetched again, so ``--resume`` completes only what
    is missing.
-4. **write-back** (STOW-RS, :func:`write_back`): for each scored series, the TID 1500 SR and/or
-   the saliency Parametric Map (:mod:`rankiq.service.results_dicom`), recorded per series and
-   kind in the journal (table ``writeback``) once the server has stored it; their UIDs are
-   derived from the source series, so a repeated store duplicates nothing.
+4. **write-back** (STOW-RS, :class:`StowWriter`, :func:`write_back`): for each scored series,
+   the TID 1500 SR and/or the saliency Parametric Map (:mod:`rankiq.service.results_dicom`),
+   recorded per series and kind in the journal (table ``writeback``) once the server has
+   stored it; their UIDs are derived from the source series, so a repeated store duplicates
+   nothing. The map comes from the QA's one scoring pass and is stored while the next series
+   is scored; the SR, built then too, is stored once the reports give the final verdict.
 
 The staging folder is removed once every scored series is written back as asked.
 """
@@ -25,14 +27,19 @@ The staging folder is removed once every scored series is written back as asked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import multiprocessing
 import queue
 import shutil
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,10 +57,11 @@ from rankiq.service.pacs.dicomweb import (
     store,
 )
 from rankiq.service.qa.journal import JOURNAL_NAME, Journal, ref_from_json
-from rankiq.service.qa.runner import QAOptions, QAResult, run_qa
+from rankiq.service.qa.runner import QAOptions, QAResult, SeriesOutcome, run_qa
 
 STAGING = "dicomweb-staging"
 PREFETCH = 2  # series retrieved ahead of scoring (bounds the staging folder)
+WRITE_QUEUE = 1  # scored series waiting for the write-back thread (each holds its saliency)
 WRITE_BACK_KINDS = ("sr", "saliency")
 _WRITEBACK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS writeback (series_key TEXT NOT NULL, kind TEXT NOT NULL,
@@ -191,7 +199,8 @@ def run_dicomweb_qa(url: str, out_dir: Path, options: QAOptions, query: SeriesQu
 
     Raises:
         PacsError: the server is unreachable, refuses the credentials or answers malformed
-            DICOMweb (before anything is written when it happens at the query).
+            DICOMweb (before anything is written when it happens at the query), or a
+            write-back failed (after the reports are written; a rerun stores the rest).
         RankIQError: as :func:`~rankiq.service.qa.runner.run_qa`.
     """
     if options.references_file is not None:
@@ -205,15 +214,29 @@ def run_dicomweb_qa(url: str, out_dir: Path, options: QAOptions, query: SeriesQu
                           "choose another --out")
     staging = out_dir / STAGING
     feed = DicomwebFeed(client, url, query, hits, staging)
-    res = run_qa([], out_dir, options, feed=feed)
+    writer = StowWriter(client, out_dir) if write_back_kinds else None
+    on_scored = None
+    if writer is not None:
+        options = replace(options, saliency_maps="saliency" in write_back_kinds)
+
+        def on_scored(key: str, outcome: SeriesOutcome) -> None:
+            writer.submit(key, lambda db: writer.apart(
+                _scored_objects, key, outcome, write_back_kinds, staging, software_version,
+                _refs(db, key)))
+    try:
+        res = run_qa([], out_dir, options, feed=feed, on_scored=on_scored)
+    except BaseException as exc:
+        if writer is not None:
+            writer.stop(exc)
+        raise
     result = DicomwebResult(qa=res, found=len(hits), retrieved=feed.retrieved,
                             instances=feed.instances, gone=feed.gone,
                             timings={"query": t_query, "retrieve": feed.retrieve_s})
     t1 = time.perf_counter()
-    if write_back_kinds:
+    if writer is not None:
         result.written, result.unsupported = write_back(
             client, out_dir, write_back_kinds, res.doc, options,
-            software_version=software_version)
+            software_version=software_version, writer=writer)
     result.timings["write_back"] = time.perf_counter() - t1
     if _all_written(out_dir, write_back_kinds, res.doc) and not res.doc["failed"]:
         shutil.rmtree(staging, ignore_errors=True)  # the patient's images leave the disk
@@ -237,11 +260,129 @@ def _all_written(out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any]) -> 
     return all((r["series_key"], k) in have for r in doc["series"] for k in kinds)
 
 
-def _sources(refs: list[str], series: Any) -> Any:
-    """The :class:`~rankiq.service.results_dicom.SliceSources` of ``series`` (headers only:
+#: What a write-back job hands the writer: ``[(kind, what, dataset)]`` to store in this order,
+#: plus the kinds the series' headers cannot describe (counted as unsupported, never stored).
+Objects = tuple[list[tuple[str, str, Any]], tuple[str, ...]]
+
+
+class StowWriter:
+    """The one background thread of write-back: runs each job (builds the objects of a series:
+    :func:`_scored_objects` while the next series is scored), stores each object with STOW-RS
+    in order and records it in the journal's ``writeback`` table once the server stored it.
+
+    At most :data:`WRITE_QUEUE` jobs wait (each may hold a series' saliency map: memory stays a
+    few series). The first failure stops it: later jobs are dropped (their objects are not
+    recorded, so a rerun stores them) and :meth:`close` raises it.
+
+    Attributes:
+        written: objects stored, per kind; ``unsupported``: ``(series key, kind)`` whose
+            objects the source headers cannot describe; ``error``: the failure, if any.
+    """
+
+    def __init__(self, client: Any, out_dir: Path) -> None:
+        self.client, self.out_dir = client, out_dir
+        self.written: dict[str, int] = {}
+        self.unsupported: set[tuple[str, str]] = set()
+        self.error: BaseException | None = None
+        self._jobs: queue.Queue[Any] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._stop = threading.Event()
+        # forked now, while this process runs no other thread (retrieval starts later)
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux")
+                                              else "spawn")
+        self._pool = ProcessPoolExecutor(1, mp_context=context)
+        self._pool.submit(int).result()
+        self._thread = threading.Thread(target=self._run, name="rankiq-stow", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, job: Callable[[sqlite3.Connection], Objects]) -> None:
+        """Queue ``job`` (called in the writer thread with its journal connection); blocks
+        while :data:`WRITE_QUEUE` jobs wait."""
+        self._jobs.put((key, job))
+
+    def apart(self, fn: Callable[..., Objects], *args: Any) -> Objects:
+        """``fn(*args)`` in the writer's build process (started on first use): building the
+        objects is pure Python, which in a thread would hold the interpreter lock the scoring
+        needs; in a process it runs beside it."""
+        return self._pool.submit(fn, *args).result()
+
+    def flush(self) -> None:
+        """Wait until every queued job is done (stored, or dropped after a failure)."""
+        self._jobs.join()
+
+    def close(self) -> None:
+        """Finish the queued jobs and stop the thread.
+
+        Raises:
+            PacsError: a store failed (or another error of a job, re-raised as it was).
+        """
+        self._jobs.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self, exc: BaseException) -> None:
+        """The caller failed with ``exc``: store what is queued when it is an error (the
+        journal then says what was written), drop it when interrupted; never raises."""
+        interrupted = not isinstance(exc, Exception)
+        if interrupted:
+            self._stop.set()
+        deadline = time.monotonic() + 30 if interrupted else None
+        while self._thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+            with contextlib.suppress(queue.Full):
+                self._jobs.put(None, timeout=0.5)
+                break
+        self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        db: sqlite3.Connection | None = None
+        run = 0
+        try:
+            while True:
+                item = self._jobs.get()
+                try:
+                    if item is None:
+                        return
+                    if self.error is not None or self._stop.is_set():
+                        continue
+                    if db is None:  # opened here: the journal exists once a series is scored
+                        db = _writeback_db(self.out_dir)
+                        run = int((db.execute("SELECT value FROM meta WHERE key = 'runs'")
+                                   .fetchone() or ["0"])[0])
+                    key, job = item
+                    objects, unsupported = job(db)
+                    self.unsupported.update((key, k) for k in unsupported)
+                    for kind, what, obj in objects:
+                        store(self.client, [obj], what)
+                        db.execute("INSERT OR REPLACE INTO writeback VALUES (?, ?, ?)",
+                                   (key, kind, run))
+                        self.written[kind] = self.written.get(kind, 0) + 1
+                except BaseException as exc:  # noqa: BLE001 - raised by close() in the caller
+                    self.error = exc
+                finally:
+                    self._jobs.task_done()
+        finally:
+            if db is not None:
+                db.close()
+            self._pool.shutdown(cancel_futures=True)
+
+
+def _refs(db: sqlite3.Connection, key: str) -> list[str]:
+    """The journalled instance references of a series (scan order)."""
+    return [r for (r,) in db.execute("SELECT ref FROM instances WHERE group_key = ? "
+                                     "ORDER BY rowid", (key,))]
+
+
+def _sources(refs: list[str], source_files: tuple[str, ...] | list[str], n_slices: int) -> Any:
+    """The :class:`~rankiq.service.results_dicom.SliceSources` of a series (headers only:
     one single-frame image per slice, or one multi-frame image and each slice's frame), or
     ``None`` when the results cannot reference its slices (frames of several multi-frame
-    instances)."""
+    instances).
+
+    Args:
+        refs: its journalled instance references (where the staged files are).
+        source_files: its source names in the reader's order (``ImageSeries.source_files``).
+        n_slices: its number of slices.
+    """
     import pydicom
     from rankiq.service.results_dicom import slice_sources
 
@@ -250,26 +391,88 @@ def _sources(refs: list[str], series: Any) -> Any:
         ref = ref_from_json(text)
         if ref.path is not None:
             where[ref.source] = ref.path
-    files = list(series.source_files)
-    if any(f not in where for f in files):
+    if any(f not in where for f in source_files):
         return None
-    headers = [(f, pydicom.dcmread(where[f], stop_before_pixels=True)) for f in files]
+    headers = [(f, pydicom.dcmread(where[f], stop_before_pixels=True)) for f in source_files]
     try:
-        return slice_sources(headers, series.shape[0])
+        return slice_sources(headers, n_slices)
     except ValueError:
         return None
 
 
+def _sr_spool(staging: Path, key: str, verdict: Any, software_version: str) -> Path:
+    """Where the SR built while the series was scored waits for the run's final verdict: its
+    name holds a digest of what the SR reports (the verdict and RankIQ's version), so the
+    report time judgement (the archive rule) uses it only when it says the same."""
+    digest = hashlib.sha256(repr((verdict, software_version)).encode()).hexdigest()[:16]
+    return staging / f"{key}-{digest}.sr.dcm"
+
+
+def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], staging: Path,
+                    software_version: str, refs: list[str]) -> Objects:
+    """The write-back of a series just scored (runs in the writer thread, while the next one
+    is scored): the saliency map from the scoring pass's saliency, to store now; and the SR,
+    built now with the series' own verdict but kept in the staging folder (private, like the
+    images) until the reports are written, because the archive rule may still change it.
+
+    Returns:
+        the saliency map to store (when asked), and the kinds the headers cannot describe.
+    """
+    from rankiq.service.qa.report import qa_row
+    from rankiq.service.results_dicom import SeriesVerdict, build_saliency, build_sr
+
+    assert outcome.result is not None  # only scored series are handed over
+    result = outcome.result.to_json()  # as journalled: the verdict the reports start from
+    maps = outcome.saliency
+    want = [k for k in kinds if k == "sr" or maps is not None]
+    sources = _sources(refs, outcome.source_files, len(result["scores"]))
+    if sources is None:
+        return [], tuple(want)
+    verdict = SeriesVerdict.from_row(
+        qa_row({"series_key": key, "info": outcome.info, "result": result}),
+        result["scores"], str(result.get("model_sha256", "")))
+    objects: list[tuple[str, str, Any]] = []
+    unsupported: list[str] = []
+    for kind in want:
+        try:
+            if kind == "saliency" and maps is not None:
+                objects.append((kind, f"saliency map of series {key}",
+                                build_saliency(sources.images, maps, verdict,
+                                               frames=sources.frames,
+                                               software_version=software_version)))
+                continue
+            sr = build_sr(sources.images, verdict, frames=sources.frames,
+                          software_version=software_version)
+        except (ValueError, TypeError, AttributeError):
+            # the source headers break a rule of the IODs (no frame of reference...)
+            unsupported.append(kind)
+            continue
+        path = _sr_spool(staging, key, verdict, software_version)
+        part = path.with_name(path.name + ".part")
+        sr.save_as(part, enforce_file_format=True)
+        part.replace(path)  # complete or absent
+    return objects, tuple(unsupported)
+
+
 def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any],
-               options: QAOptions, *, software_version: str = "") -> tuple[dict[str, int], int]:
+               options: QAOptions, *, software_version: str = "",
+               writer: StowWriter | None = None) -> tuple[dict[str, int], int]:
     """Store the SR and/or saliency map of every scored series not yet written back.
+
+    Run once the reports are written (the SR reports the run's final verdict). What the
+    ``writer`` stored while the series were scored is not stored again; an SR built then is
+    used when the final verdict is the one it reports, else built again; a series scored in
+    an earlier run (or by another engine) is read again from the staging folder and, for its
+    saliency map, scored again. The objects are built here and stored by the writer thread
+    (building the next overlaps storing this one).
 
     Each object is recorded in the journal's ``writeback`` table once the server stored it;
     a failure stops the write-back with :class:`PacsError` and a rerun stores the rest.
 
     Returns:
-        ``({kind: objects stored now}, series whose slices the objects cannot reference:
-        frames of several multi-frame instances, or headers that break a rule of the IODs)``.
+        ``({kind: objects stored in this run}, series whose slices the objects cannot
+        reference: frames of several multi-frame instances, or headers that break a rule of
+        the IODs)``.
     """
     from rankiq.service.io import load_series
     from rankiq.service.models import ScoringModel
@@ -281,36 +484,53 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
     )
     from rankiq.service.scoring import score_series
 
-    written = dict.fromkeys(kinds, 0)
-    unsupported = 0
+    writer = writer or StowWriter(client, out_dir)
+    try:
+        writer.flush()  # what the scoring pass handed over is stored (or failed) first
+    except BaseException as exc:
+        writer.stop(exc)
+        raise
+    if writer.error is not None:
+        writer.close()  # raises it
+    staging = out_dir / STAGING
+    unsupported = {key for key, _ in writer.unsupported}
     db = _writeback_db(out_dir)
     model = None
     try:
-        have = set(db.execute("SELECT series_key, kind FROM writeback"))
-        run = int((db.execute("SELECT value FROM meta WHERE key = 'runs'").fetchone()
-                   or ["0"])[0])
+        have = set(db.execute("SELECT series_key, kind FROM writeback")) | writer.unsupported
         for row in doc["series"]:
             key = row["series_key"]
             missing = [k for k in kinds if (key, k) not in have]
             if not missing:
                 continue
-            refs = [r for (r,) in db.execute("SELECT ref FROM instances WHERE group_key = ? "
-                                             "ORDER BY rowid", (key,))]
+            if writer.error is not None:
+                break  # close() raises it
+            refs = _refs(db, key)
             stored = db.execute("SELECT result FROM series WHERE series_key = ?",
                                 (key,)).fetchone()
             result = json.loads(stored[0]) if stored and stored[0] else {}
+            verdict = SeriesVerdict.from_row(row, result.get("scores") or [],
+                                             str(result.get("model_sha256", "")))
+            spool = _sr_spool(staging, key, verdict, software_version)
+            objects: list[tuple[str, str, Any]] = []
+            if "sr" in missing and spool.exists():  # built while the series was scored
+                import pydicom
+
+                objects.append(("sr", f"SR of series {key}", pydicom.dcmread(spool)))
+                missing.remove("sr")
+            if not missing:
+                writer.submit(key, partial(_ready, objects))
+                continue
             try:
                 series = load_series([ref_from_json(r) for r in refs], key=key,
                                      limits=options.limits)
             except RankIQError as exc:
                 raise PacsError(f"write-back of series {key}: its retrieved images are gone "
                                 f"({exc.reason}); rerun with --resume") from None
-            sources = _sources(refs, series)
+            sources = _sources(refs, series.source_files, series.shape[0])
             if sources is None:
-                unsupported += 1
+                unsupported.add(key)
                 continue
-            verdict = SeriesVerdict.from_row(row, result.get("scores") or [],
-                                             str(result.get("model_sha256", "")))
             for kind in missing:
                 maps = None
                 if kind == "saliency":
@@ -324,21 +544,28 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
                                               features=model.kind == "features")
                 try:
                     if maps is None:
-                        obj = build_sr(sources.images, verdict, frames=sources.frames,
-                                       software_version=software_version)
-                        what = f"SR of series {key}"
+                        objects.append(("sr", f"SR of series {key}",
+                                        build_sr(sources.images, verdict, frames=sources.frames,
+                                                 software_version=software_version)))
                     else:
-                        obj = build_saliency(sources.images, maps, verdict,
-                                             frames=sources.frames,
-                                             software_version=software_version)
-                        what = f"saliency map of series {key}"
+                        objects.append(("saliency", f"saliency map of series {key}",
+                                        build_saliency(sources.images, maps, verdict,
+                                                       frames=sources.frames,
+                                                       software_version=software_version)))
                 except (ValueError, TypeError, AttributeError):
                     # the source headers break a rule of the IODs (no frame of reference...)
-                    unsupported += 1
+                    unsupported.add(key)
                     break
-                store(client, [obj], what)
-                db.execute("INSERT OR REPLACE INTO writeback VALUES (?, ?, ?)", (key, kind, run))
-                written[kind] += 1
+            writer.submit(key, partial(_ready, objects))
+    except BaseException as exc:
+        writer.stop(exc)
+        raise
     finally:
         db.close()
-    return written, unsupported
+    writer.close()  # raises a failure of the writer
+    return {k: writer.written.get(k, 0) for k in kinds}, len(unsupported)
+
+
+def _ready(objects: list[tuple[str, str, Any]], db: sqlite3.Connection) -> Objects:
+    """A writer job whose objects are already built."""
+    return objects, ()

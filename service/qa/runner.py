@@ -91,6 +91,8 @@ class QAOptions:
         outlier_min_group: fewest series of one protocol that the rule compares.
         max_slices: larger series fail with ``too_large`` (the scorer's limit, never truncated).
         render: saliency and PNGs of the worst slices of flagged series (off for calibration).
+        saliency_maps: each scored series' saliency map on its own matrix, computed in the
+            scoring pass and handed to ``run_qa``'s ``on_scored`` (DICOMweb write-back).
         limits: size limits of every read (the service passes its own; the CLI the library's).
         max_scan_seconds: wall-clock budget of the header walk (``None``: unlimited); past it
             the run fails with ``too_large`` before anything is scored.
@@ -117,6 +119,7 @@ class QAOptions:
     outlier_min_group: int = MIN_GROUP
     max_slices: int = DEFAULT_MAX_SLICES
     render: bool = True
+    saliency_maps: bool = False
     limits: ReadLimits = DEFAULT_LIMITS
     max_scan_seconds: float | None = None
     engine: Literal["local", "ray"] = "local"
@@ -204,6 +207,10 @@ class SeriesOutcome:
         result: the :class:`SeriesResult` when done.
         assets: base64 PNGs of the worst slices of a flagged series (for report.html).
         timings: seconds per stage (``decode``, ``preprocess``, ``score``, ``render``).
+        saliency: when the run asks for it (:attr:`QAOptions.saliency_maps`), the saliency map
+            of a scored series on its own matrix, float32 ``(S, rows, cols)`` in slice order
+            (:func:`rankiq.service.results_dicom.saliency_on_matrix`), computed in the one
+            scoring pass; ``source_files``: the series' source names, as the reader gave them.
     """
 
     status: Literal["done", "skipped", "failed"]
@@ -213,6 +220,8 @@ class SeriesOutcome:
     assets: dict[str, Any] | None = None
     reason: str = ""
     message: str = ""
+    saliency: np.ndarray | None = None
+    source_files: tuple[str, ...] = ()
 
 
 def judge(score: SeriesScore, thresholds: Thresholds, *, k: int = WORST_K,
@@ -303,9 +312,10 @@ def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: 
                 worst_k: int, in_pool: bool = True, reference_model_dir: str | None = None,
                 reference_thresholds: Thresholds | None = None,
                 max_slices: int = DEFAULT_MAX_SLICES, render: bool = True,
-                limits: ReadLimits = DEFAULT_LIMITS) -> None:
+                limits: ReadLimits = DEFAULT_LIMITS, saliency: bool = False) -> None:
     """Load the model(s) once per worker process (ONNX Runtime sessions with ``threads``); the
-    reference model only when series are mapped to references."""
+    reference model only when series are mapped to references. ``saliency``: hand back each
+    scored series' saliency map (:attr:`SeriesOutcome.saliency`)."""
     if in_pool:
         _die_with_parent()
     from rankiq.service.models import ScoringModel
@@ -313,7 +323,7 @@ def init_worker(model_dir: str, threads: int, thresholds: Thresholds, selector: 
     _WORKER.update(model=ScoringModel.load(model_dir, threads=threads), thresholds=thresholds,
                    selector=selector, worst_k=worst_k, reference_model=None,
                    reference_thresholds=reference_thresholds, max_slices=max_slices,
-                   render=render, limits=limits)
+                   render=render, limits=limits, saliency=saliency)
     if reference_model_dir is not None:
         _WORKER["reference_model"] = ScoringModel.load(reference_model_dir, threads=threads)
 
@@ -396,11 +406,18 @@ def process_series(key: str, refs: list[str], reference: str | None = None) -> S
         return SeriesOutcome("skipped", timings, info, reason=decision.reason)
     try:
         ref_series = None if reference is None else _read_reference(reference)
-        score = score_series(model, series, ref_series, max_slices=_WORKER["max_slices"])
+        score = score_series(model, series, ref_series, max_slices=_WORKER["max_slices"],
+                             saliency=_WORKER.get("saliency", False) and model.has_saliency)
     except RankIQError as exc:
         return SeriesOutcome("failed", timings, info, reason=exc.reason, message=str(exc))
     timings["preprocess"] = score.timings.get("prepare", 0.0)
     timings["score"] = score.timings.get("inference", 0.0)
+    maps = None
+    if score.saliency is not None:  # asked for (DICOMweb write-back): on the scan's matrix
+        from rankiq.service.results_dicom import saliency_on_matrix
+
+        maps = saliency_on_matrix(score.saliency, series.pixels,
+                                  features=model.kind == "features")
     result = judge(score, thresholds, k=_WORKER["worst_k"],
                    reference_mapped=reference is not None)
     assets = None
@@ -409,7 +426,8 @@ def process_series(key: str, refs: list[str], reference: str | None = None) -> S
         assets = render_assets(model, series, ref_series, result.aggregate.worst_slices,
                                result.scores)
         timings["render"] = time.perf_counter() - t1
-    return SeriesOutcome("done", timings, info, result, assets)
+    return SeriesOutcome("done", timings, info, result, assets, saliency=maps,
+                         source_files=tuple(series.source_files))
 
 
 def finish_rows(rows: list[dict[str, Any]], *, outlier_z: float = DEFAULT_OUTLIER_Z,
@@ -603,7 +621,8 @@ class SeriesFeed(Protocol):
 
 def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
            *, on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
-           feed: SeriesFeed | None = None) -> QAResult:
+           feed: SeriesFeed | None = None,
+           on_scored: Callable[[str, SeriesOutcome], None] | None = None) -> QAResult:
     """Run (or resume) batch QA of ``paths`` into ``out_dir``; see the module docstring.
 
     Args:
@@ -615,6 +634,10 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
             its full result (per-slice ``scores``...); the service feeds its metrics with it.
         feed: series arriving while the run goes (:class:`SeriesFeed`), scanned and scored
             batch by batch; ``paths`` must then be empty.
+        on_scored: called in the main process with the key and :class:`SeriesOutcome` of each
+            newly scored series once it is journalled (with its saliency map when
+            :attr:`QAOptions.saliency_maps` and the local engine): DICOMweb write-back stores
+            its objects while the next series is scored.
 
     Raises:
         RankIQError: bad model directory, thresholds or rules file, or a journal that cannot
@@ -662,7 +685,7 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         select_pending(journal, selector)
         timings["scan"] = time.perf_counter() - t0
         slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series,
-                                    reference_setup)
+                                    reference_setup, on_scored)
         if feed is not None:  # pending series of an interrupted run are scored first
             for batch in feed(journal):
                 t0 = time.perf_counter()
@@ -670,7 +693,7 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
                 select_pending(journal, selector)
                 timings["scan"] += time.perf_counter() - t0
                 slices_now += _score_pending(journal, options, thresholds, selector, timings,
-                                             on_series, reference_setup)
+                                             on_series, reference_setup, on_scored)
             journal.mark_scan_complete()
         t0 = time.perf_counter()
         doc, assets = build_doc(journal, meta, thresholds, selector, outlier_z=options.outlier_z,
@@ -692,7 +715,8 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
 def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
                    selector: SeriesSelector, timings: dict[str, float],
                    on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None,
-                   reference_setup: tuple[ReferenceMap, Thresholds] | None = None) -> int:
+                   reference_setup: tuple[ReferenceMap, Thresholds] | None = None,
+                   on_scored: Callable[[str, SeriesOutcome], None] | None = None) -> int:
     """Score every pending (selected) series; returns slices scored."""
     sizes = journal.series_sizes()
     todo = [key for key, _ in journal.pending()]
@@ -722,6 +746,8 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
                 from rankiq.service.qa.report import qa_row
 
                 on_series(qa_row({"series_key": key, "info": info, "result": result}), result)
+            if on_scored:
+                on_scored(key, out)
         elif out.status == "skipped":
             journal.record(key, "skipped", reason=out.reason, info=info)
             n = sizes.get(key, 0)
@@ -747,14 +773,15 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
         elif workers == 1:
             init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
                         False, ref_model, ref_thresholds, options.max_slices, options.render,
-                        options.limits)
+                        options.limits, options.saliency_maps)
             for key in todo:
                 record(key, process_series(key, journal.refs(key), reference_of(key)))
         else:
             _run_pool(journal, todo, options, (str(options.model_dir), threads, thresholds,
                                                selector, options.worst_k, True, ref_model,
                                                ref_thresholds, options.max_slices,
-                                               options.render, options.limits), record,
+                                               options.render, options.limits,
+                                               options.saliency_maps), record,
                       reference_of)
     finally:
         bar.close()
