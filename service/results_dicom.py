@@ -351,9 +351,24 @@ def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerd
         content_label="SALIENCY",
         content_description="Where the RankIQ image quality score comes from")
     pm.SeriesDescription = "RankIQ saliency"
-    if "Laterality" in sources[0]:  # General Series, type 2C: the source's, never guessed
-        pm.Laterality = sources[0].Laterality
+    _copy_body_part(sources[0], pm)
     return pm
+
+
+def _copy_body_part(source: Any, pm: Any) -> None:
+    """General Series' body part and Laterality (type 2C: required for a paired body part)
+    from the source, never guessed: the source's side when it states one; otherwise absent when
+    the source names its body part (a validator then decides whether it is paired, as for the
+    source), else empty: body part and side unknown."""
+    if source.get("BodyPartExamined"):
+        pm.BodyPartExamined = source.BodyPartExamined
+    if str(source.get("Laterality", "") or "").strip():
+        pm.Laterality = source.Laterality
+    elif "BodyPartExamined" in pm:
+        if "Laterality" in pm:
+            del pm.Laterality
+    else:
+        pm.Laterality = ""
 
 
 # -- the HTTP answer (POST /score?format=dicom) ---------------------------------------------------

@@ -291,3 +291,36 @@ def test_enhanced_mr_frames_referenced_in_slice_order():
     for (n, pos), m in zip(map_frames(pm), pm.pixel_array, strict=True):
         assert pos[2] == z_of_frame[n]
         assert float(m.mean()) == pytest.approx({8.0: 3.0, 0.0: 1.0, 4.0: 2.0}[pos[2]])
+
+
+@pytest.mark.parametrize(("laterality", "body_part", "expected"), [
+    (None, "BRAIN", None), (None, None, ""), ("", "BRAIN", None), ("", None, ""),
+    ("L", "KNEE", "L")])
+def test_parametric_map_laterality_is_the_sources(laterality, body_part, expected, tmp_path):
+    """Body part and Laterality (General Series, type 2C) come from the source, never guessed:
+    its side when it states one; absent when it names its body part but no side; empty
+    (unknown) when it names neither. dciodvfy finds no error in any of these maps."""
+    import shutil
+    import subprocess
+
+    from rankiq.service.results_dicom import SeriesVerdict, build_saliency
+
+    src = mr_dataset((np.random.default_rng(1).random((32, 32)) * 1000).astype(np.int16))
+    src.FrameOfReferenceUID = uid("laterality-frame")
+    if laterality is not None:
+        src.Laterality = laterality
+    if body_part is not None:
+        src.BodyPartExamined = body_part
+    verdict = SeriesVerdict(scores=(1.0,), median=1.0, p90=1.0, threshold=2.0,
+                            status="passed", flagged=False, rule="", model="m",
+                            model_version="1", model_sha256="0" * 64)
+    pm = build_saliency([src], np.ones((1, 32, 32), np.float32), verdict,
+                        software_version="test")
+    assert pm.get("Laterality") == expected
+    assert pm.get("BodyPartExamined") == body_part
+    if shutil.which("dciodvfy"):
+        path = tmp_path / "pm.dcm"
+        pm.save_as(path)
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        lines = (out.stdout + out.stderr).splitlines()
+        assert not [ln for ln in lines if ln.startswith("Error")], lines
