@@ -113,9 +113,12 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes`` (4-connected background) in one labelling pass instead
     of a dilation iterated to convergence: background components that do not touch the border
     are holes."""
-    lab, _ = ndimage.label(~m)
-    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    return m | ~np.isin(lab, edge[edge > 0]) & (lab > 0)
+    lab, n = ndimage.label(~m)
+    hole = np.ones(n + 1, dtype=bool)  # per label: a hole? (a lookup table, not a set test)
+    hole[0] = False  # label 0 is ``m`` itself
+    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        hole[edge] = False
+    return m | hole[lab]
 
 
 def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
@@ -136,21 +139,43 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
     near = dist <= margin
     # zeros outside the non-zero bounding box are padding; inside it, zeros are air the
     # scanner masked (noise-free air: adding noise to it must make the slice worse, not better)
-    rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
-    inside = np.zeros(x.shape, dtype=bool)
-    if rows.size and cols.size:
-        inside[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
-    air = inside & ~near
-    level = float(np.median(x[fg])) if fg.any() else 0.0
+    air = np.zeros(x.shape, dtype=bool)
+    box = _bbox(x)
+    if box is not None:
+        air[box] = ~near[box]
+    # x[fg] is a fresh copy: the median may partition it in place
+    level = float(np.median(x[fg], overwrite_input=True)) if fg.any() else 0.0
     return near, fg, air, level, dist
 
 
+def _bbox(m: np.ndarray, halo: int = 0) -> tuple[slice, slice] | None:
+    """Rows and columns of the bounding box of the non-zero pixels of ``(H, W)`` ``m``, grown
+    by ``halo`` px on every side within the array (``None`` when ``m`` is all zero)."""
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if not (rows.size and cols.size):
+        return None
+    return (slice(max(int(rows[0]) - halo, 0), int(rows[-1]) + 1 + halo),
+            slice(max(int(cols[0]) - halo, 0), int(cols[-1]) + 1 + halo))
+
+
 def _blur_measure(x: np.ndarray, fg: np.ndarray) -> float:
-    """Crete-Roffet blur (0 sharp .. 1 flat) over the foreground, the blurrier axis."""
+    """Crete-Roffet blur (0 sharp .. 1 flat) over the foreground, the blurrier axis.
+
+    Only pairs inside the foreground count, so the work runs on the foreground's bounding box
+    grown by the box filter's half width (4 px): the filtered values there are those of the
+    whole slice (the slice's own edges, where the filter reflects, stay edges)."""
+    box = _bbox(fg, halo=4)
+    if box is None:
+        return 1.0
+    x, fg = x[box], fg[box]
     out = []
     for axis in (0, 1):
         d = np.abs(np.diff(x, axis=axis))
-        db = np.abs(np.diff(ndimage.uniform_filter1d(x, 9, axis=axis), axis=axis))
+        # the first difference of the 9-pixel box mean (edges reflected, as
+        # ndimage.uniform_filter1d does) is the difference of the samples entering and
+        # leaving the window, over 9
+        xe = np.pad(x, ((4, 4), (0, 0)) if axis == 0 else ((0, 0), (4, 4)), mode="symmetric")
+        db = np.abs(xe[9:] - xe[:-9] if axis == 0 else xe[:, 9:] - xe[:, :-9]) / 9.0
         m = (fg[1:, :] & fg[:-1, :]) if axis == 0 else (fg[:, 1:] & fg[:, :-1])
         s = float(d[m].sum())
         if s <= 0:
@@ -164,25 +189,45 @@ def _blur_measure(x: np.ndarray, fg: np.ndarray) -> float:
 def _band_shares(x: np.ndarray) -> np.ndarray:
     """Share of the spectral energy (DC excluded) in each radial band of :data:`BANDS`."""
     n = x.shape[0]
-    p = np.abs(scipy.fft.fftshift(scipy.fft.fft2(x))) ** 2
-    p[n // 2, n // 2] = 0.0
-    total = float(p.sum()) or 1.0
-    return np.bincount(_band_index(n), weights=p.ravel(), minlength=len(BANDS) - 1) / total
+    f = scipy.fft.rfft2(x, workers=1)  # the half spectrum: the other half mirrors it
+    p = f.real ** 2 + f.imag ** 2
+    p[0, 0] = 0.0
+    idx, weight = _half_bands(n)
+    e = np.bincount(idx, weights=(p * weight).ravel(), minlength=len(BANDS) - 1)
+    return e / (float(e.sum()) or 1.0)
 
 
 @functools.lru_cache(maxsize=8)
-def _band_index(n: int) -> np.ndarray:
-    """Radial band of every centred frequency of an ``n x n`` spectrum, flat ``(n * n,)``."""
-    f = (np.arange(n) - n // 2) / n
-    idx = np.digitize(np.hypot(f[:, None], f[None, :]), BANDS[1:-1]).ravel()
+def _half_bands(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Radial band of every frequency of the half spectrum ``(n, n // 2 + 1)`` of a real
+    ``n x n`` slice (:func:`scipy.fft.rfft2` layout), flat, and its multiplicity in the whole
+    spectrum (2 for a column whose mirror ``n - c`` is not in the half, else 1)."""
+    k = np.arange(n)
+    rows = np.where(k < n - n // 2, k, k - n) / n  # cycles per pixel, as in the full spectrum
+    cols = np.arange(n // 2 + 1) / n
+    idx = np.digitize(np.hypot(rows[:, None], cols[None, :]), BANDS[1:-1]).ravel()
+    c = np.arange(n // 2 + 1)
+    weight = np.where((c > 0) & (c < n - c), 2.0, 1.0)[None, :]
     idx.flags.writeable = False
-    return idx
+    weight.flags.writeable = False
+    return idx, weight
 
 
-def _reach(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
-    """Excess-weighted over plain mean distance of air from the foreground (``air_reach``)."""
-    dist = ndimage.distance_transform_edt(~fg)[air]
-    a = x[air].astype(np.float64)
+def _reach(a: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
+    """Excess-weighted over plain mean distance of air from the foreground (``air_reach``);
+    ``a`` = the air pixels in row-major order (``x[air]``).
+
+    The Euclidean distance of each air pixel to the nearest foreground pixel: the feature
+    transform runs on the bounding box of foreground and air (the nearest foreground pixel of
+    any air pixel lies in it), and distances are taken at the air pixels only."""
+    box = _bbox(fg | air)
+    assert box is not None  # air is not empty here
+    nearest = ndimage.distance_transform_edt(~fg[box], return_distances=False,
+                                             return_indices=True)
+    r, c = np.nonzero(air[box])
+    dr, dc = nearest[0][r, c] - r, nearest[1][r, c] - c
+    dist = np.sqrt((dr * dr + dc * dc).astype(np.float64))  # exact integer squares
+    a = a.astype(np.float64)
     excess = np.maximum(a - float(np.median(a)), 0.0)
     if excess.sum() <= 0 or dist.mean() <= 0:
         return 1.0
@@ -215,12 +260,16 @@ def _echo(lap: np.ndarray, valid: np.ndarray) -> float:
     n = y.shape[0]
     top = max(4, n // 4)
     # zero padding to n + top makes the circular autocorrelation exact for lags up to top
-    m = scipy.fft.next_fast_len(n + top + 1, real=True)
-    f = scipy.fft.rfft2(y, s=(m, m))
-    ac = scipy.fft.irfft2(np.abs(f) ** 2, s=(m, m))
+    m = scipy.fft.next_fast_len(n + top, real=True)
+    # rfft2 of y padded to (m, m), skipping the transforms of the all-zero padding rows
+    f = scipy.fft.fft(scipy.fft.rfft(y, n=m, axis=1, workers=1), n=m, axis=0, workers=1)
+    # the autocorrelation is point-symmetric (ac[-i, -j] = ac[i, j]): row lags 0..top hold
+    # every value of the ring, so only those rows are transformed back
+    half = scipy.fft.ifft(f.real ** 2 + f.imag ** 2, axis=0, workers=1)[:top + 1]
+    ac = scipy.fft.irfft(half, n=m, axis=1, workers=1)
     if ac[0, 0] <= 0:
         return 0.0
-    r = float(ac[_lag_ring(m, top)].max()) / float(ac[0, 0])
+    r = float(ac[_lag_ring(m, top)[:top + 1]].max()) / float(ac[0, 0])
     r = min(max(r, 0.0), 0.999)
     return math.atanh(r)
 
@@ -245,15 +294,31 @@ def features(x: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: the slice has no foreground (blank or constant).
     """
+    return _features(x)[0]
+
+
+def _erode(m: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_erosion(m, iterations=1)`` (4-connected cross, outside = background)
+    as five shifted views."""
+    out = np.zeros_like(m)
+    out[1:-1, 1:-1] = (m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1]
+                       & m[1:-1, :-2] & m[1:-1, 2:])
+    return out
+
+
+def _features(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`features` and the ``(near, foreground, air)`` masks it measured them on (what
+    :func:`evidence_components` needs for the same slice)."""
     x = np.asarray(x, dtype=np.float64)
     near, fg, air, level, dist = _masks(x)
     if level <= 0 or fg.sum() < 16:
         raise ValueError("no foreground")
     lap = ndimage.convolve(x, IMMERKAER, mode="nearest")
-    inner = ndimage.binary_erosion(fg, iterations=1)
+    inner = _erode(fg)
     if inner.sum() < 16:
         inner = fg
-    sigma = float(np.median(np.abs(lap[inner]))) / 0.6745 / 6.0
+    # lap[inner] is a fresh copy: the median may partition it in place
+    sigma = float(np.median(np.abs(lap[inner]), overwrite_input=True)) / 0.6745 / 6.0
     noise = math.log(sigma / level + _EPS)
     a = x[air] if air.sum() >= 32 else np.zeros(0)
     if a.size and float(a.mean()) > AIR_MIN * level:
@@ -262,7 +327,7 @@ def features(x: np.ndarray) -> np.ndarray:
         far_mask = air & (dist > max(3, int(FAR * x.shape[0])))
         far = x[far_mask] if far_mask.sum() >= 32 else a
         air_far = math.log(max(float(far.mean()), AIR_MIN * level) / level)
-        reach = _reach(x, fg, air)
+        reach = _reach(a, fg, air)
         live = a[a > 0]  # the structure of what the scanner left unmasked
         structure = (math.log(math.sqrt(float((live ** 2).mean())) / float(live.mean()))
                      if live.size >= 32 else math.log(1.128))
@@ -276,7 +341,7 @@ def features(x: np.ndarray) -> np.ndarray:
     bands = np.log(_band_shares(x) + 1e-9)
     return np.array([noise, air_f, air_far, math.log(reach), structure, ghost, echo,
                      math.log(b / (1 - b)), *bands, _efc(x, near), _border(x, fg)],
-                    dtype=np.float64)
+                    dtype=np.float64), (near, fg, air)
 
 
 def _border(x: np.ndarray, fg: np.ndarray) -> float:
@@ -300,30 +365,50 @@ class FeatureInput:
         features: float32 ``(S, F)``, :data:`FEATURES` per slice (zeros for blank slices).
         empty: bool ``(S,)``, slices without foreground (blank or constant): not scored.
         grids: float32 ``(S, G, G)``, the analysis-grid slices (for saliency and display).
+        masks: per slice, the ``(near, foreground, air)`` masks the features were measured on,
+            bit-packed (``np.packbits`` of bool ``(3, G, G)``), or ``None``: not kept, a blank
+            slice, or a slice whose own grid was centre-padded (masks of ``grids[i]`` then
+            differ at the padding). Empty unless asked for (``keep_masks``).
     """
 
     features: np.ndarray
     empty: np.ndarray
     grids: np.ndarray
+    masks: tuple[np.ndarray | None, ...] = ()
+
+    def slice_masks(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Bool ``(near, foreground, air)``, each ``(G, G)``, of ``grids[i]`` as measured
+        for its features (what :func:`masks` gives for it), or ``None`` where not kept."""
+        packed = self.masks[i] if i < len(self.masks) else None
+        if packed is None:
+            return None
+        g = self.grids.shape[1:]
+        near, fg, air = np.unpackbits(packed, count=3 * g[0] * g[1]).view(bool).reshape(3, *g)
+        return near, fg, air
 
 
-def prepare_features(pixels: np.ndarray) -> FeatureInput:
+def prepare_features(pixels: np.ndarray, *, keep_masks: bool = False) -> FeatureInput:
     """``(S, H, W)`` magnitude slices -> :class:`FeatureInput` (one slice at a time; slices
     whose analysis grids differ, e.g. by their zero borders, are centre-padded to the largest
-    for ``grids``)."""
+    for ``grids``). ``keep_masks``: also keep each slice's masks (:attr:`FeatureInput.masks`)
+    so that its evidence maps (:func:`evidence_components`) need not measure them again."""
     own = [analysis_grid(p) for p in pixels]
+    side = max((g.shape[0] for g in own), default=1)
     feats = np.zeros((len(own), len(FEATURES)), np.float32)
     empty = np.zeros(len(own), bool)
+    kept: list[np.ndarray | None] = [None] * len(own)
     for i, g in enumerate(own):
         try:
-            feats[i] = features(g)
+            feats[i], measured = _features(g)
         except ValueError:
             empty[i] = True
-    side = max((g.shape[0] for g in own), default=1)
+            continue
+        if keep_masks and g.shape[0] == side:
+            kept[i] = np.packbits(np.stack(measured))
     grids = np.zeros((len(own), side, side), np.float32)
     for i, g in enumerate(own):
         grids[i] = center_pad(g, (side, side))
-    return FeatureInput(feats, empty, grids)
+    return FeatureInput(feats, empty, grids, tuple(kept) if keep_masks else ())
 
 
 def evidence_maps(x: np.ndarray) -> np.ndarray:
@@ -343,21 +428,69 @@ _EVIDENCE_OF = {"air": 1, "air_far": 1, "air_reach": 1, "air_structure": 1, "gho
 EVIDENCE: tuple[int, ...] = tuple(_EVIDENCE_OF.get(name, 0) for name in FEATURES)
 
 
-def evidence_components(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+Masks = tuple[np.ndarray, np.ndarray, np.ndarray]  # bool (near, foreground, air), each (G, G)
+EVIDENCE_SIGMA = 2.0  # px: the evidence maps are smoothed by this Gaussian (display maps)
+
+
+def _evidence_densities(x: np.ndarray, measured: Masks | None) -> np.ndarray:
+    """Unsmoothed evidence of a float32 analysis-grid slice, float32 ``(3, G, G)``, each
+    non-negative: the detail (``|Laplacian|`` inside the foreground), the air intensity and
+    the EFC density ``-p log p`` of the non-zero pixels near the object."""
+    near, fg, air = measured if measured is not None else masks(x)[:3]
+    raw = np.empty((3, *x.shape), np.float32)
+    np.multiply(np.abs(ndimage.convolve(x, IMMERKAER.astype(np.float32), mode="nearest")), fg,
+                out=raw[0])
+    np.copyto(raw[1], np.where(air, x, np.float32(0)))
+    b = math.sqrt(float((x.astype(np.float64) ** 2).sum())) or 1.0
+    p = np.where(near & (x > 0), x / np.float32(b), np.float32(1))
+    np.multiply(-p, np.log(p), out=raw[2])
+    return raw
+
+
+def evidence_components(
+    x: np.ndarray, measured: Masks | None = None,
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """The three distinct evidence maps of an analysis-grid slice, float32 ``(3, G, G)`` with
     unit sums, and the component of each feature (:data:`EVIDENCE`): what
     :func:`evidence_maps` expands to one map per feature. Display maps, so the smoothing runs
-    in float32."""
+    in float32.
+
+    Args:
+        x: the analysis-grid slice ``(G, G)``.
+        measured: its ``(near, foreground, air)`` masks when already known
+            (:meth:`FeatureInput.slice_masks`); otherwise :func:`masks` measures them.
+    """
     x = np.asarray(x, dtype=np.float32)
-    near, fg, air, _ = masks(x)
-    lap = np.abs(ndimage.convolve(x, IMMERKAER.astype(np.float32), mode="nearest"))
-    detail = ndimage.gaussian_filter(lap * fg, 2.0)
-    air_map = ndimage.gaussian_filter(np.where(air, x, np.float32(0)), 2.0)
-    b = math.sqrt(float((x.astype(np.float64) ** 2).sum())) or 1.0
-    p = np.where(near & (x > 0), x / np.float32(b), np.float32(1))
-    efc_map = ndimage.gaussian_filter(-p * np.log(p), 2.0)
-    out = np.empty((3, *x.shape), np.float32)
-    for k, m in enumerate((detail, air_map, efc_map)):
-        s = float(m.sum(dtype=np.float64))
-        out[k] = m / s if s > 0 else 1.0 / x.size
+    out = ndimage.gaussian_filter(_evidence_densities(x, measured), EVIDENCE_SIGMA,
+                                  axes=(1, 2))
+    for k in range(3):
+        s = float(out[k].sum(dtype=np.float64))
+        if s > 0:
+            out[k] /= s  # float32 / a Python float: float32
+        else:
+            out[k] = 1.0 / x.size
     return out, EVIDENCE
+
+
+def evidence_map(x: np.ndarray, weights: np.ndarray, measured: Masks | None = None
+                 ) -> np.ndarray:
+    """``sum_k weights[k] * evidence_components(x)[0][k]``, float32 ``(G, G)``, smoothed once
+    instead of three times: the Gaussian (unit-sum symmetric kernel, reflected edges) keeps
+    every map's sum, so normalising the densities before smoothing gives the same map (to
+    float32 round-off).
+
+    Args:
+        x: the analysis-grid slice ``(G, G)``.
+        weights: float ``(3,)``, one weight per evidence component.
+        measured: as for :func:`evidence_components`.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    raw = _evidence_densities(x, measured)
+    mix = np.zeros(x.shape, np.float32)
+    for k in range(3):
+        s = float(raw[k].sum(dtype=np.float64))
+        if s > 0:
+            mix += raw[k] * np.float32(weights[k] / s)
+        else:  # no support: a uniform map
+            mix += np.float32(weights[k] / x.size)
+    return ndimage.gaussian_filter(mix, EVIDENCE_SIGMA)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rankiq.service.domain import check_range
 from rankiq.service.errors import InputTooLarge, InvalidImage, RankIQError
-from rankiq.service.noref import FeatureInput, evidence_components, prepare_features
+from rankiq.service.noref import EVIDENCE, FeatureInput, evidence_map, prepare_features
 from rankiq.service.preprocess import DEFAULT_PERCENTILE, as_slices, prepare
 
 if TYPE_CHECKING:
@@ -208,7 +208,8 @@ def score_series(
         ref_px = _pixels(reference, model, "reference")
     pixels = _pixels(series, model, "image")
     if model.kind == "features":
-        fi = prepare_features(as_slices(pixels))
+        # saliency reuses the masks its features were measured on
+        fi = prepare_features(as_slices(pixels), keep_masks=saliency)
         x, empty = fi.features, fi.empty
     else:
         prepared = prepare(pixels, ref_px, grid=model.grid,
@@ -280,9 +281,9 @@ def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
     for i in range(n):
         if fi.empty[i]:
             continue
-        maps, which = evidence_components(fi.grids[i])
         # features that share an evidence map add their weights (= the per-feature tensordot)
-        m = np.tensordot(np.bincount(which, weights=grad[i], minlength=len(maps)), maps, axes=1)
+        m = evidence_map(fi.grids[i], np.bincount(EVIDENCE, weights=grad[i], minlength=3),
+                         fi.slice_masks(i))
         total = float(m.sum())
         if total > 0:
             out[i, 0] = m * (base[i] / total)

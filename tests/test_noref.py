@@ -241,3 +241,93 @@ def test_shipped_answer_carries_threshold_flag_and_range() -> None:
     assert (j["flagged"] is None) == (not j["in_range"])
     assert r.saliency is not None and r.saliency.shape[0] == 1
     assert float(r.saliency.sum()) == pytest.approx(r.median, rel=1e-3)
+
+
+def _slices() -> list[np.ndarray]:
+    """Analysis grids of a few kinds: phantoms in noisy air (odd and even sides), air the
+    scanner masked to zero, a field of view inside the object, a real MR slice."""
+    out = [analysis_grid(_phantom(n, seed)) for n, seed in ((96, 0), (75, 1), (128, 2))]
+    masked = _phantom(96, 3)
+    masked[masked < 0.2] = 0
+    out += [analysis_grid(masked), analysis_grid(_phantom(128, 4)[30:98, 30:98])]
+    out.append(analysis_grid(pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+                             .pixel_array.astype(np.float32)))
+    return out
+
+
+def test_fast_feature_steps_equal_their_definitions() -> None:
+    """Each shortcut of :func:`features` against the plain computation it replaces: the
+    erosion by shifted views, air_reach's distances (a feature transform on a bounding box,
+    distances of air pixels only) and the blur measure on the foreground's box are exact;
+    the half spectrum's band shares, the autocorrelation from partial transforms and the
+    blur's box-filter differences agree to round-off."""
+    from rankiq.service.noref import (
+        _band_shares,
+        _blur_measure,
+        _echo,
+        _erode,
+        _lag_ring,
+        _reach,
+    )
+
+    rng = np.random.default_rng(4)
+    for n in (5, 32, 47):
+        m = rng.random((n, n)) < 0.7
+        assert np.array_equal(_erode(m), ndimage.binary_erosion(m, iterations=1))
+    for g in _slices():
+        x = g.astype(np.float64)
+        near, fg, air, _, _ = _masks(x)
+        n = x.shape[0]
+        if air.sum() >= 32:
+            d = ndimage.distance_transform_edt(~fg)[air]
+            a = x[air]
+            e = np.maximum(a - np.median(a), 0.0)
+            want = (max(float((e * d).sum() / e.sum()) / float(d.mean()), 1e-3)
+                    if e.sum() > 0 else 1.0)
+            assert _reach(a, fg, air) == pytest.approx(want, rel=1e-12)
+        p = np.abs(np.fft.fftshift(np.fft.fft2(x))) ** 2
+        p[n // 2, n // 2] = 0.0
+        f = (np.arange(n) - n // 2) / n
+        band = np.digitize(np.hypot(f[:, None], f[None, :]), (0.04, 0.08, 0.15, 0.25, 0.35, 0.5))
+        want_b = np.bincount(band.ravel(), weights=p.ravel(), minlength=7) / p.sum()
+        np.testing.assert_allclose(_band_shares(x), want_b, rtol=1e-10, atol=1e-15)
+        lap = ndimage.convolve(x, np.outer([1, -2, 1], [1, -2, 1]).astype(float), mode="nearest")
+        y = np.where(near, lap, 0.0)
+        y = y - y[near].mean()
+        top = max(4, n // 4)
+        m = 2 * n  # any size >= n + top: the circular autocorrelation is the linear one
+        ac = np.fft.irfft2(np.abs(np.fft.rfft2(y, s=(m, m))) ** 2, s=(m, m))
+        want_e = np.arctanh(min(max(ac[_lag_ring(m, top)].max() / ac[0, 0], 0.0), 0.999))
+        assert _echo(lap, near) == pytest.approx(want_e, rel=1e-10, abs=1e-12)
+        blur = []
+        for axis in (0, 1):
+            dx = np.abs(np.diff(x, axis=axis))
+            db = np.abs(np.diff(ndimage.uniform_filter1d(x, 9, axis=axis), axis=axis))
+            pair = (fg[1:] & fg[:-1]) if axis == 0 else (fg[:, 1:] & fg[:, :-1])
+            s = dx[pair].sum()
+            blur.append((s - np.maximum(0.0, dx - db)[pair].sum()) / s)
+        assert _blur_measure(x, fg) == pytest.approx(max(blur), rel=1e-12)
+
+
+def test_saliency_reuses_the_masks_of_the_features() -> None:
+    """Masks kept by prepare_features are those masks() measures on the grid (so the evidence
+    maps are identical with or without them); a slice whose grid was padded to the stack's
+    side keeps none (its padded grid's masks differ); the weighted map smoothed once equals
+    the weighted sum of the three smoothed components."""
+    from rankiq.service.noref import EVIDENCE, evidence_components, evidence_map, masks
+
+    big, small = _phantom(96, 5), _phantom(96, 6)
+    small[:30] = small[:, :30] = 0  # a zero border: its own grid is 66 px, padded to 96
+    fi = prepare_features(np.stack([big, small, np.zeros_like(big)]), keep_masks=True)
+    assert fi.slice_masks(1) is None and fi.slice_masks(2) is None
+    assert prepare_features(np.stack([big]), keep_masks=False).slice_masks(0) is None
+    kept = fi.slice_masks(0)
+    assert kept is not None
+    for a, b in zip(kept, masks(fi.grids[0])[:3], strict=True):
+        assert a.dtype == bool and np.array_equal(a, b)
+    comps, which = evidence_components(fi.grids[0])
+    assert which == EVIDENCE
+    assert np.array_equal(evidence_components(fi.grids[0], kept)[0], comps)
+    w = np.array([0.5, 2.0, 0.25])
+    np.testing.assert_allclose(evidence_map(fi.grids[0], w, kept),
+                               np.tensordot(w, comps, axes=1), rtol=1e-4, atol=1e-9)
