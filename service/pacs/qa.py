@@ -124,72 +124,111 @@ class DicomwebFeed:
         self.retrieve_s = 0.0
 
     def __call__(self, journal: Journal) -> Iterator[list[Path]]:
+        """Retrieve the series the journal does not hold yet and yield their folders, each
+        batch what arrived while the previous one was scored."""
         known = {k for (k,) in journal.db.execute("SELECT DISTINCT series_key FROM instances")}
         todo = [h for h in self.hits if h.key not in known]
         if not todo:
             return
         self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.staging.chmod(0o700)
-        items: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item: Any) -> None:
-            while not stop.is_set():
-                with contextlib.suppress(queue.Full):
-                    items.put(item, timeout=0.2)
-                    return
-
-        def produce() -> None:
-            t0 = time.perf_counter()
-            try:
-                for hit in todo:
-                    if stop.is_set():
-                        return
-                    dest = self.staging / hit.key
-                    try:
-                        n = 0 if dest.is_dir() else retrieve_series(self.client, hit, dest)
-                        put((hit, dest, n))
-                    except SeriesGone as exc:
-                        put((hit, exc, 0))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-                put(exc)
-            finally:
-                self.retrieve_s += time.perf_counter() - t0
-                put(None)
-
-        thread = threading.Thread(target=produce, name="rankiq-wado", daemon=True)
-        thread.start()
+        retrieval = _Retrieval(self, todo)
         try:
-            done = False
-            while not done:
+            while not retrieval.done:
                 batch: list[Path] = []
-                item = items.get()
-                while True:
-                    if item is None:
-                        done = True
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    hit, where, n = item
-                    if isinstance(where, SeriesGone):
-                        self.gone += 1
-                        journal.add_scanned([], [(f"series {hit.key}", where.reason,
-                                                  str(where))])
-                    else:
-                        journal.db.execute("DELETE FROM failures WHERE source = ?",
-                                           (f"series {hit.key}",))
-                        self.retrieved += 1
-                        self.instances += n
-                        batch.append(where)
-                    try:
-                        item = items.get_nowait()
-                    except queue.Empty:
-                        break
+                for hit, where, n in retrieval.arrived():
+                    folder = self._arrived(journal, hit, where, n)
+                    if folder is not None:
+                        batch.append(folder)
                 if batch:
                     yield batch
         finally:
-            stop.set()
-            thread.join(timeout=30)
+            retrieval.close()
+
+    def _arrived(self, journal: Journal, hit: SeriesHit, where: Path | SeriesGone,
+                 n: int) -> Path | None:
+        """Journal what became of a series: gone (listed in failed.csv), or retrieved into
+        the folder ``where`` with ``n`` instances (the folder, to scan; a failure of an
+        earlier try is forgotten)."""
+        if isinstance(where, SeriesGone):
+            self.gone += 1
+            journal.add_scanned([], [(f"series {hit.key}", where.reason, str(where))])
+            return None
+        journal.db.execute("DELETE FROM failures WHERE source = ?", (f"series {hit.key}",))
+        self.retrieved += 1
+        self.instances += n
+        return where
+
+
+class _Retrieval:
+    """The background thread of one :class:`DicomwebFeed` call: retrieves ``todo`` in order
+    into the staging folder and hands each ``(hit, folder or SeriesGone, instances)`` over a
+    queue of :attr:`DicomwebFeed.prefetch` items, then ``None``; an error of its own is handed
+    over too, and raised in the consumer.
+
+    Attributes:
+        done: the consumer has taken the last item.
+    """
+
+    def __init__(self, feed: DicomwebFeed, todo: list[SeriesHit]) -> None:
+        self.feed, self.todo = feed, todo
+        self.items: queue.Queue[Any] = queue.Queue(maxsize=feed.prefetch)
+        self.stop = threading.Event()
+        self.done = False
+        self.thread = threading.Thread(target=self._produce, name="rankiq-wado", daemon=True)
+        self.thread.start()
+
+    def arrived(self) -> Iterator[tuple[SeriesHit, Path | SeriesGone, int]]:
+        """The items there now: waits for one, then takes those already queued (one batch).
+
+        Raises:
+            BaseException: the retrieval's error, as it was raised in the thread.
+        """
+        item = self.items.get()
+        while True:
+            if item is None:
+                self.done = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            try:
+                item = self.items.get_nowait()
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        """Stop the thread (it ends after the series it is retrieving; waits 30 s at most)."""
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+    def _put(self, item: Any) -> None:
+        """Queue ``item``, waiting for room until the consumer stops."""
+        while not self.stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self.items.put(item, timeout=0.2)
+                return
+
+    def _produce(self) -> None:
+        """The thread: retrieve each series of ``todo`` (a folder already there is kept),
+        adding the seconds spent to :attr:`DicomwebFeed.retrieve_s`."""
+        feed = self.feed
+        t0 = time.perf_counter()
+        try:
+            for hit in self.todo:
+                if self.stop.is_set():
+                    return
+                dest = feed.staging / hit.key
+                try:
+                    n = 0 if dest.is_dir() else retrieve_series(feed.client, hit, dest)
+                    self._put((hit, dest, n))
+                except SeriesGone as exc:
+                    self._put((hit, exc, 0))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(exc)
+        finally:
+            feed.retrieve_s += time.perf_counter() - t0
+            self._put(None)
 
 
 def run_dicomweb_qa(url: str, out_dir: Path, options: QAOptions, query: SeriesQuery, *,
@@ -474,89 +513,20 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
         reference: frames of several multi-frame instances, or headers that break a rule of
         the IODs)``.
     """
-    from rankiq.service.io import load_series
-    from rankiq.service.models import ScoringModel
-    from rankiq.service.results_dicom import (
-        SeriesVerdict,
-        build_saliency,
-        build_sr,
-        saliency_on_matrix,
-    )
-    from rankiq.service.scoring import score_series
-
     writer = writer or StowWriter(client, out_dir)
-    try:
-        writer.flush()  # what the scoring pass handed over is stored (or failed) first
-    except BaseException as exc:
-        writer.stop(exc)
-        raise
-    if writer.error is not None:
-        writer.close()  # raises it
-    staging = out_dir / STAGING
+    _drain(writer)
     unsupported = {key for key, _ in writer.unsupported}
     db = _writeback_db(out_dir)
-    model = None
     try:
         have = set(db.execute("SELECT series_key, kind FROM writeback")) | writer.unsupported
+        state = _WriteBack(writer, db, out_dir / STAGING, options, software_version, unsupported)
         for row in doc["series"]:
-            key = row["series_key"]
-            missing = [k for k in kinds if (key, k) not in have]
+            missing = [k for k in kinds if (row["series_key"], k) not in have]
             if not missing:
                 continue
             if writer.error is not None:
                 break  # close() raises it
-            refs = _refs(db, key)
-            stored = db.execute("SELECT result FROM series WHERE series_key = ?",
-                                (key,)).fetchone()
-            result = json.loads(stored[0]) if stored and stored[0] else {}
-            verdict = SeriesVerdict.from_row(row, result.get("scores") or [],
-                                             str(result.get("model_sha256", "")))
-            spool = _sr_spool(staging, key, verdict, software_version)
-            objects: list[tuple[str, str, Any]] = []
-            if "sr" in missing and spool.exists():  # built while the series was scored
-                import pydicom
-
-                objects.append(("sr", f"SR of series {key}", pydicom.dcmread(spool)))
-                missing.remove("sr")
-            if not missing:
-                writer.submit(key, partial(_ready, objects))
-                continue
-            try:
-                series = load_series([ref_from_json(r) for r in refs], key=key,
-                                     limits=options.limits)
-            except RankIQError as exc:
-                raise PacsError(f"write-back of series {key}: its retrieved images are gone "
-                                f"({exc.reason}); rerun with --resume") from None
-            sources = _sources(refs, series.source_files, series.shape[0])
-            if sources is None:
-                unsupported.add(key)
-                continue
-            for kind in missing:
-                maps = None
-                if kind == "saliency":
-                    if model is None:
-                        model = ScoringModel.load(str(options.model_dir),
-                                                  threads=options.threads or 1)
-                    scored = score_series(model, series, saliency=True,
-                                          max_slices=options.max_slices)
-                    assert scored.saliency is not None  # asked for: saliency=True
-                    maps = saliency_on_matrix(scored.saliency, series.pixels,
-                                              features=model.kind == "features")
-                try:
-                    if maps is None:
-                        objects.append(("sr", f"SR of series {key}",
-                                        build_sr(sources.images, verdict, frames=sources.frames,
-                                                 software_version=software_version)))
-                    else:
-                        objects.append(("saliency", f"saliency map of series {key}",
-                                        build_saliency(sources.images, maps, verdict,
-                                                       frames=sources.frames,
-                                                       software_version=software_version)))
-                except (ValueError, TypeError, AttributeError):
-                    # the source headers break a rule of the IODs (no frame of reference...)
-                    unsupported.add(key)
-                    break
-            writer.submit(key, partial(_ready, objects))
+            state.series(row, missing)
     except BaseException as exc:
         writer.stop(exc)
         raise
@@ -564,6 +534,135 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
         db.close()
     writer.close()  # raises a failure of the writer
     return {k: writer.written.get(k, 0) for k in kinds}, len(unsupported)
+
+
+def _drain(writer: StowWriter) -> None:
+    """Wait until what the scoring pass handed over is stored (or failed).
+
+    Raises:
+        PacsError: a store failed (or another error of the writer's jobs, as it was).
+    """
+    try:
+        writer.flush()
+    except BaseException as exc:
+        writer.stop(exc)
+        raise
+    if writer.error is not None:
+        writer.close()  # raises it
+
+
+@dataclass
+class _WriteBack:
+    """One :func:`write_back` pass over the scored series; :meth:`series` is one step of its
+    loop.
+
+    Attributes:
+        writer: stores the objects built here; ``db``: the journal (write-back's connection).
+        staging: the staging folder (the retrieved images, the SRs built during scoring).
+        unsupported: keys of the series whose objects the source headers cannot describe.
+        model: the scoring model, loaded the first time a saliency map is scored again.
+    """
+
+    writer: StowWriter
+    db: sqlite3.Connection
+    staging: Path
+    options: QAOptions
+    software_version: str
+    unsupported: set[str]
+    model: Any = None
+
+    def series(self, row: dict[str, Any], missing: list[str]) -> None:
+        """Build the objects of kinds ``missing`` of the series of the qa row ``row`` and hand
+        them to the writer (nothing when its slices cannot be referenced).
+
+        Raises:
+            PacsError: its retrieved images are gone from the staging folder.
+        """
+        key = row["series_key"]
+        refs = _refs(self.db, key)
+        verdict = self.verdict(key, row)
+        objects: list[tuple[str, str, Any]] = []
+        spool = _sr_spool(self.staging, key, verdict, self.software_version)
+        if "sr" in missing and spool.exists():  # built while the series was scored
+            import pydicom
+
+            objects.append(("sr", f"SR of series {key}", pydicom.dcmread(spool)))
+            missing.remove("sr")
+        if missing:
+            series = self.load(key, refs)
+            sources = _sources(refs, series.source_files, series.shape[0])
+            if sources is None:
+                self.unsupported.add(key)
+                return
+            objects += self.build(key, missing, series, sources, verdict)
+        self.writer.submit(key, partial(_ready, objects))
+
+    def verdict(self, key: str, row: dict[str, Any]) -> Any:
+        """The :class:`~rankiq.service.results_dicom.SeriesVerdict` of the qa row ``row`` (the
+        run's final verdict), with the journalled scores and model digest."""
+        from rankiq.service.results_dicom import SeriesVerdict
+
+        stored = self.db.execute("SELECT result FROM series WHERE series_key = ?",
+                                 (key,)).fetchone()
+        result = json.loads(stored[0]) if stored and stored[0] else {}
+        return SeriesVerdict.from_row(row, result.get("scores") or [],
+                                      str(result.get("model_sha256", "")))
+
+    def load(self, key: str, refs: list[str]) -> Any:
+        """The series, read again from the staging folder.
+
+        Raises:
+            PacsError: its images are gone.
+        """
+        from rankiq.service.io import load_series
+
+        try:
+            return load_series([ref_from_json(r) for r in refs], key=key,
+                               limits=self.options.limits)
+        except RankIQError as exc:
+            raise PacsError(f"write-back of series {key}: its retrieved images are gone "
+                            f"({exc.reason}); rerun with --resume") from None
+
+    def build(self, key: str, kinds: list[str], series: Any, sources: Any,
+              verdict: Any) -> list[tuple[str, str, Any]]:
+        """The objects of ``kinds``, in that order, up to the first the source headers cannot
+        describe (the series is then unsupported)."""
+        from rankiq.service.results_dicom import build_saliency, build_sr
+
+        objects: list[tuple[str, str, Any]] = []
+        for kind in kinds:
+            maps = self.saliency(series) if kind == "saliency" else None
+            try:
+                if maps is None:
+                    objects.append(("sr", f"SR of series {key}",
+                                    build_sr(sources.images, verdict, frames=sources.frames,
+                                             software_version=self.software_version)))
+                else:
+                    objects.append(("saliency", f"saliency map of series {key}",
+                                    build_saliency(sources.images, maps, verdict,
+                                                   frames=sources.frames,
+                                                   software_version=self.software_version)))
+            except (ValueError, TypeError, AttributeError):
+                # the source headers break a rule of the IODs (no frame of reference...)
+                self.unsupported.add(key)
+                break
+        return objects
+
+    def saliency(self, series: Any) -> Any:
+        """The series' saliency map on its own matrix, float32 ``(S, rows, cols)``, scored
+        again (the model is loaded on first use)."""
+        from rankiq.service.models import ScoringModel
+        from rankiq.service.results_dicom import saliency_on_matrix
+        from rankiq.service.scoring import score_series
+
+        if self.model is None:
+            self.model = ScoringModel.load(str(self.options.model_dir),
+                                           threads=self.options.threads or 1)
+        scored = score_series(self.model, series, saliency=True,
+                              max_slices=self.options.max_slices)
+        assert scored.saliency is not None  # asked for: saliency=True
+        return saliency_on_matrix(scored.saliency, series.pixels,
+                                  features=self.model.kind == "features")
 
 
 def _ready(objects: list[tuple[str, str, Any]], db: sqlite3.Connection) -> Objects:

@@ -546,11 +546,41 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
               min_group: int = MIN_GROUP) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The qa.json document and the report assets, from the journal (the archive-relative rule
     applied over every scored series: :func:`finish_rows`)."""
-    from rankiq.service.io import description_label
+    series, skipped, failed, assets = _journal_rows(journal)
+    finish_rows(series, outlier_z=outlier_z, min_group=min_group)
+    doc = {
+        "model": {"name": model_meta.get("name"), "version": model_meta.get("version"),
+                  "mode": model_meta.get("mode")},
+        "thresholds": thresholds.to_dict(),
+        "rules": selector.source,
+        "archive_rule": {"z": float(outlier_z), "min_group": int(min_group),
+                         "statistic": thresholds.statistic,
+                         "protocol": "contrast family | rows x cols | pixel spacing (0.1 mm) | "
+                                     "SeriesDescription hash"},
+        "summary": _summary(series, skipped, failed, journal.run),
+        "series": series,
+        "skipped": skipped,
+        "failed": failed,
+    }
+    return doc, assets
+
+
+def _journal_rows(journal: Journal) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                             list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The journal's series as qa.json's lists, in journal order.
+
+    Returns:
+        ``(series, skipped, failed, assets)``: the qa rows of the scored series (before the
+        archive rule), the skips, the failures (sorted by source) and the report assets per
+        series key (scored series with PNGs).
+    """
     from rankiq.service.qa.report import qa_row
 
     sizes = journal.series_sizes()
-    series, skipped, failed, assets = [], [], [], {}
+    series: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    assets: dict[str, dict[str, Any]] = {}
     for row in journal.rows():
         info = row["info"]
         if row["status"] == "done":
@@ -558,12 +588,7 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
             if row["assets"]:
                 assets[row["series_key"]] = row["assets"]
         elif row["status"] == "skipped":
-            skipped.append({"series_key": row["series_key"],
-                            "description": description_label(str(info.get(
-                                "description", info.get("SeriesDescription", "")))),
-                            "modality": str(info.get("modality", info.get("Modality", ""))),
-                            "instances": sizes.get(row["series_key"], 0),
-                            "reason": row["reason"]})
+            skipped.append(_skipped_row(row, sizes.get(row["series_key"], 0)))
         elif row["status"] == "failed":
             failed.append({"source": info.get("first_source", f"series {row['series_key']}"),
                            "reason": row["reason"], "message": info.get("message", "")})
@@ -574,35 +599,42 @@ def build_doc(journal: Journal, model_meta: dict[str, Any], thresholds: Threshol
         else:
             failed.append({"source": source, "reason": reason, "message": message})
     failed.sort(key=lambda r: r["source"])
-    finish_rows(series, outlier_z=outlier_z, min_group=min_group)
+    return series, skipped, failed, assets
+
+
+def _skipped_row(row: dict[str, Any], instances: int) -> dict[str, Any]:
+    """The qa.json entry of a series skipped by a selection rule (``instances``: its number
+    of instances); its description and modality as journalled by the worker (decoded) or,
+    when the scan's selection skipped it, as the walk saw them."""
+    from rankiq.service.io import description_label
+
+    info = row["info"]
+    return {"series_key": row["series_key"],
+            "description": description_label(str(info.get(
+                "description", info.get("SeriesDescription", "")))),
+            "modality": str(info.get("modality", info.get("Modality", ""))),
+            "instances": instances,
+            "reason": row["reason"]}
+
+
+def _summary(series: list[dict[str, Any]], skipped: list[dict[str, Any]],
+             failed: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+    """qa.json's ``summary``: counts of series (flagged, not assessable, per rule that fired),
+    skips, failed inputs and slices scored, and the runs the journal has seen."""
     rules: dict[str, int] = {}
     for r in series:
         if r["rule"]:
             rules[r["rule"]] = rules.get(r["rule"], 0) + 1
-    doc = {
-        "model": {"name": model_meta.get("name"), "version": model_meta.get("version"),
-                  "mode": model_meta.get("mode")},
-        "thresholds": thresholds.to_dict(),
-        "rules": selector.source,
-        "archive_rule": {"z": float(outlier_z), "min_group": int(min_group),
-                         "statistic": thresholds.statistic,
-                         "protocol": "contrast family | rows x cols | pixel spacing (0.1 mm) | "
-                                     "SeriesDescription hash"},
-        "summary": {
-            "series": len(series),
-            "flagged": sum(r["flagged"] for r in series),
-            "not_assessable": sum(r["status"] == "not_assessable" for r in series),
-            "rules": dict(sorted(rules.items())),
-            "skipped": len(skipped),
-            "failed_inputs": len(failed),
-            "slices": sum(int(r["slices"]) for r in series),
-            "runs": journal.run,
-        },
-        "series": series,
-        "skipped": skipped,
-        "failed": failed,
+    return {
+        "series": len(series),
+        "flagged": sum(r["flagged"] for r in series),
+        "not_assessable": sum(r["status"] == "not_assessable" for r in series),
+        "rules": dict(sorted(rules.items())),
+        "skipped": len(skipped),
+        "failed_inputs": len(failed),
+        "slices": sum(int(r["slices"]) for r in series),
+        "runs": runs,
     }
-    return doc, assets
 
 
 class SeriesFeed(Protocol):
@@ -643,11 +675,50 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
         RankIQError: bad model directory, thresholds or rules file, or a journal that cannot
             be resumed.
     """
-    from rankiq.service.qa.metrics import write_textfile
-    from rankiq.service.qa.report import write_reports
-
     t_start = time.perf_counter()
     out = Path(out_dir)
+    setup = _run_setup(paths, options, feed)
+    journal = Journal(out, setup.settings, resume=options.resume)
+    run = _Run(out, options, setup, journal, on_series, on_scored, t_start)
+    try:
+        before = journal.counts().get("done", 0)
+        run.scan_and_score(paths, feed)
+        doc = run.reports()
+        done = journal.counts().get("done", 0)
+    finally:
+        journal.close()
+    return QAResult(out, doc, done - before, before, run.slices,
+                    time.perf_counter() - t_start, run.timings)
+
+
+@dataclass(frozen=True)
+class _RunSetup:
+    """What :func:`run_qa` loads and checks before it opens the journal.
+
+    Attributes:
+        meta: the model's ``metadata.json``; ``thresholds``: its (or the site's) thresholds;
+            ``selector``: the series selection rules.
+        reference_setup: the reference map and the reference model's thresholds, when series
+            are mapped to references.
+        settings: the journal's settings (a resumed run must match them).
+    """
+
+    meta: dict[str, Any]
+    thresholds: Thresholds
+    selector: SeriesSelector
+    reference_setup: tuple[ReferenceMap, Thresholds] | None
+    settings: dict[str, Any]
+
+
+def _run_setup(paths: Sequence[str | Path], options: QAOptions,
+               feed: SeriesFeed | None) -> _RunSetup:
+    """Load the model metadata, thresholds, rules and reference map, and check the options of
+    the archive rule (in this order: the first problem is the one reported).
+
+    Raises:
+        RankIQError: as :func:`run_qa` (a :class:`RulesError` for the reference model and the
+            archive rule's options).
+    """
     meta = read_model_metadata(options.model_dir)
     thresholds = load_thresholds(meta, options.thresholds_file)
     selector = load_selector(options.rules_file)
@@ -674,42 +745,72 @@ def run_qa(paths: Sequence[str | Path], out_dir: str | Path, options: QAOptions,
                          f"{options.outlier_z}")
     if options.outlier_min_group < 3:
         raise RulesError("the archive rule needs groups of at least 3 series")
-    journal = Journal(out, settings, resume=options.resume)
-    timings = dict.fromkeys(("scan", "decode", "preprocess", "score", "render", "report"), 0.0)
-    try:
-        before = journal.counts().get("done", 0)
+    return _RunSetup(meta, thresholds, selector, reference_setup, settings)
+
+
+@dataclass
+class _Run:
+    """One :func:`run_qa` with its journal open; each method is one of its stages.
+
+    Attributes:
+        out: the output directory; ``t_start``: ``perf_counter`` seconds when the run started.
+        timings: seconds per stage (see :class:`QAResult`); ``slices``: slices scored so far.
+    """
+
+    out: Path
+    options: QAOptions
+    setup: _RunSetup
+    journal: Journal
+    on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None
+    on_scored: Callable[[str, SeriesOutcome], None] | None
+    t_start: float
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("scan", "decode", "preprocess", "score", "render", "report"), 0.0))
+    slices: int = 0
+
+    def scan_and_score(self, paths: Sequence[str | Path], feed: SeriesFeed | None) -> None:
+        """Walk ``paths`` (unless a resumed scan is complete), select and score what is
+        pending; then, with a ``feed``, each of its batches the same way."""
         t0 = time.perf_counter()
-        if feed is None and not journal.scan_complete:
-            scan_into(journal, paths, limits=options.limits,
-                      max_seconds=options.max_scan_seconds)
-        select_pending(journal, selector)
-        timings["scan"] = time.perf_counter() - t0
-        slices_now = _score_pending(journal, options, thresholds, selector, timings, on_series,
-                                    reference_setup, on_scored)
+        if feed is None and not self.journal.scan_complete:
+            scan_into(self.journal, paths, limits=self.options.limits,
+                      max_seconds=self.options.max_scan_seconds)
+        select_pending(self.journal, self.setup.selector)
+        self.timings["scan"] = time.perf_counter() - t0
+        self.score_pending()
         if feed is not None:  # pending series of an interrupted run are scored first
-            for batch in feed(journal):
+            for batch in feed(self.journal):
                 t0 = time.perf_counter()
-                scan_into(journal, batch, limits=options.limits, complete=False)
-                select_pending(journal, selector)
-                timings["scan"] += time.perf_counter() - t0
-                slices_now += _score_pending(journal, options, thresholds, selector, timings,
-                                             on_series, reference_setup, on_scored)
-            journal.mark_scan_complete()
+                scan_into(self.journal, batch, limits=self.options.limits, complete=False)
+                select_pending(self.journal, self.setup.selector)
+                self.timings["scan"] += time.perf_counter() - t0
+                self.score_pending()
+            self.journal.mark_scan_complete()
+
+    def score_pending(self) -> None:
+        """Score the pending series (:func:`_score_pending`)."""
+        self.slices += _score_pending(self.journal, self.options, self.setup.thresholds,
+                                      self.setup.selector, self.timings, self.on_series,
+                                      self.setup.reference_setup, self.on_scored)
+
+    def reports(self) -> dict[str, Any]:
+        """Judge the archive and write the reports (and ``rankiq_qa.prom``); returns qa.json's
+        document."""
+        from rankiq.service.qa.metrics import write_textfile
+        from rankiq.service.qa.report import write_reports
+
         t0 = time.perf_counter()
-        doc, assets = build_doc(journal, meta, thresholds, selector, outlier_z=options.outlier_z,
-                                min_group=options.outlier_min_group)
-        if options.render:
-            _render_missing(journal, doc, assets, options, reference_setup)
-        write_reports(out, doc, assets)
-        wall = time.perf_counter() - t_start
-        if options.textfile:
-            write_textfile(out / "rankiq_qa.prom", doc, duration_s=wall)
-        timings["report"] = time.perf_counter() - t0
-        done = journal.counts().get("done", 0)
-    finally:
-        journal.close()
-    return QAResult(out, doc, done - before, before, slices_now,
-                    time.perf_counter() - t_start, timings)
+        doc, assets = build_doc(self.journal, self.setup.meta, self.setup.thresholds,
+                                self.setup.selector, outlier_z=self.options.outlier_z,
+                                min_group=self.options.outlier_min_group)
+        if self.options.render:
+            _render_missing(self.journal, doc, assets, self.options, self.setup.reference_setup)
+        write_reports(self.out, doc, assets)
+        wall = time.perf_counter() - self.t_start
+        if self.options.textfile:
+            write_textfile(self.out / "rankiq_qa.prom", doc, duration_s=wall)
+        self.timings["report"] = time.perf_counter() - t0
+        return doc
 
 
 def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
@@ -725,67 +826,110 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
         return 0
     workers = max(1, int(options.workers))
     threads = options.threads or max(1, (os.cpu_count() or 1) // workers)
-    bar = _progress(total, options.progress)
-    slices = 0
     refmap, ref_thresholds = reference_setup or (None, None)
-
-    def reference_of(key: str) -> str | None:
-        return _reference_of(journal, refmap, key)
-
-    def record(key: str, out: SeriesOutcome) -> None:
-        nonlocal slices
-        for k, v in out.timings.items():
-            timings[k] += v
-        info = {**_info(journal, key), **out.info}
-        if out.status == "done" and out.result is not None:
-            result = out.result.to_json()
-            journal.record(key, "done", result=result, assets=out.assets, info=info)
-            n = len(out.result.scores)
-            slices += n
-            if on_series:
-                from rankiq.service.qa.report import qa_row
-
-                on_series(qa_row({"series_key": key, "info": info, "result": result}), result)
-            if on_scored:
-                on_scored(key, out)
-        elif out.status == "skipped":
-            journal.record(key, "skipped", reason=out.reason, info=info)
-            n = sizes.get(key, 0)
-        else:
-            refs = journal.refs(key)
-            first = str(ref_from_json(refs[0]).source) if refs else f"series {key}"
-            journal.record(key, "failed", reason=out.reason,
-                           info={**info, "first_source": first, "message": out.message})
-            n = sizes.get(key, 0)
-        bar.update(n)
-
+    scoring = _Scoring(journal, options, thresholds, selector, timings, sizes,
+                       _progress(total, options.progress), refmap, ref_thresholds, on_series,
+                       on_scored)
     try:
-        ref_model = None if refmap is None else str(options.reference_model())
-        if options.engine == "ray":  # imported here: Ray is an optional extra
+        scoring.run(todo, workers, threads)
+    finally:
+        scoring.bar.close()
+    return scoring.slices
+
+
+@dataclass
+class _Scoring:
+    """One :func:`_score_pending` pass: the series go to the run's engine, and each outcome
+    comes back to :meth:`record` in the main process, whatever the engine.
+
+    Attributes:
+        timings: the run's seconds per stage (each outcome's are added);
+            ``sizes``: instances per series key; ``bar``: the progress bar (slices).
+        refmap, ref_thresholds: the reference map and the reference model's thresholds, or
+            ``None`` when no series is mapped.
+        slices: slices scored so far.
+    """
+
+    journal: Journal
+    options: QAOptions
+    thresholds: Thresholds
+    selector: SeriesSelector
+    timings: dict[str, float]
+    sizes: dict[str, int]
+    bar: Any
+    refmap: ReferenceMap | None
+    ref_thresholds: Thresholds | None
+    on_series: Callable[[dict[str, Any], dict[str, Any]], None] | None
+    on_scored: Callable[[str, SeriesOutcome], None] | None
+    slices: int = 0
+
+    def run(self, todo: list[str], workers: int, threads: int) -> None:
+        """Score ``todo`` on Ray, in this process (``workers`` 1) or in a process pool, with
+        ``threads`` ONNX Runtime threads per worker (Ray: ``options.threads``, at least 1).
+        Only the local engines hand back saliency maps (:attr:`QAOptions.saliency_maps`)."""
+        if self.options.engine == "ray":  # imported here: Ray is an optional extra
             from rankiq.service.qa.ray_engine import SeriesWork, run_ray
 
-            work = SeriesWork(init_worker, (str(options.model_dir), max(1, options.threads),
-                                            thresholds, selector, options.worst_k, False,
-                                            ref_model, ref_thresholds, options.max_slices,
-                                            options.render, options.limits), process_series,
-                              _failed)
-            run_ray(journal, todo, options, work, record, reference_of, timings)
+            work = SeriesWork(init_worker, self.initargs(max(1, self.options.threads), False),
+                              process_series, _failed)
+            run_ray(self.journal, todo, self.options, work, self.record, self.reference_of,
+                    self.timings)
         elif workers == 1:
-            init_worker(str(options.model_dir), threads, thresholds, selector, options.worst_k,
-                        False, ref_model, ref_thresholds, options.max_slices, options.render,
-                        options.limits, options.saliency_maps)
+            initargs = (*self.initargs(threads, False), self.options.saliency_maps)
+            init_worker(*initargs)
             for key in todo:
-                record(key, process_series(key, journal.refs(key), reference_of(key)))
+                self.record(key, process_series(key, self.journal.refs(key),
+                                                self.reference_of(key)))
         else:
-            _run_pool(journal, todo, options, (str(options.model_dir), threads, thresholds,
-                                               selector, options.worst_k, True, ref_model,
-                                               ref_thresholds, options.max_slices,
-                                               options.render, options.limits,
-                                               options.saliency_maps), record,
-                      reference_of)
-    finally:
-        bar.close()
-    return slices
+            _run_pool(self.journal, todo, self.options,
+                      (*self.initargs(threads, True), self.options.saliency_maps), self.record,
+                      self.reference_of)
+
+    def initargs(self, threads: int, in_pool: bool) -> tuple[Any, ...]:
+        """:func:`init_worker`'s arguments up to ``limits``."""
+        o = self.options
+        ref_model = None if self.refmap is None else str(o.reference_model())
+        return (str(o.model_dir), threads, self.thresholds, self.selector, o.worst_k, in_pool,
+                ref_model, self.ref_thresholds, o.max_slices, o.render, o.limits)
+
+    def reference_of(self, key: str) -> str | None:
+        """The mapped reference path of a series, or ``None``."""
+        return _reference_of(self.journal, self.refmap, key)
+
+    def record(self, key: str, out: SeriesOutcome) -> None:
+        """Journal the outcome of a series (one transaction), add its timings and move the
+        progress bar by its slices (its instances when it was not scored)."""
+        for k, v in out.timings.items():
+            self.timings[k] += v
+        info = {**_info(self.journal, key), **out.info}
+        if out.status == "done" and out.result is not None:
+            n = self.record_scored(key, out, info)
+        elif out.status == "skipped":
+            self.journal.record(key, "skipped", reason=out.reason, info=info)
+            n = self.sizes.get(key, 0)
+        else:
+            refs = self.journal.refs(key)
+            first = str(ref_from_json(refs[0]).source) if refs else f"series {key}"
+            self.journal.record(key, "failed", reason=out.reason,
+                                info={**info, "first_source": first, "message": out.message})
+            n = self.sizes.get(key, 0)
+        self.bar.update(n)
+
+    def record_scored(self, key: str, out: SeriesOutcome, info: dict[str, Any]) -> int:
+        """Journal a scored series and hand it to ``on_series`` and ``on_scored``; returns its
+        slices."""
+        assert out.result is not None  # scored
+        result = out.result.to_json()
+        self.journal.record(key, "done", result=result, assets=out.assets, info=info)
+        n = len(out.result.scores)
+        self.slices += n
+        if self.on_series:
+            from rankiq.service.qa.report import qa_row
+
+            self.on_series(qa_row({"series_key": key, "info": info, "result": result}), result)
+        if self.on_scored:
+            self.on_scored(key, out)
+        return n
 
 
 def _failed(reason: str, message: str) -> SeriesOutcome:
