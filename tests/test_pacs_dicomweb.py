@@ -250,6 +250,24 @@ def test_series_deleted_mid_run_then_rerun_completes(pacs, tmp_path):
     assert not staging.exists()
 
 
+def test_write_back_asked_on_resume_after_the_images_left(pacs, tmp_path):
+    """A run without write-back removes its staged images when it ends; asking for write-back
+    on --resume then fails with one line that says what to do (no traceback), and a new
+    --out folder writes back."""
+    orthanc, _ = pacs
+    out = tmp_path / "out"
+    first = run_pacs(orthanc.dicomweb, out)
+    assert first.returncode == 0, first.stderr
+    assert not (out / "dicomweb-staging").exists()
+    late = run_pacs(orthanc.dicomweb, out, "--write-back", "sr", "--resume")
+    assert late.returncode == 2
+    assert len(late.stderr.strip().splitlines()) == 1, late.stderr
+    assert "no longer staged" in late.stderr and "Traceback" not in late.stderr
+    again = run_pacs(orthanc.dicomweb, tmp_path / "new", "--write-back", "sr")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["dicomweb"]["written"] == {"sr": 3}
+
+
 def test_pacs_failures_are_one_line_and_write_nothing(pacs, tmp_path):
     orthanc, _ = pacs
     # wrong credentials: 401

@@ -622,6 +622,10 @@ class _WriteBack:
         except RankIQError as exc:
             raise PacsError(f"write-back of series {key}: its retrieved images are gone "
                             f"({exc.reason}); rerun with --resume") from None
+        except OSError:  # a run without write-back removed the staging folder when it ended
+            raise PacsError(f"write-back of series {key}: its retrieved images are no longer "
+                            "staged (the run that scored it did not write back); run the QA "
+                            "with --write-back into a new --out folder") from None
 
     def build(self, key: str, kinds: list[str], series: Any, sources: Any,
               verdict: Any) -> list[tuple[str, str, Any]]:
