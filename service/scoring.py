@@ -60,7 +60,8 @@ class SeriesScore:
         model: name, version, sha256 (of score.onnx), mode, input_kind, grid, provider.
         contrast: contrast family of the image series (``"T1"``, ..., ``"other"``).
         scores: float32 ``(S,)`` per-slice scores, lower is better.
-        blank: bool ``(S,)``; all-zero slices (scored, but left out of the summary).
+        blank: bool ``(S,)``; slices with nothing to score (scored, but left out of the
+            summary): all zero, or, for the no-reference model, without foreground.
         median, worst: over non-blank slices; ``worst`` is the highest score.
         worst_slice: index (0-based, in series order) of the worst slice.
         timings: seconds: ``prepare``, ``inference``, ``total``.
@@ -166,7 +167,8 @@ def summarise(scores: np.ndarray, blank: np.ndarray) -> tuple[float, float, int]
     """
     keep = np.flatnonzero(~blank)
     if keep.size == 0:
-        raise InvalidImage("every slice is blank (all zero): nothing to score")
+        raise InvalidImage("every slice is blank (all zero, or for the no-reference model without "
+                           "any foreground to measure): nothing to score")
     vals = scores[keep].astype(np.float64)
     worst_i = int(keep[int(np.argmax(vals))])
     return float(np.median(vals)), float(scores[worst_i]), worst_i

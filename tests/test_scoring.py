@@ -334,3 +334,20 @@ def test_series_json_includes_the_overlay_png_and_raw_map_by_default(repo_root):
     assert set(sal) == {"overlay_png", "map"}
     assert set(series_json(r, png=False)["slices"][0]["saliency"]) == {"map"}
     assert set(series_json(r, raw=False)["slices"][0]["saliency"]) == {"overlay_png"}
+
+
+def test_slices_without_foreground_are_blank_for_the_features_model():
+    """A single bright pixel or a thin stripe leaves the no-reference model no foreground to
+    measure: blank, left out of the summary, and a series of only such slices is refused with a
+    message that does not claim the pixels were zero."""
+    import rankiq
+
+    dot = np.pad(np.ones((1, 1)), 40)
+    stripe = np.pad(np.ones((64, 2)), ((0, 0), (31, 31)))
+    for x in (dot, stripe):
+        with pytest.raises(InvalidImage, match="without any foreground"):
+            rankiq.score(x)
+    head = mr_small()
+    r = rankiq.score(np.stack([stripe, head]))
+    assert list(r.blank) == [True, False]
+    assert r.median == pytest.approx(rankiq.score(head).median, rel=1e-6)
