@@ -33,7 +33,7 @@ Models: IQ-Net (``architecture.model == "iqnet"``) and EfficientNet scorers
 (``"EfficientNetScorer"``) are rebuilt in torch from the named initializers of the model's
 ``score_naive.onnx``, after the service's SHA-256 and preprocess-version checks, so the loss is
 the exact network the service scores with. No downloads. The no-reference *features* model
-(``kind: "features"``, ``iqnet-noref`` 2.0.0) is refused: see :data:`FEATURES_REFUSAL`.
+(``kind: "features"``, ``iqnet-noref`` 2.x) is refused: see :data:`FEATURES_REFUSAL`.
 
 Inputs: complex ``(N, H, W)`` tensors, real magnitude ``(N, H, W)`` or ``(N, 1, H, W)``, or
 real ``(N, 2, H, W)`` (real, imag) channels; any matrix of 16..4096 per side (resampled to the
