@@ -137,7 +137,7 @@ MODEL_SEED  ?= 2025
 MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
 MODEL_VERSION ?= 1.0.0
-NOREF_ACQUISITIONS ?= 600
+NOREF_ACQUISITIONS ?= 1200
 NOREF_VERSION ?= 2.1.0
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
@@ -162,8 +162,8 @@ models: venv
 	$(MAKE) --no-print-directory noref-model
 	cat $(REPORT)/table.md
 
-## make noref-model: the no-reference model alone (about 20 min on 2 cores): 400 simulated
-## pairs ranked by the simulated panel (its classifier's consensus), 600 realistic acquisitions
+## make noref-model: the no-reference model alone (about 25 min on 2 cores): 400 simulated
+## pairs ranked by the simulated panel (its classifier's consensus), 1200 realistic acquisitions
 ## with graded ladders, the ranking fit, thresholds; then the real-scan evaluation is rewritten.
 ## It needs models/iqnet-ref (the teacher that orders corruption types).
 NOREF_PAIRS ?= 400

@@ -34,8 +34,8 @@ def add_commands(reg: Registry) -> None:
                     "build the no-reference model: realistic simulated acquisitions with graded "
                     "corruption ladders -> features -> ranking fit -> thresholds -> model dir")
     p.add_argument("--out", required=True, help="model directory to write (models/NAME)")
-    p.add_argument("--acquisitions", type=int, default=600,
-                   help="simulated acquisitions, 17 images each (default 600)")
+    p.add_argument("--acquisitions", type=int, default=1200,
+                   help="simulated acquisitions, 17 images each (default 1200)")
     p.add_argument("--seed", type=int, default=2025, help="default 2025")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--version", default="2.1.0", help="model version (default 2.1.0)")
