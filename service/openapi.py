@@ -113,15 +113,17 @@ def _score_formats(op: dict[str, Any]) -> None:
     op.setdefault("parameters", []).append({
         "name": "format", "in": "query", "required": False,
         "description": "json (default): the scores; dicom: the DICOM Structured Report (TID "
-                       "1500) and saliency Parametric Map of the series, as multipart/related "
-                       "(one application/dicom part each, the SR first; DICOM uploads with one "
-                       "instance per slice and a FrameOfReferenceUID)",
+                       "1500) and saliency Parametric Map(s) of the series, as "
+                       "multipart/related (one application/dicom part each, the SR first, then "
+                       "one map, or one per multi-frame instance when the series is split over "
+                       "several; DICOM uploads with a FrameOfReferenceUID)",
         "schema": {"type": "string", "enum": ["json", "dicom"], "default": "json"}})
     ok = op["responses"].setdefault("200", {"description": "Successful Response"})
     ok.setdefault("content", {})["multipart/related"] = {"schema": {
         "type": "string", "format": "binary",
-        "description": 'with format=dicom: type="application/dicom", two parts (SR, '
-                       "Parametric Map), the body of a DICOMweb STOW-RS request"}}
+        "description": 'with format=dicom: type="application/dicom", the SR then the '
+                       "Parametric Map(s) (one per multi-frame source instance when there are "
+                       "several), the body of a DICOMweb STOW-RS request"}}
     op["responses"]["400"]["description"] += "; format neither json nor dicom"
 
 

@@ -7,21 +7,25 @@
   qualitative evaluations, and the model name and version as the algorithm identification
   (TID 4019). Concepts RankIQ defines are coded in the private scheme ``99RANKIQ``
   (:data:`CODES`), units in UCUM (``1``: no units).
-* :func:`build_saliency`: a *Parametric Map* (float pixels, one frame per source slice, the
+* :func:`build_saliency`: *Parametric Maps* (float pixels, one frame per source slice, the
   source's own matrix, pixel spacing, orientation and positions) of where the score comes from,
   which viewers overlay on the series; :func:`saliency_on_matrix` brings the model's map back
   from its analysis grid to the scan's matrix.
 
-The source of a series is either one single-frame instance per slice or one multi-frame
-instance (Enhanced MR, Legacy Converted Enhanced MR) whose frames are the slices
-(:func:`slice_sources`): then each slice-score measurement references its frame by number and
-the map's frames are derived from the source frames, with their positions.
+Each slice's source is an instance and, in a multi-frame instance (Enhanced MR, Legacy
+Converted Enhanced MR), a frame (:class:`SliceSources`, :func:`slice_sources`): single-frame
+images, one multi-frame instance holding every slice, or a series split over several
+multi-frame instances. Each slice-score measurement references its instance and frame number;
+the map's frames derive from the source frames, with their positions, in one map per
+multi-frame source instance (highdicom derives a map from one multi-frame image or from
+single-frame images).
 
 Both copy the source study's patient, study and equipment-independent attributes from the
 source images as the IODs require (highdicom does so from the evidence), invent none, and get
-new UIDs that are derived deterministically from the source series, the model and the kind of
-object (:func:`derived_uid`): storing the same result twice replaces nothing and duplicates
-nothing, so an interrupted write-back is simply repeated.
+new UIDs that are derived deterministically from the source series, the model, the kind of
+object and, for one map of several, its source instance (:func:`derived_uid`): storing the same
+result twice replaces nothing and duplicates nothing, so an interrupted write-back is simply
+repeated.
 """
 
 from __future__ import annotations
@@ -119,19 +123,73 @@ def with_type2(sources: Sequence[Any]) -> list[Any]:
 
 
 @dataclass(frozen=True)
+class SliceSource:
+    """Where one slice was read from.
+
+    Attributes:
+        instance: index of its source instance in :attr:`SliceSources.images`.
+        frame: its 1-based frame number in that instance when the instance is a multi-frame
+            image; ``None`` for a single-frame image.
+    """
+
+    instance: int
+    frame: int | None = None
+
+
+@dataclass(frozen=True)
 class SliceSources:
     """The source images of a series' slices, as the DICOM results reference them.
 
+    One mapping covers every layout: one single-frame image per slice (each slice's frame is
+    ``None``), one multi-frame image whose frames are the slices, or frames of several
+    multi-frame instances (an Enhanced MR series split over instances), or a mix.
+
     Attributes:
-        images: the source headers (pydicom datasets, no pixels): one per slice in slice order,
-            or the one multi-frame image whose frames are the slices.
-        frames: with one multi-frame image, the 1-based frame number of each slice in slice
-            order (the order RankIQ scores in: along the slice normal, else by frame number);
-            ``None`` for single-frame images.
+        images: the source headers (pydicom datasets, no pixels), each instance once.
+        slices: each slice's :class:`SliceSource`, in slice order (the order RankIQ scores in:
+            along the slice normal, else by instance and frame number).
     """
 
-    images: list[Any]
-    frames: tuple[int, ...] | None = None
+    images: tuple[Any, ...]
+    slices: tuple[SliceSource, ...]
+
+    @classmethod
+    def single_frame(cls, images: Sequence[Any]) -> SliceSources:
+        """One single-frame image per slice, ``images`` in slice order."""
+        return cls(images=tuple(images), slices=tuple(SliceSource(i) for i in range(len(images))))
+
+    def groups(self) -> list[tuple[str, list[int]]]:
+        """The sets of slices a Parametric Map can derive from (highdicom derives a map from
+        single-frame images or from one multi-frame image): ``(part, slice indices)`` with
+        ``part`` ``""`` for the single-frame images (in slice order) and the SOPInstanceUID of
+        each multi-frame instance (its slices in that instance's frame order), instances in
+        :attr:`images` order.
+        """
+        single = [i for i, s in enumerate(self.slices) if s.frame is None]
+        out: list[tuple[str, list[int]]] = [("", single)] if single else []
+        for k, ds in enumerate(self.images):
+            mine = [i for i, s in enumerate(self.slices) if s.instance == k and s.frame is not None]
+            if mine:
+                mine.sort(key=lambda i: int(self.slices[i].frame or 0))
+                out.append((str(ds.SOPInstanceUID), mine))
+        return out
+
+    def check(self, n: int) -> None:
+        """Raise ValueError unless the mapping describes ``n`` slices: each single-frame image
+        once, each multi-frame instance's frames 1..NumberOfFrames once each."""
+        if len(self.slices) != n:
+            raise ValueError(f"{len(self.slices)} source slices for {n} slices")
+        if any(not 0 <= s.instance < len(self.images) for s in self.slices):
+            raise ValueError("a slice refers to no source instance")
+        for k, ds in enumerate(self.images):
+            frames = [s.frame for s in self.slices if s.instance == k]
+            if frames == [None]:
+                continue
+            count = int(ds.get("NumberOfFrames") or 1)
+            if None in frames or sorted(int(f or 0) for f in frames) != list(
+                    range(1, count + 1)):
+                raise ValueError(f"the slices of source instance {k + 1} are not its "
+                                 f"{count} frames, each once")
 
 
 def slice_sources(headers: Sequence[tuple[str, Any]], n_slices: int) -> SliceSources:
@@ -140,52 +198,39 @@ def slice_sources(headers: Sequence[tuple[str, Any]], n_slices: int) -> SliceSou
 
     Args:
         headers: ``(source name, header)`` of each file of ``series.source_files``, in that
-            order (the names the reader gave them: the frames are ordered as it orders them).
+            order (the names the reader gave them: the slices are ordered as it orders them,
+            from the same geometry, so no pixels are needed).
         n_slices: the series' number of slices.
 
     Raises:
-        ValueError: what the results cannot describe: slices spread over several instances of
-            which one is a multi-frame image (a Parametric Map derives from one multi-frame
-            source or from single-frame images), or files and slices that do not match.
+        ValueError: files and slices that do not match.
     """
     from highdicom._standard_utils import is_multiframe_image
     from rankiq.service.io.dicom import Frame, _fg, _instance_meta, _num, _vec, order_frames
 
-    multi = [is_multiframe_image(ds) for _, ds in headers]
-    if not any(multi):
-        if len(headers) != n_slices:
-            raise ValueError(f"{len(headers)} single-frame images for {n_slices} slices")
-        return SliceSources(images=[ds for _, ds in headers])
-    if len(headers) != 1:
-        raise ValueError("the slices come from several instances, one of them multi-frame")
-    source, ds = headers[0]
-    count = int(_num(ds.get("NumberOfFrames")) or 1)
-    if count != n_slices:
-        raise ValueError(f"{count} frames for {n_slices} slices")
-    # the reader's own ordering, on the frames' geometry (no pixels needed)
-    meta, inst = _instance_meta(ds), _num(ds.get("InstanceNumber"))
     empty = np.zeros((0, 0), np.float32)
-    frames = [Frame(pixels=empty,
-                    position=_vec(_fg(ds, i, "PlanePositionSequence", "ImagePositionPatient"), 3),
-                    orientation=_vec(_fg(ds, i, "PlaneOrientationSequence",
-                                         "ImageOrientationPatient"), 6),
-                    instance_number=None if inst is None else int(inst), frame_index=i,
-                    source=source, meta=meta)
-              for i in range(count)]
-    ordered, _, _ = order_frames(frames)
-    return SliceSources(images=[ds], frames=tuple(f.frame_index + 1 for f in ordered))
-
-
-def _check_frames(sources: Sequence[Any], frames: Sequence[int] | None, n: int) -> None:
-    """Raise ValueError unless ``sources`` (and ``frames``) describe ``n`` slices."""
-    if frames is None:
-        if len(sources) != n:
-            raise ValueError(f"{len(sources)} source images for {n} slices")
-        return
-    count = int(sources[0].get("NumberOfFrames") or 1) if len(sources) == 1 else -1
-    if count != n or sorted(frames) != list(range(1, n + 1)):
-        raise ValueError(f"frame numbers {list(frames)[:4]}... are not the {n} frames of one "
-                         "multi-frame source image")
+    frames: list[Frame] = []
+    where: dict[tuple[str, int], SliceSource] = {}
+    for k, (source, ds) in enumerate(headers):
+        multi = is_multiframe_image(ds)
+        count = int(_num(ds.get("NumberOfFrames")) or 1) if multi else 1
+        meta, inst = _instance_meta(ds), _num(ds.get("InstanceNumber"))
+        for i in range(count):
+            frames.append(Frame(
+                pixels=empty,
+                position=_vec(_fg(ds, i, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                orientation=_vec(_fg(ds, i, "PlaneOrientationSequence",
+                                     "ImageOrientationPatient"), 6),
+                instance_number=None if inst is None else int(inst), frame_index=i,
+                source=source, meta=meta))
+            where[(source, i)] = SliceSource(k, i + 1 if multi else None)
+    if len(frames) != n_slices:
+        raise ValueError(f"{len(frames)} source frames for {n_slices} slices")
+    ordered, _, _ = order_frames(frames)  # the reader's own ordering
+    out = SliceSources(images=tuple(ds for _, ds in headers),
+                       slices=tuple(where[(f.source, f.frame_index)] for f in ordered))
+    out.check(n_slices)
+    return out
 
 
 def code(name: str) -> Any:
@@ -196,12 +241,15 @@ def code(name: str) -> Any:
     return CodedConcept(value, SCHEME, meaning)
 
 
-def derived_uid(kind: str, series_uid: str, model_sha256: str) -> str:
+def derived_uid(kind: str, series_uid: str, model_sha256: str, part: str = "") -> str:
     """A new UID for a derived object, the same for the same source series, model and kind
-    (``sr-series``, ``sr``, ``saliency-series``, ``saliency``...)."""
+    (``sr-series``, ``sr``, ``saliency-series``, ``saliency``...) and, for one of several
+    objects of a kind (a map per multi-frame source instance), the same ``part`` (that source
+    instance's SOPInstanceUID); ``part=""`` gives the UID of the kind's only object."""
     from pydicom.uid import generate_uid
 
-    return generate_uid(entropy_srcs=["rankiq", kind, series_uid.strip(), model_sha256])
+    entropy = ["rankiq", kind, series_uid.strip(), model_sha256]
+    return generate_uid(entropy_srcs=[*entropy, part.strip()] if part else entropy)
 
 
 def _no_units() -> Any:
@@ -210,37 +258,33 @@ def _no_units() -> Any:
     return CodedConcept("1", "UCUM", "no units")
 
 
-def build_sr(sources: Sequence[Any], verdict: SeriesVerdict, *, software_version: str,
-             frames: Sequence[int] | None = None) -> Any:
+def build_sr(sources: SliceSources, verdict: SeriesVerdict, *, software_version: str) -> Any:
     """The TID 1500 measurement report of one series (a Comprehensive 3D SR dataset).
 
     Args:
-        sources: the series' source images (pydicom datasets, header only is enough), one per
-            slice, in slice order (the order of ``verdict.scores``); or, with ``frames``, the
-            one multi-frame image whose frames are the slices.
+        sources: the series' source images (pydicom datasets, header only is enough) and each
+            slice's instance and frame, in slice order (the order of ``verdict.scores``): each
+            slice's measurement references its image, and its frame by number in a
+            multi-frame image; every instance is evidence and a source of the group.
         verdict: the scores and the verdict.
         software_version: RankIQ's version (SoftwareVersions of the SR).
-        frames: with a multi-frame source, the 1-based frame number of each slice in slice
-            order (:attr:`SliceSources.frames`); each slice's measurement references its frame.
 
     Raises:
-        ValueError: sources (or frames) and scores of different lengths.
+        ValueError: sources and scores that do not match.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    _check_frames(sources, frames, len(verdict.scores))
-    sources = with_type2(sources)
-    series_uid = str(sources[0].SeriesInstanceUID)
+    sources.check(len(verdict.scores))
+    images = with_type2(sources.images)
+    series_uid = str(images[0].SeriesInstanceUID)
     sha = verdict.model_sha256
     algorithm = hd.sr.AlgorithmIdentification(name=f"RankIQ {verdict.model}",
                                               version=verdict.model_version)
     unit = _no_units()
-    if frames is None:
-        slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(ds) for ds in sources]
-    else:
-        slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(
-            sources[0], referenced_frame_numbers=[int(n)]) for n in frames]
+    slice_refs = [hd.sr.SourceImageForMeasurement.from_source_image(
+        images[s.instance], referenced_frame_numbers=None if s.frame is None else [s.frame])
+        for s in sources.slices]
     measurements = [hd.sr.Measurement(name=code("slice_score"), value=float(s), unit=unit,
                                       algorithm_id=algorithm, referenced_images=[ref])
                     for s, ref in zip(verdict.scores, slice_refs, strict=True)]
@@ -261,7 +305,7 @@ def build_sr(sources: Sequence[Any], verdict: SeriesVerdict, *, software_version
             uid=derived_uid("sr-tracking", series_uid, sha), identifier=CODES["tracking"][1]),
         algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
-                       for ds in sources])
+                       for ds in images])
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -271,7 +315,7 @@ def build_sr(sources: Sequence[Any], verdict: SeriesVerdict, *, software_version
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=code("procedure"), imaging_measurements=[group])
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources), content=report,
+        evidence=list(images), content=report,
         series_instance_uid=derived_uid("sr-series", series_uid, sha),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=derived_uid("sr", series_uid, sha),
         instance_number=1, manufacturer="RankIQ", is_complete=True)
@@ -305,54 +349,71 @@ def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bo
     return np.maximum(saliency_to_input(mag, pixels, features=features)[:, 0], 0)
 
 
-def build_saliency(sources: Sequence[Any], maps: np.ndarray, verdict: SeriesVerdict, *,
-                   software_version: str, frames: Sequence[int] | None = None) -> Any:
-    """The saliency maps of one series as a Parametric Map (one float frame per source slice).
+def build_saliency(sources: SliceSources, maps: np.ndarray, verdict: SeriesVerdict, *,
+                   software_version: str) -> list[Any]:
+    """The saliency maps of one series as Parametric Maps (one float frame per source slice).
+
+    highdicom derives a map from single-frame images or from one multi-frame image, so there is
+    one map per :meth:`SliceSources.groups` entry: one for a series of single-frame images or
+    of one multi-frame image (today's UID), one per multi-frame instance for a series split over
+    several (instance numbers 1, 2...; UIDs derived from the source instance too). All are in
+    the same derived series; their UIDs are stable across reruns.
 
     Args:
-        sources: the source images, one per slice, in slice order (header only is enough); or,
-            with ``frames``, the one multi-frame image whose frames are the slices.
+        sources: the source images (header only is enough) and each slice's instance and frame.
         maps: float32 ``(S, rows, cols)`` on the source matrix (:func:`saliency_on_matrix`),
             in score units per pixel, in slice order.
         verdict: for the model name, version and hash.
         software_version: RankIQ's version.
-        frames: with a multi-frame source, the 1-based frame number of each slice in slice
-            order; the map's frame derived from source frame ``n`` (its position, from the
-            source's per-frame functional groups) holds the map of the slice read from it.
+
+    Returns:
+        the maps: a map's frame ``i`` derives from frame ``i + 1`` of its multi-frame source
+        (its position from the source's per-frame functional groups) and holds the map of the
+        slice read from it; from single-frame images, frame ``i`` is slice ``i``'s.
+
+    Raises:
+        ValueError: sources and maps that do not match.
     """
     import highdicom as hd
 
     maps = np.ascontiguousarray(maps, dtype=np.float32)
-    _check_frames(sources, frames, maps.shape[0])
-    if frames is not None:  # highdicom pairs plane i with source frame i + 1
-        by_frame = np.empty_like(maps)
-        by_frame[np.asarray(frames, np.intp) - 1] = maps
-        maps = by_frame
-    sources = with_type2(sources)
-    series_uid = str(sources[0].SeriesInstanceUID)
+    sources.check(maps.shape[0])
+    images = with_type2(sources.images)
+    series_uid = str(images[0].SeriesInstanceUID)
     sha = verdict.model_sha256
-    lo, hi = float(maps.min()), float(maps.max())
+    groups = sources.groups()
+    lo, hi = float(maps.min()), float(maps.max())  # one value range and window for all parts
     top = float(np.percentile(maps, 99.5)) or hi or 1.0
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="SALIENCY", lut_explanation=CODES["saliency"][1], unit=_no_units(),
         value_range=(lo, max(hi, lo + 1e-6)), slope=1.0, intercept=0.0,
         quantity_definition=code("saliency"))
-    pm = hd.pm.ParametricMap(
-        source_images=list(sources), pixel_array=maps,
-        series_instance_uid=derived_uid("saliency-series", series_uid, sha),
-        series_number=SALIENCY_SERIES_NUMBER,
-        sop_instance_uid=derived_uid("saliency", series_uid, sha), instance_number=1,
-        manufacturer="RankIQ", manufacturer_model_name=verdict.model[:64],
-        software_versions=f"rankiq {software_version}",
-        device_serial_number=(sha or "none")[:16],
-        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(  # maps are << 1: exact windowing
-            window_center=top / 2, window_width=top, voi_lut_function="LINEAR_EXACT")],
-        content_label="SALIENCY",
-        content_description="Where the RankIQ image quality score comes from")
-    pm.SeriesDescription = "RankIQ saliency"
-    _copy_body_part(sources[0], pm)
-    return pm
+    out = []
+    for number, (part, slices) in enumerate(groups, start=1):
+        if part:  # highdicom pairs plane i with source frame i + 1
+            (src,) = {sources.slices[i].instance for i in slices}
+            group_images = [images[src]]
+        else:
+            group_images = [images[sources.slices[i].instance] for i in slices]
+        pm = hd.pm.ParametricMap(
+            source_images=group_images, pixel_array=maps[slices],
+            series_instance_uid=derived_uid("saliency-series", series_uid, sha),
+            series_number=SALIENCY_SERIES_NUMBER,
+            sop_instance_uid=derived_uid("saliency", series_uid, sha,
+                                         part if len(groups) > 1 else ""),
+            instance_number=number,
+            manufacturer="RankIQ", manufacturer_model_name=verdict.model[:64],
+            software_versions=f"rankiq {software_version}",
+            device_serial_number=(sha or "none")[:16],
+            contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+            voi_lut_transformations=[hd.VOILUTTransformation(  # maps << 1: exact windowing
+                window_center=top / 2, window_width=top, voi_lut_function="LINEAR_EXACT")],
+            content_label="SALIENCY",
+            content_description="Where the RankIQ image quality score comes from")
+        pm.SeriesDescription = "RankIQ saliency"
+        _copy_body_part(group_images[0], pm)
+        out.append(pm)
+    return out
 
 
 def _copy_body_part(source: Any, pm: Any) -> None:
@@ -384,8 +445,8 @@ def upload_sources(data: bytes, series: Any, field: str) -> SliceSources:
 
     Raises:
         UnsupportedInput: k-space (HDF5): there are no source images to reference.
-        InvalidImage: slices the objects cannot reference (frames of several multi-frame
-            instances).
+        InvalidImage: files whose frames are not the slices read (never expected: the reader
+            reads every frame of every file it names).
     """
     import io
     import zipfile
@@ -411,9 +472,8 @@ def upload_sources(data: bytes, series: Any, field: str) -> SliceSources:
     try:
         return slice_sources(headers, int(series.pixels.shape[0]))
     except ValueError:
-        raise InvalidImage("format=dicom needs one single-frame instance per slice or one "
-                           "multi-frame instance holding every slice (the slices are frames "
-                           "of several multi-frame instances)", source=field) from None
+        raise InvalidImage("format=dicom: the uploaded instances' frames are not the slices "
+                           "read from them", source=field) from None
 
 
 def verdict_of(result: Any) -> SeriesVerdict:
@@ -433,9 +493,10 @@ def verdict_of(result: Any) -> SeriesVerdict:
 
 
 def dicom_answer(sources: SliceSources, result: Any, *, software_version: str) -> Any:
-    """``POST /score?format=dicom``: the SR and the saliency Parametric Map of one series as a
+    """``POST /score?format=dicom``: the SR and the saliency Parametric Map(s) of one series as a
     ``multipart/related; type="application/dicom"`` response (the body of a DICOMweb STOW-RS
-    request or WADO-RS answer: one DICOM file per part).
+    request or WADO-RS answer: one DICOM file per part): the SR first, then the maps (one, or
+    one per multi-frame source instance: :func:`build_saliency`).
 
     Args:
         sources: the source headers of the slices (:func:`upload_sources`).
@@ -459,10 +520,9 @@ def dicom_answer(sources: SliceSources, result: Any, *, software_version: str) -
     verdict = verdict_of(result)
     maps = np.sqrt(np.sum(np.square(result.saliency, dtype=np.float64), axis=1))
     try:
-        objects = [build_sr(sources.images, verdict, software_version=software_version,
-                            frames=sources.frames),
-                   build_saliency(sources.images, maps.astype(np.float32), verdict,
-                                  software_version=software_version, frames=sources.frames)]
+        objects = [build_sr(sources, verdict, software_version=software_version),
+                   *build_saliency(sources, maps.astype(np.float32), verdict,
+                                   software_version=software_version)]
     except (ValueError, TypeError, AttributeError) as exc:
         # the source headers break a rule of the IODs; highdicom's message may quote values
         raise InvalidImage(f"format=dicom: the images' headers do not allow a DICOM result "

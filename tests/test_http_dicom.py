@@ -5,6 +5,7 @@ on a live server with real DICOM uploads."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email
 import io
 import tempfile
@@ -246,14 +247,39 @@ def test_format_dicom_multiframe_source(server, tmp_path):
     for (_, pos), m in zip(frames, pm.pixel_array, strict=True):
         np.testing.assert_allclose(m, ref_maps[pos[2]], rtol=1e-5, atol=1e-9)
 
-    # frames of two multi-frame instances: no single source to derive the map from
+    # the series split over two multi-frame instances, slices alternating between them and
+    # each instance's frames top slice first: the SR, then one map per instance
+    parts = [legacy_multiframe(slices[0::2], "a"), legacy_multiframe(slices[1::2], "b")]
     two = io.BytesIO()
     with zipfile.ZipFile(two, "w") as zf:
-        zf.writestr("a.dcm", to_bytes(legacy_multiframe(slices[:2], "a")))
-        zf.writestr("b.dcm", to_bytes(legacy_multiframe(slices[2:], "b")))
+        for name, ds in zip(("a.dcm", "b.dcm"), parts, strict=True):
+            zf.writestr(name, to_bytes(ds))
     r = score(server, two.getvalue(), query="?format=dicom")
-    assert r.status_code == 422 and r.json()["error"] == "invalid_image", r.text
-    assert "multi-frame" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    sr, *maps = _parts(r)
+    by_uid = {str(ds.SOPInstanceUID): frame_positions(ds) for ds in parts}
+    found = frame_measurements(sr, CODES["slice_score"][0])
+    # slice i (z = 3 i mm) is frame 2 - i // 2 of instance a (i even) or b (i odd)
+    assert [(u, f) for _, u, f in found] == [
+        (str(parts[i % 2].SOPInstanceUID), [2 - i // 2]) for i in range(4)]
+    for value, u, (n,) in found:
+        assert value == pytest.approx(by_z[by_uid[u][n - 1][2]], rel=1e-5)
+    evidence = {i.ReferencedSOPInstanceUID
+                for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert evidence == set(by_uid)
+    assert [int(m.InstanceNumber) for m in maps] == [1, 2]
+    assert len({m.SOPInstanceUID for m in maps}) == 2
+    assert len({m.SeriesInstanceUID for m in maps}) == 1
+    for m, src in zip(maps, parts, strict=True):  # each derived from its own instance
+        assert [i.ReferencedSOPInstanceUID for s in m.ReferencedSeriesSequence
+                for i in s.ReferencedInstanceSequence] == [src.SOPInstanceUID]
+        assert map_frames(m) == [(n + 1, p) for n, p in enumerate(frame_positions(src))]
+        for (_, pos), px in zip(map_frames(m), m.pixel_array, strict=True):
+            np.testing.assert_allclose(px, ref_maps[pos[2]], rtol=1e-5, atol=1e-9)
+    again = _parts(score(server, two.getvalue(), query="?format=dicom"))
+    assert [d.SOPInstanceUID for d in again] == [sr.SOPInstanceUID, *(m.SOPInstanceUID
+                                                                      for m in maps)]
 
 
 def test_enhanced_mr_frames_referenced_in_slice_order():
@@ -265,6 +291,7 @@ def test_enhanced_mr_frames_referenced_in_slice_order():
     from rankiq.service.io import read_upload
     from rankiq.service.results_dicom import (
         SeriesVerdict,
+        SliceSource,
         build_saliency,
         build_sr,
         upload_sources,
@@ -277,20 +304,82 @@ def test_enhanced_mr_frames_referenced_in_slice_order():
     series = read_upload(data, "image")[0]
     np.testing.assert_array_equal(series.pixels, stored[[1, 2, 0]])  # z = 0, 4, 8 mm
     sources = upload_sources(data, series, "image")
-    assert sources.frames == (2, 3, 1) and len(sources.images) == 1
+    assert sources.slices == (SliceSource(0, 2), SliceSource(0, 3), SliceSource(0, 1))
+    assert len(sources.images) == 1
     verdict = SeriesVerdict(scores=(1.0, 2.0, 3.0), median=2.0, p90=2.8, threshold=2.5,
                             status="passed", flagged=False, rule="", model="m",
                             model_version="1", model_sha256="0" * 64)
-    sr = build_sr(sources.images, verdict, frames=sources.frames, software_version="test")
+    sr = build_sr(sources, verdict, software_version="test")
     found = frame_measurements(sr, CODES["slice_score"][0])
     assert [(v, f) for v, _, f in found] == [(1.0, [2]), (2.0, [3]), (3.0, [1])]
     maps = np.stack([np.full((32, 32), v, np.float32) for v in (1.0, 2.0, 3.0)])
-    pm = build_saliency(sources.images, maps, verdict, frames=sources.frames,
-                        software_version="test")
+    (pm,) = build_saliency(sources, maps, verdict, software_version="test")
     z_of_frame = {1: 8.0, 2: 0.0, 3: 4.0}
     for (n, pos), m in zip(map_frames(pm), pm.pixel_array, strict=True):
         assert pos[2] == z_of_frame[n]
         assert float(m.mean()) == pytest.approx({8.0: 3.0, 0.0: 1.0, 4.0: 2.0}[pos[2]])
+
+
+def test_enhanced_mr_split_over_two_instances():
+    """An Enhanced MR series split over two instances, frames out of order in each: every slice
+    maps to its (instance, frame) as the reader orders the slices, the SR references both, and
+    there is one map per instance, its frames in that instance's frame order, with UIDs that
+    differ per instance and are the same when built again; one instance keeps the UID of the
+    kind's only object."""
+    from helpers_io import enhanced_mr_dataset
+    from helpers_multiframe import frame_measurements, map_frames
+    from rankiq.service.io import read_upload
+    from rankiq.service.results_dicom import (
+        SeriesVerdict,
+        SliceSource,
+        build_saliency,
+        build_sr,
+        derived_uid,
+        upload_sources,
+    )
+
+    stored = (np.random.default_rng(2).random((4, 32, 32)) * 1000).astype(np.int16)
+    series_uid = uid("split-series")
+    a = enhanced_mr_dataset(stored[:2], [(0, 0, 12.0), (0, 0, 0.0)], series_uid=series_uid)
+    b = enhanced_mr_dataset(stored[2:], [(0, 0, 8.0), (0, 0, 4.0)], series_uid=series_uid)
+    b.InstanceNumber = 2
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, ds in (("a.dcm", a), ("b.dcm", b)):
+            ds.FrameOfReferenceUID = uid("split-frame")
+            zf.writestr(name, dicom_bytes(ds))
+    data = buf.getvalue()
+    series = read_upload(data, "image")[0]
+    np.testing.assert_array_equal(series.pixels, stored[[1, 3, 2, 0]])  # z = 0, 4, 8, 12 mm
+    sources = upload_sources(data, series, "image")
+    assert [str(ds.SOPInstanceUID) for ds in sources.images] == [a.SOPInstanceUID,
+                                                                 b.SOPInstanceUID]
+    assert sources.slices == (SliceSource(0, 2), SliceSource(1, 2), SliceSource(1, 1),
+                              SliceSource(0, 1))
+    verdict = SeriesVerdict(scores=(1.0, 2.0, 3.0, 4.0), median=2.5, p90=3.7, threshold=3.5,
+                            status="passed", flagged=False, rule="", model="m",
+                            model_version="1", model_sha256="0" * 64)
+    sr = build_sr(sources, verdict, software_version="test")
+    assert [(v, u, f) for v, u, f in frame_measurements(sr, CODES["slice_score"][0])] == [
+        (1.0, a.SOPInstanceUID, [2]), (2.0, b.SOPInstanceUID, [2]),
+        (3.0, b.SOPInstanceUID, [1]), (4.0, a.SOPInstanceUID, [1])]
+    maps = np.stack([np.full((32, 32), v, np.float32) for v in (1.0, 2.0, 3.0, 4.0)])
+    pa, pb = build_saliency(sources, maps, verdict, software_version="test")
+    assert [(n, pos[2]) for n, pos in map_frames(pa)] == [(1, 12.0), (2, 0.0)]
+    assert [(n, pos[2]) for n, pos in map_frames(pb)] == [(1, 8.0), (2, 4.0)]
+    assert [float(m.mean()) for m in pa.pixel_array] == [4.0, 1.0]
+    assert [float(m.mean()) for m in pb.pixel_array] == [3.0, 2.0]
+    assert pa.SeriesInstanceUID == pb.SeriesInstanceUID
+    assert pa.SOPInstanceUID == derived_uid("saliency", series_uid, "0" * 64, a.SOPInstanceUID)
+    assert pb.SOPInstanceUID == derived_uid("saliency", series_uid, "0" * 64, b.SOPInstanceUID)
+    again = build_saliency(sources, maps, verdict, software_version="test")
+    assert [m.SOPInstanceUID for m in again] == [pa.SOPInstanceUID, pb.SOPInstanceUID]
+    # one instance: one map, the UID of the kind's only object (as before the split existed)
+    one = read_upload(dicom_bytes(a), "image")[0]
+    (pm,) = build_saliency(upload_sources(dicom_bytes(a), one, "image"), maps[:2],
+                           dataclasses.replace(verdict, scores=(1.0, 2.0)),
+                           software_version="test")
+    assert pm.SOPInstanceUID == derived_uid("saliency", series_uid, "0" * 64)
 
 
 @pytest.mark.parametrize(("laterality", "body_part", "expected"), [
@@ -303,7 +392,7 @@ def test_parametric_map_laterality_is_the_sources(laterality, body_part, expecte
     import shutil
     import subprocess
 
-    from rankiq.service.results_dicom import SeriesVerdict, build_saliency
+    from rankiq.service.results_dicom import SeriesVerdict, SliceSources, build_saliency
 
     src = mr_dataset((np.random.default_rng(1).random((32, 32)) * 1000).astype(np.int16))
     src.FrameOfReferenceUID = uid("laterality-frame")
@@ -314,8 +403,8 @@ def test_parametric_map_laterality_is_the_sources(laterality, body_part, expecte
     verdict = SeriesVerdict(scores=(1.0,), median=1.0, p90=1.0, threshold=2.0,
                             status="passed", flagged=False, rule="", model="m",
                             model_version="1", model_sha256="0" * 64)
-    pm = build_saliency([src], np.ones((1, 32, 32), np.float32), verdict,
-                        software_version="test")
+    (pm,) = build_saliency(SliceSources.single_frame([src]), np.ones((1, 32, 32), np.float32),
+                           verdict, software_version="test")
     assert pm.get("Laterality") == expected
     assert pm.get("BodyPartExamined") == body_part
     if shutil.which("dciodvfy"):

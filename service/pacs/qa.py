@@ -15,9 +15,10 @@
    go on; a series already journalled is not fetched again, so ``--resume`` completes only what
    is missing.
 4. **write-back** (STOW-RS, :class:`StowWriter`, :func:`write_back`): for each scored series,
-   the TID 1500 SR and/or the saliency Parametric Map (:mod:`rankiq.service.results_dicom`),
-   recorded per series and kind in the journal (table ``writeback``) once the server has
-   stored it; their UIDs are derived from the source series, so a repeated store duplicates
+   the TID 1500 SR and/or the saliency Parametric Map(s) (:mod:`rankiq.service.results_dicom`:
+   one map per multi-frame source instance of a series split over several), recorded per
+   series and kind in the journal (table ``writeback``) once the server has stored all of that
+   kind; their UIDs are derived from the source series, so a repeated store duplicates
    nothing. The map comes from the QA's one scoring pass and is stored while the next series
    is scored; the SR, built then too, is stored once the reports give the final verdict.
 
@@ -77,9 +78,10 @@ class DicomwebResult:
         qa: the :class:`~rankiq.service.qa.runner.QAResult` of the QA stage.
         found: series the query matched; ``retrieved``: series fetched in this run (
             ``instances``: their instances); ``gone``: series that could not be retrieved.
-        written: objects stored by write-back in this run, per kind; ``unsupported``: scored
-            series write-back cannot describe (slices that are frames of several multi-frame
-            instances, or source headers that break a rule of the IODs).
+        written: objects stored by write-back in this run, per kind (a series split over
+            several multi-frame instances has a map per instance); ``unsupported``: scored
+            series write-back cannot describe (source headers that break a rule of the IODs,
+            staged files that are not the slices read).
         timings: wall seconds: ``query``, ``retrieve`` (in the background thread, overlapping
             the QA stage), ``write_back``.
     """
@@ -299,9 +301,10 @@ def _all_written(out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any]) -> 
     return all((r["series_key"], k) in have for r in doc["series"] for k in kinds)
 
 
-#: What a write-back job hands the writer: ``[(kind, what, dataset)]`` to store in this order,
-#: plus the kinds the series' headers cannot describe (counted as unsupported, never stored).
-Objects = tuple[list[tuple[str, str, Any]], tuple[str, ...]]
+#: What a write-back job hands the writer: ``[(kind, what, datasets)]`` to store in this order
+#: (the datasets of one kind in one STOW-RS request, recorded once all are stored), plus the
+#: kinds the series' headers cannot describe (counted as unsupported, never stored).
+Objects = tuple[list[tuple[str, str, list[Any]]], tuple[str, ...]]
 
 
 class StowWriter:
@@ -390,11 +393,13 @@ class StowWriter:
                     key, job = item
                     objects, unsupported = job(db)
                     self.unsupported.update((key, k) for k in unsupported)
-                    for kind, what, obj in objects:
-                        store(self.client, [obj], what)
+                    for kind, what, datasets in objects:
+                        # all of a kind or none recorded: a rerun stores them again under the
+                        # same UIDs, which duplicates nothing
+                        store(self.client, datasets, what)
                         db.execute("INSERT OR REPLACE INTO writeback VALUES (?, ?, ?)",
                                    (key, kind, run))
-                        self.written[kind] = self.written.get(kind, 0) + 1
+                        self.written[kind] = self.written.get(kind, 0) + len(datasets)
                 except BaseException as exc:  # noqa: BLE001 - raised by close() in the caller
                     self.error = exc
                 finally:
@@ -413,9 +418,8 @@ def _refs(db: sqlite3.Connection, key: str) -> list[str]:
 
 def _sources(refs: list[str], source_files: tuple[str, ...] | list[str], n_slices: int) -> Any:
     """The :class:`~rankiq.service.results_dicom.SliceSources` of a series (headers only:
-    one single-frame image per slice, or one multi-frame image and each slice's frame), or
-    ``None`` when the results cannot reference its slices (frames of several multi-frame
-    instances).
+    each slice's instance and, in a multi-frame instance, frame), or ``None`` when its staged
+    files are not (all) there or their frames are not the slices read.
 
     Args:
         refs: its journalled instance references (where the staged files are).
@@ -470,18 +474,16 @@ def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], st
     verdict = SeriesVerdict.from_row(
         qa_row({"series_key": key, "info": outcome.info, "result": result}),
         result["scores"], str(result.get("model_sha256", "")))
-    objects: list[tuple[str, str, Any]] = []
+    objects: list[tuple[str, str, list[Any]]] = []
     unsupported: list[str] = []
     for kind in want:
         try:
             if kind == "saliency" and maps is not None:
                 objects.append((kind, f"saliency map of series {key}",
-                                build_saliency(sources.images, maps, verdict,
-                                               frames=sources.frames,
+                                build_saliency(sources, maps, verdict,
                                                software_version=software_version)))
                 continue
-            sr = build_sr(sources.images, verdict, frames=sources.frames,
-                          software_version=software_version)
+            sr = build_sr(sources, verdict, software_version=software_version)
         except (ValueError, TypeError, AttributeError):
             # the source headers break a rule of the IODs (no frame of reference...)
             unsupported.append(kind)
@@ -509,9 +511,8 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
     a failure stops the write-back with :class:`PacsError` and a rerun stores the rest.
 
     Returns:
-        ``({kind: objects stored in this run}, series whose slices the objects cannot
-        reference: frames of several multi-frame instances, or headers that break a rule of
-        the IODs)``.
+        ``({kind: objects stored in this run}, series whose objects cannot be built: headers
+        that break a rule of the IODs, or staged files that are not the slices read)``.
     """
     writer = writer or StowWriter(client, out_dir)
     _drain(writer)
@@ -581,12 +582,12 @@ class _WriteBack:
         key = row["series_key"]
         refs = _refs(self.db, key)
         verdict = self.verdict(key, row)
-        objects: list[tuple[str, str, Any]] = []
+        objects: list[tuple[str, str, list[Any]]] = []
         spool = _sr_spool(self.staging, key, verdict, self.software_version)
         if "sr" in missing and spool.exists():  # built while the series was scored
             import pydicom
 
-            objects.append(("sr", f"SR of series {key}", pydicom.dcmread(spool)))
+            objects.append(("sr", f"SR of series {key}", [pydicom.dcmread(spool)]))
             missing.remove("sr")
         if missing:
             series = self.load(key, refs)
@@ -628,23 +629,22 @@ class _WriteBack:
                             "with --write-back into a new --out folder") from None
 
     def build(self, key: str, kinds: list[str], series: Any, sources: Any,
-              verdict: Any) -> list[tuple[str, str, Any]]:
+              verdict: Any) -> list[tuple[str, str, list[Any]]]:
         """The objects of ``kinds``, in that order, up to the first the source headers cannot
         describe (the series is then unsupported)."""
         from rankiq.service.results_dicom import build_saliency, build_sr
 
-        objects: list[tuple[str, str, Any]] = []
+        objects: list[tuple[str, str, list[Any]]] = []
         for kind in kinds:
             maps = self.saliency(series) if kind == "saliency" else None
             try:
                 if maps is None:
                     objects.append(("sr", f"SR of series {key}",
-                                    build_sr(sources.images, verdict, frames=sources.frames,
-                                             software_version=self.software_version)))
+                                    [build_sr(sources, verdict,
+                                              software_version=self.software_version)]))
                 else:
                     objects.append(("saliency", f"saliency map of series {key}",
-                                    build_saliency(sources.images, maps, verdict,
-                                                   frames=sources.frames,
+                                    build_saliency(sources, maps, verdict,
                                                    software_version=self.software_version)))
             except (ValueError, TypeError, AttributeError):
                 # the source headers break a rule of the IODs (no frame of reference...)
@@ -669,6 +669,6 @@ class _WriteBack:
                                   features=self.model.kind == "features")
 
 
-def _ready(objects: list[tuple[str, str, Any]], db: sqlite3.Connection) -> Objects:
+def _ready(objects: list[tuple[str, str, list[Any]]], db: sqlite3.Connection) -> Objects:
     """A writer job whose objects are already built."""
     return objects, ()
