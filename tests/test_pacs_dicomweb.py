@@ -48,6 +48,15 @@ def pacs(tmp_path_factory):
     orthanc.stop()
 
 
+@pytest.fixture
+def orthanc(tmp_path):
+    """An empty Orthanc of the test's own (in ``tmp_path/orthanc``), stopped after it."""
+    (tmp_path / "orthanc").mkdir()
+    orthanc = start_orthanc(tmp_path / "orthanc")
+    yield orthanc
+    orthanc.stop()
+
+
 def rankiq(*args: str, env: dict | None = None, timeout: float = 120
            ) -> subprocess.CompletedProcess:
     """The `rankiq` console script with exactly ``env`` (default: no DICOMweb credentials)."""
@@ -368,7 +377,7 @@ def test_push_mode_lua_recipe(tmp_path):
         orthanc.stop()
 
 
-def test_multiframe_series_written_back(tmp_path):
+def test_multiframe_series_written_back(orthanc, tmp_path):
     """A series stored as one Legacy Converted Enhanced MR instance (frames top slice first) is
     scored and written back: each SR slice score references its frame, the map has one frame
     per source frame, derived from it and at its position."""
@@ -382,60 +391,55 @@ def test_multiframe_series_written_back(tmp_path):
     )
     from helpers_service import volume_with_bad_slice
 
-    (tmp_path / "orthanc").mkdir()
-    orthanc = start_orthanc(tmp_path / "orthanc")
-    try:
-        mf = legacy_multiframe(single_frame_series(tmp_path / "sf",
-                                                   volume_with_bad_slice(4, bad=1)))
-        mf.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
-        orthanc.upload(tmp_path / "mf.dcm")
-        out = tmp_path / "out"
-        proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
-        assert proc.returncode == 0, proc.stderr
-        info = json.loads(proc.stdout)["dicomweb"]
-        assert info["written"] == {"sr": 1, "saliency": 1} and info["unsupported"] == 0
-        assert not (out / "dicomweb-staging").exists()
-        (scores,) = journal_scores(out).values()  # slice order: along the normal, z = 0 first
-        by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
-                       for s in series_of_study(orthanc, mf.StudyInstanceUID)}
-        assert sorted(by_modality) == ["MR", "OT", "SR"]
+    mf = legacy_multiframe(single_frame_series(tmp_path / "sf",
+                                               volume_with_bad_slice(4, bad=1)))
+    mf.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
+    orthanc.upload(tmp_path / "mf.dcm")
+    out = tmp_path / "out"
+    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)["dicomweb"]
+    assert info["written"] == {"sr": 1, "saliency": 1} and info["unsupported"] == 0
+    assert not (out / "dicomweb-staging").exists()
+    (scores,) = journal_scores(out).values()  # slice order: along the normal, z = 0 first
+    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
+                   for s in series_of_study(orthanc, mf.StudyInstanceUID)}
+    assert sorted(by_modality) == ["MR", "OT", "SR"]
 
-        (sr_ds,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["SR"])
-        if shutil.which("dciodvfy"):
-            sr_ds.save_as(tmp_path / "sr.dcm")
-            check = subprocess.run(["dciodvfy", str(tmp_path / "sr.dcm")], capture_output=True,
-                                   text=True)
-            assert not [ln for ln in (check.stdout + check.stderr).splitlines()
-                        if ln.startswith("Error")], check.stderr
-        sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
-        found = frame_measurements(sr, "RIQ001")
-        positions = frame_positions(mf)  # frame n at positions[n - 1]: z = 9, 6, 3, 0 mm
-        z_order = sorted(p[2] for p in positions)
-        assert [f for _, _, f in found] == [[4], [3], [2], [1]]
-        for i, (value, uid, (n,)) in enumerate(found):
-            assert uid == mf.SOPInstanceUID and positions[n - 1][2] == z_order[i]
-            assert value == pytest.approx(scores[i], abs=1e-6)
-        (group,) = sr.content.get_image_measurement_groups()
-        assert [s.referenced_sop_instance_uid for s in group.source_images] == [
-            mf.SOPInstanceUID]
+    (sr_ds,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["SR"])
+    if shutil.which("dciodvfy"):
+        sr_ds.save_as(tmp_path / "sr.dcm")
+        check = subprocess.run(["dciodvfy", str(tmp_path / "sr.dcm")], capture_output=True,
+                               text=True)
+        assert not [ln for ln in (check.stdout + check.stderr).splitlines()
+                    if ln.startswith("Error")], check.stderr
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
+    found = frame_measurements(sr, "RIQ001")
+    positions = frame_positions(mf)  # frame n at positions[n - 1]: z = 9, 6, 3, 0 mm
+    z_order = sorted(p[2] for p in positions)
+    assert [f for _, _, f in found] == [[4], [3], [2], [1]]
+    for i, (value, uid, (n,)) in enumerate(found):
+        assert uid == mf.SOPInstanceUID and positions[n - 1][2] == z_order[i]
+        assert value == pytest.approx(scores[i], abs=1e-6)
+    (group,) = sr.content.get_image_measurement_groups()
+    assert [s.referenced_sop_instance_uid for s in group.source_images] == [
+        mf.SOPInstanceUID]
 
-        (pm,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["OT"])
-        assert int(pm.NumberOfFrames) == int(mf.NumberOfFrames) == 4
-        frames = map_frames(pm)
-        assert sorted(n for n, _ in frames) == [1, 2, 3, 4]
-        assert all(pos == positions[n - 1] for n, pos in frames)
-        shared = pm.SharedFunctionalGroupsSequence[0]
-        src_shared = mf.SharedFunctionalGroupsSequence[0]
-        assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] \
-            == [float(v) for v in src_shared.PlaneOrientationSequence[0].ImageOrientationPatient]
-        maps = np.asarray(pm.pixel_array, np.float64)
-        assert maps.shape == (4, pm.Rows, pm.Columns) and np.isfinite(maps).all()
-        assert (maps.reshape(4, -1).max(axis=1) > 0).all()
-    finally:
-        orthanc.stop()
+    (pm,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["OT"])
+    assert int(pm.NumberOfFrames) == int(mf.NumberOfFrames) == 4
+    frames = map_frames(pm)
+    assert sorted(n for n, _ in frames) == [1, 2, 3, 4]
+    assert all(pos == positions[n - 1] for n, pos in frames)
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    src_shared = mf.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] \
+        == [float(v) for v in src_shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    maps = np.asarray(pm.pixel_array, np.float64)
+    assert maps.shape == (4, pm.Rows, pm.Columns) and np.isfinite(maps).all()
+    assert (maps.reshape(4, -1).max(axis=1) > 0).all()
 
 
-def test_series_split_over_two_multiframe_instances_written_back(tmp_path):
+def test_series_split_over_two_multiframe_instances_written_back(orthanc, tmp_path):
     """A series whose slices are frames of two Legacy Converted Enhanced MR instances (slices
     alternating between them, each instance's frames top slice first): the SR references each
     slice's (instance, frame), one map per instance is derived from it in its frame order with
@@ -454,86 +458,81 @@ def test_series_split_over_two_multiframe_instances_written_back(tmp_path):
     from rankiq.service.models import ScoringModel
     from rankiq.service.scoring import saliency_to_input, score_series
 
-    (tmp_path / "orthanc").mkdir()
-    orthanc = start_orthanc(tmp_path / "orthanc")
-    try:
-        slices = single_frame_series(tmp_path / "sf", volume_with_bad_slice(4, bad=1))
-        parts = [legacy_multiframe(slices[0::2], "a"), legacy_multiframe(slices[1::2], "b")]
-        (tmp_path / "mf").mkdir()
-        for name, ds in zip(("a.dcm", "b.dcm"), parts, strict=True):
-            ds.save_as(tmp_path / "mf" / name, enforce_file_format=True)
-            orthanc.upload(tmp_path / "mf" / name)
-        out = tmp_path / "out"
-        proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
-        assert proc.returncode == 0, proc.stderr
-        info = json.loads(proc.stdout)["dicomweb"]
-        assert info["written"] == {"sr": 1, "saliency": 2} and info["unsupported"] == 0
-        assert not (out / "dicomweb-staging").exists()
-        (scores,) = journal_scores(out).values()  # slice order: z = 0, 3, 6, 9 mm
-        study = parts[0].StudyInstanceUID
-        by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
-                       for s in series_of_study(orthanc, study)}
-        assert sorted(by_modality) == ["MR", "OT", "SR"]
+    slices = single_frame_series(tmp_path / "sf", volume_with_bad_slice(4, bad=1))
+    parts = [legacy_multiframe(slices[0::2], "a"), legacy_multiframe(slices[1::2], "b")]
+    (tmp_path / "mf").mkdir()
+    for name, ds in zip(("a.dcm", "b.dcm"), parts, strict=True):
+        ds.save_as(tmp_path / "mf" / name, enforce_file_format=True)
+        orthanc.upload(tmp_path / "mf" / name)
+    out = tmp_path / "out"
+    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)["dicomweb"]
+    assert info["written"] == {"sr": 1, "saliency": 2} and info["unsupported"] == 0
+    assert not (out / "dicomweb-staging").exists()
+    (scores,) = journal_scores(out).values()  # slice order: z = 0, 3, 6, 9 mm
+    study = parts[0].StudyInstanceUID
+    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
+                   for s in series_of_study(orthanc, study)}
+    assert sorted(by_modality) == ["MR", "OT", "SR"]
 
-        def dciodvfy_errors(ds: pydicom.Dataset, name: str) -> list[str]:
-            if not shutil.which("dciodvfy"):
-                return []
-            ds.save_as(tmp_path / name)
-            check = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True,
-                                   text=True)
-            return [ln for ln in (check.stdout + check.stderr).splitlines()
-                    if ln.startswith("Error")]
+    def dciodvfy_errors(ds: pydicom.Dataset, name: str) -> list[str]:
+        if not shutil.which("dciodvfy"):
+            return []
+        ds.save_as(tmp_path / name)
+        check = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True,
+                               text=True)
+        return [ln for ln in (check.stdout + check.stderr).splitlines()
+                if ln.startswith("Error")]
 
-        (sr_ds,) = retrieve(orthanc, study, by_modality["SR"])
-        assert dciodvfy_errors(sr_ds, "sr.dcm") == []
-        positions = {str(ds.SOPInstanceUID): frame_positions(ds) for ds in parts}
-        found = frame_measurements(sr_ds, "RIQ001")
-        # slice i (z = 3 i mm) is frame 2 - i // 2 of instance a (i even) or b (i odd)
-        assert [(u, f) for _, u, f in found] == [
-            (str(parts[i % 2].SOPInstanceUID), [2 - i // 2]) for i in range(4)]
-        for i, (value, u, (n,)) in enumerate(found):
-            assert positions[u][n - 1][2] == 3.0 * i
-            assert value == pytest.approx(scores[i], abs=1e-6)
-        (group,) = hd.sr.Comprehensive3DSR.from_dataset(sr_ds).content \
-            .get_image_measurement_groups()
-        assert sorted(s.referenced_sop_instance_uid for s in group.source_images) == sorted(
-            positions)
+    (sr_ds,) = retrieve(orthanc, study, by_modality["SR"])
+    assert dciodvfy_errors(sr_ds, "sr.dcm") == []
+    positions = {str(ds.SOPInstanceUID): frame_positions(ds) for ds in parts}
+    found = frame_measurements(sr_ds, "RIQ001")
+    # slice i (z = 3 i mm) is frame 2 - i // 2 of instance a (i even) or b (i odd)
+    assert [(u, f) for _, u, f in found] == [
+        (str(parts[i % 2].SOPInstanceUID), [2 - i // 2]) for i in range(4)]
+    for i, (value, u, (n,)) in enumerate(found):
+        assert positions[u][n - 1][2] == 3.0 * i
+        assert value == pytest.approx(scores[i], abs=1e-6)
+    (group,) = hd.sr.Comprehensive3DSR.from_dataset(sr_ds).content \
+        .get_image_measurement_groups()
+    assert sorted(s.referenced_sop_instance_uid for s in group.source_images) == sorted(
+        positions)
 
-        # the saliency /score gives for the same slices (the single-frame series' pixels)
-        model = ScoringModel.load(str(MODEL), threads=1)
-        (image,) = read_series(str(tmp_path / "mf"))
-        scored = score_series(model, image, saliency=True)
-        on_matrix = saliency_to_input(scored.saliency, image.pixels, features=True)
-        answered = np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
-        maps = sorted(retrieve(orthanc, study, by_modality["OT"]),
-                      key=lambda d: int(d.InstanceNumber))
-        assert len(maps) == 2 and len({m.SOPInstanceUID for m in maps}) == 2
-        for pm, src in zip(maps, parts, strict=True):
-            assert dciodvfy_errors(pm, f"pm{pm.InstanceNumber}.dcm") == []
-            assert [i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence
-                    for i in s.ReferencedInstanceSequence] == [src.SOPInstanceUID]
-            frames = map_frames(pm)
-            assert frames == [(n + 1, p) for n, p in enumerate(frame_positions(src))]
-            for (_, pos), px in zip(frames, np.asarray(pm.pixel_array, np.float64),
-                                    strict=True):
-                np.testing.assert_allclose(px, answered[int(round(pos[2] / 3.0))]
-                                           .astype(np.float32), rtol=1e-5, atol=1e-12)
+    # the saliency /score gives for the same slices (the single-frame series' pixels)
+    model = ScoringModel.load(str(MODEL), threads=1)
+    (image,) = read_series(str(tmp_path / "mf"))
+    scored = score_series(model, image, saliency=True)
+    on_matrix = saliency_to_input(scored.saliency, image.pixels, features=True)
+    answered = np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
+    maps = sorted(retrieve(orthanc, study, by_modality["OT"]),
+                  key=lambda d: int(d.InstanceNumber))
+    assert len(maps) == 2 and len({m.SOPInstanceUID for m in maps}) == 2
+    for pm, src in zip(maps, parts, strict=True):
+        assert dciodvfy_errors(pm, f"pm{pm.InstanceNumber}.dcm") == []
+        assert [i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence
+                for i in s.ReferencedInstanceSequence] == [src.SOPInstanceUID]
+        frames = map_frames(pm)
+        assert frames == [(n + 1, p) for n, p in enumerate(frame_positions(src))]
+        for (_, pos), px in zip(frames, np.asarray(pm.pixel_array, np.float64),
+                                strict=True):
+            np.testing.assert_allclose(px, answered[int(round(pos[2] / 3.0))]
+                                       .astype(np.float32), rtol=1e-5, atol=1e-12)
 
-        # a --resume finds everything written; a map lost from the PACS comes back under the
-        # same UID with a new run, and nothing is duplicated
-        count = orthanc.get("/statistics")["CountInstances"]
-        again = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency", "--resume")
-        assert again.returncode == 0, again.stderr
-        assert json.loads(again.stdout)["dicomweb"]["written"] == {"sr": 0, "saliency": 0}
-        (hit,) = [i for i in orthanc.get("/instances?expand")
-                  if i["MainDicomTags"].get("SOPInstanceUID") == maps[1].SOPInstanceUID]
-        orthanc.delete(f"/instances/{hit['ID']}")
-        assert orthanc.get("/statistics")["CountInstances"] == count - 1
-        rerun = run_pacs(orthanc.dicomweb, tmp_path / "out2", "--write-back", "sr,saliency")
-        assert rerun.returncode == 0, rerun.stderr
-        assert json.loads(rerun.stdout)["dicomweb"]["written"] == {"sr": 1, "saliency": 2}
-        assert orthanc.get("/statistics")["CountInstances"] == count
-        assert sorted(d.SOPInstanceUID for d in retrieve(orthanc, study, by_modality["OT"])) \
-            == sorted(m.SOPInstanceUID for m in maps)
-    finally:
-        orthanc.stop()
+    # a --resume finds everything written; a map lost from the PACS comes back under the
+    # same UID with a new run, and nothing is duplicated
+    count = orthanc.get("/statistics")["CountInstances"]
+    again = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["dicomweb"]["written"] == {"sr": 0, "saliency": 0}
+    (hit,) = [i for i in orthanc.get("/instances?expand")
+              if i["MainDicomTags"].get("SOPInstanceUID") == maps[1].SOPInstanceUID]
+    orthanc.delete(f"/instances/{hit['ID']}")
+    assert orthanc.get("/statistics")["CountInstances"] == count - 1
+    rerun = run_pacs(orthanc.dicomweb, tmp_path / "out2", "--write-back", "sr,saliency")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["dicomweb"]["written"] == {"sr": 1, "saliency": 2}
+    assert orthanc.get("/statistics")["CountInstances"] == count
+    assert sorted(d.SOPInstanceUID for d in retrieve(orthanc, study, by_modality["OT"])) \
+        == sorted(m.SOPInstanceUID for m in maps)
