@@ -162,11 +162,11 @@ models: venv
 	$(MAKE) --no-print-directory noref-model
 	cat $(REPORT)/table.md
 
-## make noref-model: the no-reference model alone (about 25 min on 2 cores): 400 simulated
+## make noref-model: the no-reference model alone (about 30 min on 2 cores): 1000 simulated
 ## pairs ranked by the simulated panel (its classifier's consensus), 1200 realistic acquisitions
 ## with graded ladders, the ranking fit, thresholds; then the real-scan evaluation is rewritten.
 ## It needs models/iqnet-ref (the teacher that orders corruption types).
-NOREF_PAIRS ?= 400
+NOREF_PAIRS ?= 1000
 NOREF_SIZE  ?= 256
 noref-model: venv data-deps
 	mkdir -p $(DATA) $(REPORT)
