@@ -73,16 +73,18 @@ class Orthanc:
 
 
 def start_orthanc(root: Path, *, lua: Path | None = None, extra: dict | None = None,
-                  env: dict[str, str] | None = None) -> Orthanc:
+                  env: dict[str, str] | None = None, port: int | None = None) -> Orthanc:
     """Start Orthanc with its storage under ``root`` and wait until it answers.
 
     Args:
-        root: a fresh directory (storage, index, config, log).
+        root: a fresh directory (storage, index, config, log), or the ``root`` of a stopped
+            Orthanc to start again on its storage.
         lua: a Lua script to load (``LuaScripts``).
         extra: more configuration entries.
         env: Orthanc's environment (``{url}`` in a value becomes its REST URL).
+        port: the HTTP port (default: a free one), e.g. a stopped Orthanc's, for the same URL.
     """
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     config = {
         "Name": "rankiq-test", "StorageDirectory": str(root / "db"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from helpers_orthanc import PASSWORD, USER, dicomweb_plugin, orthanc_binary, start_orthanc
+from helpers_orthanc import PASSWORD, USER, Orthanc, dicomweb_plugin, orthanc_binary, start_orthanc
 from helpers_qa import build, read_csv, read_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -536,3 +536,238 @@ def test_series_split_over_two_multiframe_instances_written_back(orthanc, tmp_pa
     assert orthanc.get("/statistics")["CountInstances"] == count
     assert sorted(d.SOPInstanceUID for d in retrieve(orthanc, study, by_modality["OT"])) \
         == sorted(m.SOPInstanceUID for m in maps)
+
+
+# -- a STOW-RS request refused part-way; a series mixing single- and multi-frame instances -------
+
+#: Orthanc's filter of received instances: the Parametric Map numbered 2 (the second map of the
+#: write-back's one STOW-RS request for a series split over two instances) fails to store.
+REFUSE_SECOND_MAP = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  if dicom.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and dicom.InstanceNumber == "2" then
+    error("the test refuses this map")
+  end
+  return true
+end
+"""
+
+
+@pytest.fixture
+def own_orthanc(tmp_path):
+    """``start(lua=None)``: (re)start an Orthanc of the test's own on one storage
+    (``tmp_path/orthanc``) and one URL (a QA run's journal is bound to its server), stopping
+    the one running first; the last is stopped after the test."""
+    from urllib.parse import urlsplit
+
+    root = tmp_path / "orthanc"
+    root.mkdir()
+    running: list[Orthanc] = []
+
+    def start(lua: Path | None = None) -> Orthanc:
+        port = None
+        while running:
+            stopped = running.pop()
+            stopped.stop()
+            port = urlsplit(stopped.url).port
+        running.append(start_orthanc(root, lua=lua, port=port))
+        return running[0]
+
+    yield start
+    for orthanc in running:
+        orthanc.stop()
+
+
+def dciodvfy_errors(ds: pydicom.Dataset, path: Path) -> list[str]:
+    """The ``Error`` lines of dciodvfy (Debian's dicom3tools) on ``ds`` (none without it)."""
+    if not shutil.which("dciodvfy"):
+        return []
+    ds.save_as(path)
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (check.stdout + check.stderr).splitlines() if ln.startswith("Error")]
+
+
+def sop_uids(orthanc) -> list[str]:
+    """The SOPInstanceUID of every instance Orthanc holds (one entry per stored instance)."""
+    return [i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.get("/instances?expand")]
+
+
+def writeback_kinds(out: Path) -> dict[str, set[str]]:
+    """The journal's write-back records: ``{series key: kinds recorded as written}``."""
+    import sqlite3
+
+    db = sqlite3.connect(out / "journal.sqlite")
+    try:
+        found: dict[str, set[str]] = {}
+        for key, kind in db.execute("SELECT series_key, kind FROM writeback"):
+            found.setdefault(key, set()).add(kind)
+        return found
+    finally:
+        db.close()
+
+
+def test_store_refused_part_way_through_one_request_then_rerun(own_orthanc, tmp_path):
+    """Orthanc stores the first saliency map of a series split over two multi-frame instances
+    and fails on the second (same STOW-RS request): the run fails with one line naming the
+    series by its key (no patient identifier, UID or file name), the kind is not journalled,
+    the images stay staged; a --resume against the same storage without the filter stores
+    exactly the missing map and the SR, and a further rerun stores nothing."""
+    from helpers_multiframe import legacy_multiframe, single_frame_series
+    from helpers_service import volume_with_bad_slice
+    from rankiq.service.io.dicom import series_key_of
+
+    slices = single_frame_series(tmp_path / "sf", volume_with_bad_slice(4, bad=1))
+    parts = [legacy_multiframe(slices[0::2], "a"), legacy_multiframe(slices[1::2], "b")]
+    names = ("head-scan-part-a.dcm", "head-scan-part-b.dcm")
+    lua = tmp_path / "refuse.lua"
+    lua.write_text(REFUSE_SECOND_MAP)
+    orthanc = own_orthanc(lua=lua)
+    (tmp_path / "mf").mkdir()
+    for name, ds in zip(names, parts, strict=True):
+        ds.save_as(tmp_path / "mf" / name, enforce_file_format=True)
+        orthanc.upload(tmp_path / "mf" / name)
+    images = set(sop_uids(orthanc))
+    assert len(images) == 2
+    key = series_key_of(parts[0].SeriesInstanceUID, "")
+
+    out = tmp_path / "out"
+    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"STOW-RS of the saliency map of series {key}" in proc.stderr
+    assert "refused 1 of 2 instances" in proc.stderr
+    first = parts[0]
+    for secret in (str(first.PatientName), str(first.PatientID), first.StudyInstanceUID,
+                   first.SeriesInstanceUID, *images, *names, "00001.dcm", str(tmp_path)):
+        assert secret and secret not in proc.stderr, secret
+    # one map got in; neither kind is recorded as written, so the images stay for a rerun
+    stored = [u for u in sop_uids(orthanc) if u not in images]
+    assert len(stored) == 1
+    (kept,) = stored
+    tags = next(orthanc.get(f"/instances/{i['ID']}/simplified-tags")
+                for i in orthanc.get("/instances?expand")
+                if i["MainDicomTags"]["SOPInstanceUID"] == kept)
+    assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.30" and tags["InstanceNumber"] == "1"
+    assert writeback_kinds(out) == {}
+    assert (out / "dicomweb-staging" / key).is_dir()
+    # the reports were written before the write-back: the series is scored, no input failed
+    (row,) = read_json(out / "qa.json")["series"]
+    assert row["series_key"] == key and row["status"] in ("passed", "flagged")
+    assert read_csv(out / "failed.csv") == []
+
+    # the PACS accepts everything again (same storage): the rerun completes what is missing
+    orthanc = own_orthanc()
+    assert sorted(sop_uids(orthanc)) == sorted([*images, kept])
+    again = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency", "--resume")
+    assert again.returncode == 0, again.stderr
+    info = json.loads(again.stdout)["dicomweb"]
+    assert info["retrieved"] == 0 and info["unsupported"] == 0
+    # the kind is stored as one request again; the map already there is not stored twice
+    assert info["written"] == {"sr": 1, "saliency": 2}
+    after = sop_uids(orthanc)
+    assert len(after) == len(set(after)) == len(images) + 3
+    assert kept in after
+    derived = {u: orthanc.get(f"/instances/{i['ID']}/simplified-tags")
+               for i in orthanc.get("/instances?expand")
+               if (u := i["MainDicomTags"]["SOPInstanceUID"]) not in images}
+    assert sorted((t["SOPClassUID"], t.get("InstanceNumber")) for t in derived.values()) == [
+        ("1.2.840.10008.5.1.4.1.1.30", "1"), ("1.2.840.10008.5.1.4.1.1.30", "2"),
+        ("1.2.840.10008.5.1.4.1.1.88.34", "1")]
+    assert writeback_kinds(out) == {key: {"sr", "saliency"}}
+    assert not (out / "dicomweb-staging").exists()
+    # and a further rerun stores nothing
+    last = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency", "--resume")
+    assert last.returncode == 0, last.stderr
+    assert json.loads(last.stdout)["dicomweb"]["written"] == {"sr": 0, "saliency": 0}
+    assert sorted(sop_uids(orthanc)) == sorted(after)
+
+
+def test_series_mixing_single_and_multiframe_instances_written_back(orthanc, tmp_path):
+    """A series of two single-frame images (z = 0, 3 mm) and one Legacy Converted Enhanced MR
+    instance holding the other two slices (frame 1 at z = 9, frame 2 at z = 6): the SR
+    references each slice's instance, and its frame in the multi-frame one; there is one map
+    derived from the single-frame images (a frame per image, at its position) and one from the
+    multi-frame instance (frame n from its frame n), both holding the saliency `/score` gives
+    for those slices; dciodvfy finds no error; a rerun stores nothing."""
+    import highdicom as hd
+    from helpers_multiframe import frame_measurements, legacy_multiframe, single_frame_series
+    from helpers_service import volume_with_bad_slice
+    from rankiq.service.io import read_series
+    from rankiq.service.models import ScoringModel
+    from rankiq.service.scoring import saliency_to_input, score_series
+
+    slices = single_frame_series(tmp_path / "sf", volume_with_bad_slice(4, bad=1))
+    single, mf = slices[:2], legacy_multiframe(slices[2:], "mixed")
+    assert {str(mf.SeriesInstanceUID), str(mf.StudyInstanceUID)} == {
+        str(single[0].SeriesInstanceUID), str(single[0].StudyInstanceUID)}
+    (tmp_path / "mixed").mkdir()
+    for i, ds in enumerate([*single, mf]):
+        ds.save_as(tmp_path / "mixed" / f"{i}.dcm", enforce_file_format=True)
+        orthanc.upload(tmp_path / "mixed" / f"{i}.dcm")
+    out = tmp_path / "out"
+    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)["dicomweb"]
+    assert info["retrieved"] == 1 and info["instances"] == 3
+    assert info["written"] == {"sr": 1, "saliency": 2} and info["unsupported"] == 0
+    assert not (out / "dicomweb-staging").exists()
+    (scores,) = journal_scores(out).values()  # slice order: z = 0, 3, 6, 9 mm
+    assert len(scores) == 4
+    study = str(mf.StudyInstanceUID)
+    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
+                   for s in series_of_study(orthanc, study)}
+    assert sorted(by_modality) == ["MR", "OT", "SR"]
+
+    # where each slice (by its z) was read from: (instance, [frame] or [] for single-frame)
+    source_of = {round(float(ds.ImagePositionPatient[2]), 3): (str(ds.SOPInstanceUID), [])
+                 for ds in single}
+    for n, fg in enumerate(mf.PerFrameFunctionalGroupsSequence, start=1):
+        z = round(float(fg.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
+        source_of[z] = (str(mf.SOPInstanceUID), [n])
+    assert sorted(source_of) == [0.0, 3.0, 6.0, 9.0]
+
+    (sr_ds,) = retrieve(orthanc, study, by_modality["SR"])
+    assert dciodvfy_errors(sr_ds, tmp_path / "sr.dcm") == []
+    found = frame_measurements(sr_ds, "RIQ001")
+    assert [(u, f) for _, u, f in found] == [source_of[3.0 * i] for i in range(4)]
+    assert [v for v, _, _ in found] == pytest.approx(scores, abs=1e-6)
+    (group,) = hd.sr.Comprehensive3DSR.from_dataset(sr_ds).content \
+        .get_image_measurement_groups()
+    assert sorted(s.referenced_sop_instance_uid for s in group.source_images) == sorted(
+        {u for u, _ in source_of.values()})
+
+    # the maps: one from the single-frame images, one from the multi-frame instance
+    model = ScoringModel.load(str(MODEL), threads=1)
+    (image,) = read_series(str(tmp_path / "mixed"))
+    assert image.pixels.shape[0] == 4
+    on_matrix = saliency_to_input(score_series(model, image, saliency=True).saliency,
+                                  image.pixels, features=True)
+    answered = np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
+    maps = sorted(retrieve(orthanc, study, by_modality["OT"]),
+                  key=lambda d: int(d.InstanceNumber))
+    assert [int(m.InstanceNumber) for m in maps] == [1, 2]
+    assert len({m.SOPInstanceUID for m in maps}) == 2
+    expected_sources = [sorted(str(ds.SOPInstanceUID) for ds in single), [str(mf.SOPInstanceUID)]]
+    for pm, sources in zip(maps, expected_sources, strict=True):
+        assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"
+        assert dciodvfy_errors(pm, tmp_path / f"pm{pm.InstanceNumber}.dcm") == []
+        assert sorted(i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence
+                      for i in s.ReferencedInstanceSequence) == sources
+        assert int(pm.NumberOfFrames) == 2
+        pixels = np.asarray(pm.pixel_array, np.float64).reshape(2, pm.Rows, pm.Columns)
+        for fg, px in zip(pm.PerFrameFunctionalGroupsSequence, pixels, strict=True):
+            z = round(float(fg.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
+            (src,) = fg.DerivationImageSequence[0].SourceImageSequence
+            frame = [int(src.ReferencedFrameNumber)] if "ReferencedFrameNumber" in src else []
+            # each map frame derives from the image (and frame) its slice was read from
+            assert (str(src.ReferencedSOPInstanceUID), frame) == source_of[z]
+            np.testing.assert_allclose(px, answered[int(round(z / 3.0))].astype(np.float32),
+                                       rtol=1e-5, atol=1e-12)
+
+    # a rerun finds everything written: nothing stored again
+    count = orthanc.get("/statistics")["CountInstances"]
+    assert count == 3 + 3
+    again = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["dicomweb"]["written"] == {"sr": 0, "saliency": 0}
+    assert orthanc.get("/statistics")["CountInstances"] == count

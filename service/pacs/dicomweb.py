@@ -298,6 +298,11 @@ def retrieve_series(client: Any, hit: SeriesHit, dest: Path) -> int:
 def store(client: Any, datasets: list[Any], what: str) -> None:
     """Store datasets with STOW-RS (one request; the server answers per instance).
 
+    An instance counts as stored only when the answer does not list it as failed and, when the
+    answer lists the stored instances (ReferencedSOPSequence), lists it there: a server may
+    leave an instance it did not store out of both (Orthanc's DICOMweb plugin 1.7, with a 200,
+    when its Lua filter fails on it). An answer without a body is taken at its status code.
+
     Raises:
         PacsError: refused, unreachable, or an instance the server did not store.
     """
@@ -305,7 +310,13 @@ def store(client: Any, datasets: list[Any], what: str) -> None:
         return
     with pacs_errors(f"STOW-RS of the {what}", client.base_url):
         answer = client.store_instances(datasets)
-    failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
-    if failed:
+    failed = list(getattr(answer, "FailedSOPSequence", None) or [])
+    stored = getattr(answer, "ReferencedSOPSequence", None)
+    failed_uids = {str(item.get("ReferencedSOPInstanceUID", "")) for item in failed}
+    stored_uids = {str(item.get("ReferencedSOPInstanceUID", "")) for item in stored or []}
+    missing = [ds for ds in datasets if str(ds.SOPInstanceUID) in failed_uids
+               or (stored is not None and str(ds.SOPInstanceUID) not in stored_uids)]
+    refused = min(len(datasets), max(len(missing), len(failed)))
+    if refused:
         raise PacsError(f"STOW-RS of the {what}: {server_name(client.base_url)} refused "
-                        f"{len(failed)} of {len(datasets)} instances")
+                        f"{refused} of {len(datasets)} instances")
