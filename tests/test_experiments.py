@@ -98,3 +98,25 @@ def test_cli_bad_input_exits_2_with_one_line(rankiq_exe, tmp_path, args, message
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert not out.exists()  # refused before a run folder or data is written
+
+
+def test_poisson_mask_redraws_when_a_seed_misses_the_acceleration() -> None:
+    """SigPy refuses some seeds at 8x on 128x128 (a 500-slice test set met one); the mask then
+    comes from the next seed, and a seed SigPy accepts gives SigPy's own mask."""
+    import sigpy.mri
+    from rankiq.training.experiments.data import poisson_mask
+
+    refused = []
+    for seed in range(200):
+        try:
+            sigpy.mri.poisson((128, 128), 8.0, calib=(16, 16), dtype=np.float32, seed=seed, tol=0.4)
+        except ValueError:
+            refused.append(seed)
+    assert refused, "expected SigPy to refuse at least one of 200 seeds"
+    mask = poisson_mask(128, 8.0, 16, refused[0])
+    assert abs(mask.size / mask.sum() - 8.0) <= 0.4
+    assert np.all(mask[56:72, 56:72] == 1)  # fully sampled centre
+    ok = next(s for s in range(200) if s not in refused)
+    direct = sigpy.mri.poisson((128, 128), 8.0, calib=(16, 16), dtype=np.float32, seed=ok,
+                               tol=0.4).real.astype(np.float32)
+    assert np.array_equal(poisson_mask(128, 8.0, 16, ok), direct)
