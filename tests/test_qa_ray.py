@@ -171,12 +171,13 @@ def test_worker_node_killed_midway_loses_and_duplicates_nothing(archive, cluster
     proc = _start(archive, out, cluster)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _scoring_on(cluster, worker):
-                break
+        seen = False
+        while not seen and proc.poll() is None and time.monotonic() < deadline:
+            seen = _scoring_on(cluster, worker)
+        assert seen, "the worker node's actor never scored"
+        # at once, while its actor holds a series (asking again could catch it between two)
+        cluster.kill_node(worker)
         done_at_kill = _wait_done(proc, out / "journal.sqlite", 0)
-        assert _scoring_on(cluster, worker), "the worker node's actor never scored"
-        cluster.kill_node(worker)  # while its actor holds a series
         stdout, stderr = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
