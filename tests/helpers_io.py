@@ -6,6 +6,8 @@ no message, log line or output ever repeats them.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,6 +163,16 @@ def write_zip(path: Path, members: dict[str, bytes], *, compression: int = zipfi
         for name, data in members.items():
             zf.writestr(name, data)
     return path
+
+
+def dciodvfy_errors(ds: Dataset, path: Path) -> list[str]:
+    """The ``Error`` lines of dciodvfy (Debian's dicom3tools) on ``ds``, saved to ``path``
+    (none where dciodvfy is not installed)."""
+    if not shutil.which("dciodvfy"):
+        return []
+    ds.save_as(path)
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (check.stdout + check.stderr).splitlines() if ln.startswith("Error")]
 
 
 def dicom_bytes(ds: Dataset) -> bytes:

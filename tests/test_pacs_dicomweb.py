@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from helpers_io import dciodvfy_errors
 from helpers_orthanc import PASSWORD, USER, Orthanc, dicomweb_plugin, orthanc_binary, start_orthanc
 from helpers_qa import build, read_csv, read_json
 
@@ -102,6 +103,37 @@ def journal_scores(out: Path) -> dict[str, list[float]]:
         db.close()
 
 
+def written_back(orthanc, out: Path, study_uid: str, written: dict[str, int]
+                 ) -> tuple[dict, list[float], dict[str, str]]:
+    """A QA run with ``--write-back sr,saliency`` that stores ``written`` objects per kind,
+    supports every series and leaves no staged images; returns its ``dicomweb`` summary, the
+    one scored series' journalled scores and ``{modality: series UID}`` of the study."""
+    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)["dicomweb"]
+    assert info["written"] == written and info["unsupported"] == 0
+    assert not (out / "dicomweb-staging").exists()
+    (scores,) = journal_scores(out).values()
+    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
+                   for s in series_of_study(orthanc, study_uid)}
+    assert sorted(by_modality) == ["MR", "OT", "SR"]
+    return info, scores, by_modality
+
+
+def score_saliency(folder: Path) -> np.ndarray:
+    """The saliency `/score` gives for the series in ``folder`` on its own matrix: float64
+    ``(S, rows, cols)``, the magnitude over the map's channels, in slice order."""
+    from rankiq.service.io import read_series
+    from rankiq.service.models import ScoringModel
+    from rankiq.service.scoring import saliency_to_input, score_series
+
+    model = ScoringModel.load(str(MODEL), threads=1)
+    (image,) = read_series(str(folder))
+    on_matrix = saliency_to_input(score_series(model, image, saliency=True).saliency,
+                                  image.pixels, features=True)
+    return np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
+
+
 def test_pull_score_write_back_and_rerun(pacs, tmp_path):
     import highdicom as hd
     from rankiq.service.io.dicom import series_key_of
@@ -155,12 +187,7 @@ def test_pull_score_write_back_and_rerun(pacs, tmp_path):
         assert evals["RIQ030"] == ("373066001" if doc[key]["flagged"] else "373067005")
         assert evals["RIQ010"] == {"passed": "RIQ011", "flagged": "RIQ012",
                                    "not_assessable": "RIQ013"}[doc[key]["status"]]
-        if shutil.which("dciodvfy"):
-            path = tmp_path / f"{key}-sr.dcm"
-            sr_ds.save_as(path)
-            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-            assert not [ln for ln in (check.stdout + check.stderr).splitlines()
-                        if ln.startswith("Error")], check.stderr
+        assert dciodvfy_errors(sr_ds, tmp_path / f"{key}-sr.dcm") == []
 
         # the saliency parametric map: the source's matrix, spacing and slice positions
         (pm,) = retrieve(orthanc, first.StudyInstanceUID, by_modality["OT"])
@@ -396,23 +423,12 @@ def test_multiframe_series_written_back(orthanc, tmp_path):
     mf.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
     orthanc.upload(tmp_path / "mf.dcm")
     out = tmp_path / "out"
-    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)["dicomweb"]
-    assert info["written"] == {"sr": 1, "saliency": 1} and info["unsupported"] == 0
-    assert not (out / "dicomweb-staging").exists()
-    (scores,) = journal_scores(out).values()  # slice order: along the normal, z = 0 first
-    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
-                   for s in series_of_study(orthanc, mf.StudyInstanceUID)}
-    assert sorted(by_modality) == ["MR", "OT", "SR"]
+    # scores in slice order: along the normal, z = 0 first
+    _, scores, by_modality = written_back(orthanc, out, mf.StudyInstanceUID,
+                                          {"sr": 1, "saliency": 1})
 
     (sr_ds,) = retrieve(orthanc, mf.StudyInstanceUID, by_modality["SR"])
-    if shutil.which("dciodvfy"):
-        sr_ds.save_as(tmp_path / "sr.dcm")
-        check = subprocess.run(["dciodvfy", str(tmp_path / "sr.dcm")], capture_output=True,
-                               text=True)
-        assert not [ln for ln in (check.stdout + check.stderr).splitlines()
-                    if ln.startswith("Error")], check.stderr
+    assert dciodvfy_errors(sr_ds, tmp_path / "sr.dcm") == []
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
     found = frame_measurements(sr, "RIQ001")
     positions = frame_positions(mf)  # frame n at positions[n - 1]: z = 9, 6, 3, 0 mm
@@ -454,9 +470,6 @@ def test_series_split_over_two_multiframe_instances_written_back(orthanc, tmp_pa
         single_frame_series,
     )
     from helpers_service import volume_with_bad_slice
-    from rankiq.service.io import read_series
-    from rankiq.service.models import ScoringModel
-    from rankiq.service.scoring import saliency_to_input, score_series
 
     slices = single_frame_series(tmp_path / "sf", volume_with_bad_slice(4, bad=1))
     parts = [legacy_multiframe(slices[0::2], "a"), legacy_multiframe(slices[1::2], "b")]
@@ -465,28 +478,12 @@ def test_series_split_over_two_multiframe_instances_written_back(orthanc, tmp_pa
         ds.save_as(tmp_path / "mf" / name, enforce_file_format=True)
         orthanc.upload(tmp_path / "mf" / name)
     out = tmp_path / "out"
-    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)["dicomweb"]
-    assert info["written"] == {"sr": 1, "saliency": 2} and info["unsupported"] == 0
-    assert not (out / "dicomweb-staging").exists()
-    (scores,) = journal_scores(out).values()  # slice order: z = 0, 3, 6, 9 mm
     study = parts[0].StudyInstanceUID
-    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
-                   for s in series_of_study(orthanc, study)}
-    assert sorted(by_modality) == ["MR", "OT", "SR"]
-
-    def dciodvfy_errors(ds: pydicom.Dataset, name: str) -> list[str]:
-        if not shutil.which("dciodvfy"):
-            return []
-        ds.save_as(tmp_path / name)
-        check = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True,
-                               text=True)
-        return [ln for ln in (check.stdout + check.stderr).splitlines()
-                if ln.startswith("Error")]
+    # scores in slice order: z = 0, 3, 6, 9 mm
+    _, scores, by_modality = written_back(orthanc, out, study, {"sr": 1, "saliency": 2})
 
     (sr_ds,) = retrieve(orthanc, study, by_modality["SR"])
-    assert dciodvfy_errors(sr_ds, "sr.dcm") == []
+    assert dciodvfy_errors(sr_ds, tmp_path / "sr.dcm") == []
     positions = {str(ds.SOPInstanceUID): frame_positions(ds) for ds in parts}
     found = frame_measurements(sr_ds, "RIQ001")
     # slice i (z = 3 i mm) is frame 2 - i // 2 of instance a (i even) or b (i odd)
@@ -501,16 +498,12 @@ def test_series_split_over_two_multiframe_instances_written_back(orthanc, tmp_pa
         positions)
 
     # the saliency /score gives for the same slices (the single-frame series' pixels)
-    model = ScoringModel.load(str(MODEL), threads=1)
-    (image,) = read_series(str(tmp_path / "mf"))
-    scored = score_series(model, image, saliency=True)
-    on_matrix = saliency_to_input(scored.saliency, image.pixels, features=True)
-    answered = np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
+    answered = score_saliency(tmp_path / "mf")
     maps = sorted(retrieve(orthanc, study, by_modality["OT"]),
                   key=lambda d: int(d.InstanceNumber))
     assert len(maps) == 2 and len({m.SOPInstanceUID for m in maps}) == 2
     for pm, src in zip(maps, parts, strict=True):
-        assert dciodvfy_errors(pm, f"pm{pm.InstanceNumber}.dcm") == []
+        assert dciodvfy_errors(pm, tmp_path / f"pm{pm.InstanceNumber}.dcm") == []
         assert [i.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence
                 for i in s.ReferencedInstanceSequence] == [src.SOPInstanceUID]
         frames = map_frames(pm)
@@ -575,15 +568,6 @@ def own_orthanc(tmp_path):
     yield start
     for orthanc in running:
         orthanc.stop()
-
-
-def dciodvfy_errors(ds: pydicom.Dataset, path: Path) -> list[str]:
-    """The ``Error`` lines of dciodvfy (Debian's dicom3tools) on ``ds`` (none without it)."""
-    if not shutil.which("dciodvfy"):
-        return []
-    ds.save_as(path)
-    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [ln for ln in (check.stdout + check.stderr).splitlines() if ln.startswith("Error")]
 
 
 def sop_uids(orthanc) -> list[str]:
@@ -692,9 +676,6 @@ def test_series_mixing_single_and_multiframe_instances_written_back(orthanc, tmp
     import highdicom as hd
     from helpers_multiframe import frame_measurements, legacy_multiframe, single_frame_series
     from helpers_service import volume_with_bad_slice
-    from rankiq.service.io import read_series
-    from rankiq.service.models import ScoringModel
-    from rankiq.service.scoring import saliency_to_input, score_series
 
     slices = single_frame_series(tmp_path / "sf", volume_with_bad_slice(4, bad=1))
     single, mf = slices[:2], legacy_multiframe(slices[2:], "mixed")
@@ -705,18 +686,11 @@ def test_series_mixing_single_and_multiframe_instances_written_back(orthanc, tmp
         ds.save_as(tmp_path / "mixed" / f"{i}.dcm", enforce_file_format=True)
         orthanc.upload(tmp_path / "mixed" / f"{i}.dcm")
     out = tmp_path / "out"
-    proc = run_pacs(orthanc.dicomweb, out, "--write-back", "sr,saliency")
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)["dicomweb"]
-    assert info["retrieved"] == 1 and info["instances"] == 3
-    assert info["written"] == {"sr": 1, "saliency": 2} and info["unsupported"] == 0
-    assert not (out / "dicomweb-staging").exists()
-    (scores,) = journal_scores(out).values()  # slice order: z = 0, 3, 6, 9 mm
-    assert len(scores) == 4
     study = str(mf.StudyInstanceUID)
-    by_modality = {s["00080060"]["Value"][0]: s["0020000E"]["Value"][0]
-                   for s in series_of_study(orthanc, study)}
-    assert sorted(by_modality) == ["MR", "OT", "SR"]
+    # scores in slice order: z = 0, 3, 6, 9 mm
+    info, scores, by_modality = written_back(orthanc, out, study, {"sr": 1, "saliency": 2})
+    assert info["retrieved"] == 1 and info["instances"] == 3
+    assert len(scores) == 4
 
     # where each slice (by its z) was read from: (instance, [frame] or [] for single-frame)
     source_of = {round(float(ds.ImagePositionPatient[2]), 3): (str(ds.SOPInstanceUID), [])
@@ -737,12 +711,8 @@ def test_series_mixing_single_and_multiframe_instances_written_back(orthanc, tmp
         {u for u, _ in source_of.values()})
 
     # the maps: one from the single-frame images, one from the multi-frame instance
-    model = ScoringModel.load(str(MODEL), threads=1)
-    (image,) = read_series(str(tmp_path / "mixed"))
-    assert image.pixels.shape[0] == 4
-    on_matrix = saliency_to_input(score_series(model, image, saliency=True).saliency,
-                                  image.pixels, features=True)
-    answered = np.sqrt(np.sum(np.square(on_matrix, dtype=np.float64), axis=1))
+    answered = score_saliency(tmp_path / "mixed")
+    assert answered.shape[0] == 4
     maps = sorted(retrieve(orthanc, study, by_modality["OT"]),
                   key=lambda d: int(d.InstanceNumber))
     assert [int(m.InstanceNumber) for m in maps] == [1, 2]
