@@ -349,6 +349,31 @@ def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bo
     return np.maximum(saliency_to_input(mag, pixels, features=features)[:, 0], 0)
 
 
+@dataclass(frozen=True)
+class PendingSaliency:
+    """A features model's saliency map of one series, not computed yet: what it is computed
+    from, handed to another process (DICOMweb write-back's builder), which computes it with
+    its own copy of the model while the scoring goes on.
+
+    Attributes:
+        features: the series' :class:`~rankiq.service.noref.FeatureInput`, masks kept
+            (:attr:`rankiq.service.scoring.SeriesScore.saliency_input`).
+        pixels: float32 ``(S, rows, cols)``, the series' pixels (the scan's matrix).
+    """
+
+    features: Any
+    pixels: np.ndarray
+
+    def on_matrix(self, model: Any) -> np.ndarray:
+        """The map :func:`saliency_on_matrix` gives for ``score_series(..., saliency=True)``
+        with the same ``model`` (a features :class:`~rankiq.service.models.ScoringModel`),
+        float32 ``(S, rows, cols)``."""
+        from rankiq.service.scoring import feature_saliency
+
+        return saliency_on_matrix(feature_saliency(model, self.features), self.pixels,
+                                  features=True)
+
+
 def build_saliency(sources: SliceSources, maps: np.ndarray, verdict: SeriesVerdict, *,
                    software_version: str) -> list[Any]:
     """The saliency maps of one series as Parametric Maps (one float frame per source slice).

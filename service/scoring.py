@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from rankiq.service.domain import check_range
@@ -66,6 +66,9 @@ class SeriesScore:
         worst_slice: index (0-based, in series order) of the worst slice.
         timings: seconds: ``prepare``, ``inference``, ``total``.
         saliency: float32 ``(S, C, H, W)`` d score / d network input, or ``None``.
+        saliency_input: what a features model's saliency is computed from
+            (:func:`feature_saliency`), kept instead of computing it when the saliency is
+            ``"deferred"``; else ``None``.
         display: float32 ``(S, H, W)`` normalised image on the model grid (for overlays), or
             ``None`` (kept only with saliency).
         shape: ``(slices, rows, cols)`` of the input image.
@@ -89,6 +92,7 @@ class SeriesScore:
     timings: dict[str, float]
     shape: tuple[int, int, int]
     saliency: np.ndarray | None = None
+    saliency_input: FeatureInput | None = None
     display: np.ndarray | None = None
     in_range: bool = True
     range_reasons: tuple[str, ...] = ()
@@ -179,7 +183,7 @@ def score_series(
     series: ImageSeries,
     reference: ImageSeries | None = None,
     *,
-    saliency: bool = False,
+    saliency: bool | Literal["deferred"] = False,
     max_slices: int = DEFAULT_MAX_SLICES,
 ) -> SeriesScore:
     """Score every slice of ``series`` (against ``reference`` for a reference-mode model).
@@ -189,7 +193,10 @@ def score_series(
             reference is given.
         series: the image series, ``pixels`` float32 ``(S, rows, cols)``.
         reference: same geometry as ``series`` (reference mode), or ``None``.
-        saliency: also compute d score / d input per slice (slower: forward + adjoint).
+        saliency: also compute d score / d input per slice (slower: forward + adjoint);
+            ``"deferred"``: a features model keeps what its saliency is computed from
+            (:attr:`SeriesScore.saliency_input`, to compute it in another process) instead of
+            computing it; other models compute it as with ``True``.
         max_slices: refuse larger volumes.
 
     Raises:
@@ -211,7 +218,7 @@ def score_series(
     pixels = _pixels(series, model, "image")
     if model.kind == "features":
         # saliency reuses the masks its features were measured on
-        fi = prepare_features(as_slices(pixels), keep_masks=saliency)
+        fi = prepare_features(as_slices(pixels), keep_masks=bool(saliency))
         x, empty = fi.features, fi.empty
     else:
         prepared = prepare(pixels, ref_px, grid=model.grid,
@@ -221,7 +228,10 @@ def score_series(
         x, empty = prepared.network_input, prepared.empty
     t1 = time.perf_counter()
     maps = None
-    if saliency and model.kind == "features":
+    deferred = saliency == "deferred" and model.kind == "features"
+    if deferred:
+        scores = model.score(x)
+    elif saliency and model.kind == "features":
         scores = model.score(x)
         maps = feature_saliency(model, fi)
     elif saliency:
@@ -235,7 +245,7 @@ def score_series(
     blank = np.asarray(empty, dtype=bool)
     median, worst, worst_slice = summarise(scores, blank)
     display = None
-    if saliency:
+    if saliency and not deferred:
         if model.kind == "features":
             display = fi.grids / np.maximum(fi.grids.reshape(len(fi.grids), -1).max(1),
                                             1e-12)[:, None, None]
@@ -251,7 +261,8 @@ def score_series(
         median=median, worst=worst, worst_slice=worst_slice,
         timings={"prepare": t1 - t0, "inference": t2 - t1, "total": time.perf_counter() - t0},
         shape=tuple(int(n) for n in series.pixels.shape),  # type: ignore[arg-type]
-        saliency=maps, display=display, in_range=in_range, range_reasons=reasons,
+        saliency=maps, saliency_input=fi if deferred else None, display=display,
+        in_range=in_range, range_reasons=reasons,
         threshold=threshold, flagged=flagged,
     )
 

@@ -211,6 +211,38 @@ def test_features_model_saliency_is_one_map_per_slice_on_its_analysis_grid(repo_
     assert r.display[0].max() == pytest.approx(1.0)
 
 
+def test_deferred_features_saliency_gives_the_same_map_in_another_process(repo_root):
+    """``saliency="deferred"`` keeps what the map is computed from instead of computing it;
+    computed later, after a pickle round trip and with another copy of the model (what the
+    DICOMweb write-back's build process does), it is the map ``saliency=True`` gives."""
+    import pickle
+
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.models import ScoringModel
+    from rankiq.service.results_dicom import PendingSaliency, saliency_on_matrix
+    from rankiq.service.scoring import score_series
+
+    model = _models(repo_root)["iqnet-noref"]
+    base = np.pad(mr_small(), ((3, 5), (0, 0)))
+    vol = np.stack([noisy(base, 0.05, seed=1), np.zeros_like(base), noisy(base, 0.2, seed=2)])
+    series = ImageSeries.from_array(vol)
+    now = score_series(model, series, saliency=True)
+    later = score_series(model, series, saliency="deferred")
+    assert later.saliency is None and later.display is None
+    assert later.saliency_input is not None and now.saliency_input is None
+    np.testing.assert_array_equal(later.scores, now.scores)
+    pending = pickle.loads(pickle.dumps(PendingSaliency(later.saliency_input, series.pixels)))
+    other = ScoringModel.load(repo_root / "models" / "iqnet-noref", threads=1)
+    got = pending.on_matrix(other)
+    want = saliency_on_matrix(now.saliency, series.pixels, features=True)
+    assert got.shape == vol.shape and got[0].any() and not got[1].any()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # a network model has nothing to defer: its saliency comes with the forward pass
+    ref = _models(repo_root)["iqnet-ref"]
+    net = score_series(ref, series, series, saliency="deferred")
+    assert net.saliency is not None and net.saliency_input is None
+
+
 @pytest.mark.parametrize(("rows", "cols", "box"), [
     (12, 9, (1, 8, 2, 7)),   # taller than wide: padded left and right (odd difference)
     (9, 12, (2, 7, 1, 8)),   # wider than tall: padded above and below

@@ -96,7 +96,8 @@ def bench_qa_dicomweb(args: argparse.Namespace) -> int:
         print(f"{r['mode']:<36}{r['slices']:>8}{r['wall_s']:>9.2f}{r['slices_per_s']:>10}"
               f"{r['vs_folder']:>11.0%}")
     print("end to end: query + streamed retrieval + scoring + reports (+ the SR and the saliency "
-          "map, the saliency from the one scoring pass, built and stored by STOW-RS while the next "
-          "series is scored; the SRs stored once the reports give the final verdicts)")
+          "map: computed from the scoring pass's features, built and encoded in build processes "
+          "and stored by STOW-RS while the next series is scored; the SRs stored once the "
+          "reports give the final verdicts)")
     sys.stdout.flush()
     return 0

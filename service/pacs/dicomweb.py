@@ -295,28 +295,74 @@ def retrieve_series(client: Any, hit: SeriesHit, dest: Path) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One DICOM instance ready for STOW-RS: its SOPInstanceUID and its Part 10 bytes (what
+    a build process hands back, and what a staged file holds: nothing is decoded again)."""
+
+    uid: str
+    data: bytes
+
+    @classmethod
+    def of(cls, ds: Any) -> Encoded:
+        """Encode a pydicom dataset (with its file meta information)."""
+        import io
+
+        import pydicom
+
+        with io.BytesIO() as b:
+            pydicom.dcmwrite(b, ds, enforce_file_format=True)
+            return cls(str(ds.SOPInstanceUID), b.getvalue())
+
+    @classmethod
+    def read(cls, path: Path) -> Encoded:
+        """A Part 10 file as stored (the UID from its file meta information only)."""
+        from pydicom.filereader import read_file_meta_info
+
+        return cls(str(read_file_meta_info(path).MediaStorageSOPInstanceUID), path.read_bytes())
+
+
 def store(client: Any, datasets: list[Any], what: str) -> None:
-    """Store datasets with STOW-RS (one request; the server answers per instance).
+    """Store pydicom datasets with STOW-RS (one request): :func:`store_encoded` of each
+    :meth:`Encoded.of`."""
+    store_encoded(client, [Encoded.of(ds) for ds in datasets], what)
+
+
+def _post_instances(client: Any, parts: list[bytes]) -> Any:
+    """``client.store_instances`` without encoding datasets again: the same request (its
+    retries, timeouts and errors), through the client's own multipart POST (not public API:
+    dicomweb-client's version range is pinned in pyproject.toml)."""
+    from dicomweb_client.web import _Transaction
+
+    return client._http_post_multipart_application_dicom(
+        client._get_studies_url(_Transaction.STORE), parts)
+
+
+def store_encoded(client: Any, instances: list[Encoded], what: str) -> None:
+    """Store encoded instances with STOW-RS (one request; the server answers per instance).
 
     An instance counts as stored only when the answer does not list it as failed and, when the
     answer lists the stored instances (ReferencedSOPSequence), lists it there: a server may
     leave an instance it did not store out of both (Orthanc's DICOMweb plugin 1.7, with a 200,
     when its Lua filter fails on it). An answer without a body is taken at its status code.
 
+    Args:
+        client: from :func:`connect`.
+
     Raises:
         PacsError: refused, unreachable, or an instance the server did not store.
     """
-    if not datasets:
+    if not instances:
         return
     with pacs_errors(f"STOW-RS of the {what}", client.base_url):
-        answer = client.store_instances(datasets)
+        answer = _post_instances(client, [i.data for i in instances])
     failed = list(getattr(answer, "FailedSOPSequence", None) or [])
     stored = getattr(answer, "ReferencedSOPSequence", None)
     failed_uids = {str(item.get("ReferencedSOPInstanceUID", "")) for item in failed}
     stored_uids = {str(item.get("ReferencedSOPInstanceUID", "")) for item in stored or []}
-    missing = [ds for ds in datasets if str(ds.SOPInstanceUID) in failed_uids
-               or (stored is not None and str(ds.SOPInstanceUID) not in stored_uids)]
-    refused = min(len(datasets), max(len(missing), len(failed)))
+    missing = [i for i in instances if i.uid in failed_uids
+               or (stored is not None and i.uid not in stored_uids)]
+    refused = min(len(instances), max(len(missing), len(failed)))
     if refused:
         raise PacsError(f"STOW-RS of the {what}: {server_name(client.base_url)} refused "
-                        f"{refused} of {len(datasets)} instances")
+                        f"{refused} of {len(instances)} instances")

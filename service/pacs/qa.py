@@ -19,15 +19,18 @@
    one map per multi-frame source instance of a series split over several), recorded per
    series and kind in the journal (table ``writeback``) once the server has stored all of that
    kind; their UIDs are derived from the source series, so a repeated store duplicates
-   nothing. The map comes from the QA's one scoring pass and is stored while the next series
-   is scored; the SR, built then too, is stored once the reports give the final verdict.
+   nothing. The map is computed from the QA's one scoring pass (its saliency input, in a build
+   process) and stored while the next series is scored; the SR, built then too, is stored once
+   the reports give the final verdict (the SRs of a run in a few STOW-RS requests).
 
 The staging folder is removed once every scored series is written back as asked.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -38,7 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -47,6 +50,7 @@ from urllib.parse import urlsplit
 
 from rankiq.service.errors import RankIQError
 from rankiq.service.pacs.dicomweb import (
+    Encoded,
     PacsError,
     SeriesGone,
     SeriesHit,
@@ -55,14 +59,17 @@ from rankiq.service.pacs.dicomweb import (
     query_series,
     retrieve_series,
     server_name,
-    store,
+    store_encoded,
 )
 from rankiq.service.qa.journal import JOURNAL_NAME, Journal, ref_from_json
 from rankiq.service.qa.runner import QAOptions, QAResult, SeriesOutcome, run_qa
+from rankiq.service.results_dicom import PendingSaliency
 
 STAGING = "dicomweb-staging"
 PREFETCH = 2  # series retrieved ahead of scoring (bounds the staging folder)
 WRITE_QUEUE = 1  # scored series waiting for the write-back thread (each holds its saliency)
+BUILDERS = 2  # write-back build processes (series whose objects are built at once)
+SR_BATCH = 32  # SRs (about 30 kB each) stored in one STOW-RS request at the end of a run
 WRITE_BACK_KINDS = ("sr", "saliency")
 _WRITEBACK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS writeback (series_key TEXT NOT NULL, kind TEXT NOT NULL,
@@ -255,15 +262,16 @@ def run_dicomweb_qa(url: str, out_dir: Path, options: QAOptions, query: SeriesQu
                           "choose another --out")
     staging = out_dir / STAGING
     feed = DicomwebFeed(client, url, query, hits, staging)
-    writer = StowWriter(client, out_dir) if write_back_kinds else None
+    model_dir = str(options.model_dir)
+    writer = (StowWriter(client, out_dir, prepare=partial(_warm_builder, model_dir))
+              if write_back_kinds else None)
     on_scored = None
     if writer is not None:
         options = replace(options, saliency_maps="saliency" in write_back_kinds)
 
         def on_scored(key: str, outcome: SeriesOutcome) -> None:
-            writer.submit(key, lambda db: writer.apart(
-                _scored_objects, key, outcome, write_back_kinds, staging, software_version,
-                _refs(db, key)))
+            writer.submit((key,), partial(_build_apart, writer, key, outcome, write_back_kinds,
+                                       staging, software_version, model_dir))
     try:
         res = run_qa([], out_dir, options, feed=feed, on_scored=on_scored)
     except BaseException as exc:
@@ -301,27 +309,36 @@ def _all_written(out_dir: Path, kinds: tuple[str, ...], doc: dict[str, Any]) -> 
     return all((r["series_key"], k) in have for r in doc["series"] for k in kinds)
 
 
-#: What a write-back job hands the writer: ``[(kind, what, datasets)]`` to store in this order
-#: (the datasets of one kind in one STOW-RS request, recorded once all are stored), plus the
-#: kinds the series' headers cannot describe (counted as unsupported, never stored).
-Objects = tuple[list[tuple[str, str, list[Any]]], tuple[str, ...]]
+#: What a write-back job hands the writer: ``[(kind, what, instances)]`` to store in this
+#: order (the encoded instances of one kind in one STOW-RS request, recorded once all are
+#: stored), plus the kinds the series' headers cannot describe (counted as unsupported, never
+#: stored). Encoded where they are built, so the scoring process never encodes them.
+Objects = tuple[list[tuple[str, str, list[Encoded]]], tuple[str, ...]]
+
+
+#: The writer's jobs being built, oldest first: the series keys of each and its objects (or
+#: their build under way).
+_Building = collections.deque[tuple[tuple[str, ...], Objects | Future[Objects]]]
 
 
 class StowWriter:
-    """The one background thread of write-back: runs each job (builds the objects of a series:
-    :func:`_scored_objects` while the next series is scored), stores each object with STOW-RS
-    in order and records it in the journal's ``writeback`` table once the server stored it.
+    """The one background thread of write-back: starts each job (the build of a series'
+    objects, :func:`_scored_objects`, in one of :data:`BUILDERS` build processes while the next
+    series is scored), stores the objects with STOW-RS in the order the jobs came and records
+    them in the journal's ``writeback`` table once the server stored them.
 
-    At most :data:`WRITE_QUEUE` jobs wait (each may hold a series' saliency map: memory stays a
-    few series). The first failure stops it: later jobs are dropped (their objects are not
-    recorded, so a rerun stores them) and :meth:`close` raises it.
+    At most :data:`WRITE_QUEUE` jobs wait and :data:`BUILDERS` are built at once (each may hold
+    a series' pixels and saliency input: memory stays a few series). The first failure stops
+    it: later jobs are dropped (their objects are not recorded, so a rerun stores them) and
+    :meth:`close` raises it.
 
     Attributes:
         written: objects stored, per kind; ``unsupported``: ``(series key, kind)`` whose
             objects the source headers cannot describe; ``error``: the failure, if any.
     """
 
-    def __init__(self, client: Any, out_dir: Path) -> None:
+    def __init__(self, client: Any, out_dir: Path,
+                 prepare: Callable[[], None] | None = None) -> None:
         self.client, self.out_dir = client, out_dir
         self.written: dict[str, int] = {}
         self.unsupported: set[tuple[str, str]] = set()
@@ -331,21 +348,27 @@ class StowWriter:
         # forked now, while this process runs no other thread (retrieval starts later)
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux")
                                               else "spawn")
-        self._pool = ProcessPoolExecutor(1, mp_context=context)
-        self._pool.submit(int).result()
+        self._pool = ProcessPoolExecutor(BUILDERS, mp_context=context)
+        self._pool.submit(int).result()  # forks them all (a fork context starts all at once)
+        if prepare is not None:  # while the first series is retrieved and scored
+            for _ in range(BUILDERS):
+                self._pool.submit(prepare)
         self._thread = threading.Thread(target=self._run, name="rankiq-stow", daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, job: Callable[[sqlite3.Connection], Objects]) -> None:
-        """Queue ``job`` (called in the writer thread with its journal connection); blocks
-        while :data:`WRITE_QUEUE` jobs wait."""
-        self._jobs.put((key, job))
+    def submit(self, keys: tuple[str, ...],
+               job: Callable[[sqlite3.Connection], Objects | Future[Objects]]) -> None:
+        """Queue ``job`` (called in the writer thread with its journal connection: the objects,
+        or their build under way), whose objects are recorded under each of the series
+        ``keys`` once stored; blocks while :data:`WRITE_QUEUE` jobs wait."""
+        self._jobs.put((keys, job))
 
-    def apart(self, fn: Callable[..., Objects], *args: Any) -> Objects:
-        """``fn(*args)`` in the writer's build process (started on first use): building the
-        objects is pure Python, which in a thread would hold the interpreter lock the scoring
-        needs; in a process it runs beside it."""
-        return self._pool.submit(fn, *args).result()
+    def apart(self, fn: Callable[..., Objects], *args: Any) -> Future[Objects]:
+        """``fn(*args)`` in one of the writer's build processes: building the objects is pure
+        Python, which in a thread would hold the interpreter lock the scoring needs; in a
+        process it runs beside it (and with :data:`BUILDERS` of them, the last series of a run
+        are built side by side once the scoring is done)."""
+        return self._pool.submit(fn, *args)
 
     def flush(self) -> None:
         """Wait until every queued job is done (stored, or dropped after a failure)."""
@@ -378,36 +401,95 @@ class StowWriter:
     def _run(self) -> None:
         db: sqlite3.Connection | None = None
         run = 0
+        # jobs whose objects are being built, oldest first: up to BUILDERS at once, stored in
+        # the order they came (each item's task_done once it is stored or dropped)
+        building: _Building = collections.deque()
         try:
             while True:
-                item = self._jobs.get()
                 try:
-                    if item is None:
-                        return
+                    item = self._jobs.get(timeout=0.05) if building else self._jobs.get()
+                except queue.Empty:  # nothing new: store the oldest when it is built
+                    self._store_next(building, db, run)
+                    continue
+                if item is None:
+                    while building:
+                        self._store_next(building, db, run)
+                    self._jobs.task_done()
+                    return
+                try:
                     if self.error is not None or self._stop.is_set():
+                        self._jobs.task_done()
                         continue
                     if db is None:  # opened here: the journal exists once a series is scored
                         db = _writeback_db(self.out_dir)
                         run = int((db.execute("SELECT value FROM meta WHERE key = 'runs'")
                                    .fetchone() or ["0"])[0])
-                    key, job = item
-                    objects, unsupported = job(db)
-                    self.unsupported.update((key, k) for k in unsupported)
-                    for kind, what, datasets in objects:
-                        # all of a kind or none recorded: a rerun stores them again under the
-                        # same UIDs, which duplicates nothing
-                        store(self.client, datasets, what)
-                        db.execute("INSERT OR REPLACE INTO writeback VALUES (?, ?, ?)",
-                                   (key, kind, run))
-                        self.written[kind] = self.written.get(kind, 0) + len(datasets)
+                    keys, job = item
+                    building.append((keys, job(db)))
                 except BaseException as exc:  # noqa: BLE001 - raised by close() in the caller
                     self.error = exc
-                finally:
                     self._jobs.task_done()
+                while len(building) >= BUILDERS:
+                    self._store_next(building, db, run)
         finally:
             if db is not None:
                 db.close()
             self._pool.shutdown(cancel_futures=True)
+
+    def _store_next(self, building: _Building, db: sqlite3.Connection | None,
+                    run: int) -> None:
+        """Store the oldest job's objects (waiting for its build) and record them; after a
+        failure (or a stop), drop it."""
+        keys, built = building.popleft()
+        try:
+            if self.error is not None or self._stop.is_set() or db is None:
+                if isinstance(built, Future):
+                    built.cancel()
+                return
+            objects, unsupported = built.result() if isinstance(built, Future) else built
+            self.unsupported.update((key, k) for key in keys for k in unsupported)
+            for kind, what, instances in objects:
+                # all of a kind or none recorded: a rerun stores them again under the same
+                # UIDs, which duplicates nothing
+                store_encoded(self.client, instances, what)
+                db.executemany("INSERT OR REPLACE INTO writeback VALUES (?, ?, ?)",
+                               [(key, kind, run) for key in keys])
+                self.written[kind] = self.written.get(kind, 0) + len(instances)
+        except BaseException as exc:  # noqa: BLE001 - raised by close() in the caller
+            self.error = exc
+        finally:
+            self._jobs.task_done()
+
+
+def _build_apart(writer: StowWriter, key: str, outcome: SeriesOutcome, kinds: tuple[str, ...],
+                 staging: Path, software_version: str, model_dir: str,
+                 db: sqlite3.Connection) -> Future[Objects]:
+    """The writer job of a series just scored: :func:`_scored_objects` in a build process."""
+    return writer.apart(_scored_objects, key, outcome, kinds, staging, software_version,
+                        _refs(db, key), model_dir)
+
+
+def _warm_builder(model_dir: str) -> None:
+    """Load what every build needs once, in the build process (highdicom and its tables of
+    the standard's IODs, about 0.7 s; the model that computes pending saliency maps), so that
+    the first series' objects are not late."""
+    from highdicom._standard_utils import is_multiframe_image
+    from pydicom import Dataset
+    from pydicom.uid import MRImageStorage
+
+    probe = Dataset()
+    probe.SOPClassUID = MRImageStorage
+    is_multiframe_image(probe)
+    _builder_model(model_dir)
+
+
+@functools.cache
+def _builder_model(model_dir: str) -> Any:
+    """The build process's own copy of the scoring model (one ONNX Runtime thread: the
+    scoring has the other cores), for :meth:`PendingSaliency.on_matrix`."""
+    from rankiq.service.models import ScoringModel
+
+    return ScoringModel.load(model_dir, threads=1)
 
 
 def _refs(db: sqlite3.Connection, key: str) -> list[str]:
@@ -452,9 +534,11 @@ def _sr_spool(staging: Path, key: str, verdict: Any, software_version: str) -> P
 
 
 def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], staging: Path,
-                    software_version: str, refs: list[str]) -> Objects:
+                    software_version: str, refs: list[str], model_dir: str) -> Objects:
     """The write-back of a series just scored (runs in the writer thread, while the next one
-    is scored): the saliency map from the scoring pass's saliency, to store now; and the SR,
+    is scored, in the build process): the saliency map from the scoring pass's saliency (a
+    :class:`PendingSaliency` computed here with the model of ``model_dir``), to store now; and
+    the SR,
     built now with the series' own verdict but kept in the staging folder (private, like the
     images) until the reports are written, because the archive rule may still change it.
 
@@ -467,6 +551,8 @@ def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], st
     assert outcome.result is not None  # only scored series are handed over
     result = outcome.result.to_json()  # as journalled: the verdict the reports start from
     maps = outcome.saliency
+    if isinstance(maps, PendingSaliency):
+        maps = maps.on_matrix(_builder_model(model_dir))
     want = [k for k in kinds if k == "sr" or maps is not None]
     sources = _sources(refs, outcome.source_files, len(result["scores"]))
     if sources is None:
@@ -474,23 +560,23 @@ def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], st
     verdict = SeriesVerdict.from_row(
         qa_row({"series_key": key, "info": outcome.info, "result": result}),
         result["scores"], str(result.get("model_sha256", "")))
-    objects: list[tuple[str, str, list[Any]]] = []
+    objects: list[tuple[str, str, list[Encoded]]] = []
     unsupported: list[str] = []
     for kind in want:
         try:
             if kind == "saliency" and maps is not None:
                 objects.append((kind, f"saliency map of series {key}",
-                                build_saliency(sources, maps, verdict,
-                                               software_version=software_version)))
+                                [Encoded.of(pm) for pm in build_saliency(
+                                    sources, maps, verdict, software_version=software_version)]))
                 continue
-            sr = build_sr(sources, verdict, software_version=software_version)
+            sr = Encoded.of(build_sr(sources, verdict, software_version=software_version))
         except (ValueError, TypeError, AttributeError):
             # the source headers break a rule of the IODs (no frame of reference...)
             unsupported.append(kind)
             continue
         path = _sr_spool(staging, key, verdict, software_version)
         part = path.with_name(path.name + ".part")
-        sr.save_as(part, enforce_file_format=True)
+        part.write_bytes(sr.data)
         part.replace(path)  # complete or absent
     return objects, tuple(unsupported)
 
@@ -528,6 +614,8 @@ def write_back(client: Any, out_dir: Path, kinds: tuple[str, ...], doc: dict[str
             if writer.error is not None:
                 break  # close() raises it
             state.series(row, missing)
+        if writer.error is None:
+            state.flush_srs()
     except BaseException as exc:
         writer.stop(exc)
         raise
@@ -562,6 +650,9 @@ class _WriteBack:
         staging: the staging folder (the retrieved images, the SRs built during scoring).
         unsupported: keys of the series whose objects the source headers cannot describe.
         model: the scoring model, loaded the first time a saliency map is scored again.
+        srs: SRs built while their series were scored, ``(series key, SR)``, waiting to be
+            stored together (:meth:`flush_srs`: one STOW-RS request for up to
+            :data:`SR_BATCH`, not one round trip per series).
     """
 
     writer: StowWriter
@@ -571,6 +662,7 @@ class _WriteBack:
     software_version: str
     unsupported: set[str]
     model: Any = None
+    srs: list[tuple[str, Encoded]] = field(default_factory=list)
 
     def series(self, row: dict[str, Any], missing: list[str]) -> None:
         """Build the objects of kinds ``missing`` of the series of the qa row ``row`` and hand
@@ -582,21 +674,28 @@ class _WriteBack:
         key = row["series_key"]
         refs = _refs(self.db, key)
         verdict = self.verdict(key, row)
-        objects: list[tuple[str, str, list[Any]]] = []
         spool = _sr_spool(self.staging, key, verdict, self.software_version)
         if "sr" in missing and spool.exists():  # built while the series was scored
-            import pydicom
-
-            objects.append(("sr", f"SR of series {key}", [pydicom.dcmread(spool)]))
+            self.srs.append((key, Encoded.read(spool)))
             missing.remove("sr")
+            if len(self.srs) >= SR_BATCH:
+                self.flush_srs()
         if missing:
             series = self.load(key, refs)
             sources = _sources(refs, series.source_files, series.shape[0])
             if sources is None:
                 self.unsupported.add(key)
                 return
-            objects += self.build(key, missing, series, sources, verdict)
-        self.writer.submit(key, partial(_ready, objects))
+            self.writer.submit((key,), partial(
+                _ready, self.build(key, missing, series, sources, verdict)))
+
+    def flush_srs(self) -> None:
+        """Hand the waiting SRs to the writer as one job (recorded under each series)."""
+        if self.srs:
+            keys = tuple(k for k, _ in self.srs)
+            what = f"SR of series {keys[0]}" if len(keys) == 1 else f"SRs of {len(keys)} series"
+            self.writer.submit(keys, partial(_ready, [("sr", what, [e for _, e in self.srs])]))
+            self.srs = []
 
     def verdict(self, key: str, row: dict[str, Any]) -> Any:
         """The :class:`~rankiq.service.results_dicom.SeriesVerdict` of the qa row ``row`` (the
@@ -629,23 +728,23 @@ class _WriteBack:
                             "with --write-back into a new --out folder") from None
 
     def build(self, key: str, kinds: list[str], series: Any, sources: Any,
-              verdict: Any) -> list[tuple[str, str, list[Any]]]:
+              verdict: Any) -> list[tuple[str, str, list[Encoded]]]:
         """The objects of ``kinds``, in that order, up to the first the source headers cannot
         describe (the series is then unsupported)."""
         from rankiq.service.results_dicom import build_saliency, build_sr
 
-        objects: list[tuple[str, str, list[Any]]] = []
+        objects: list[tuple[str, str, list[Encoded]]] = []
         for kind in kinds:
             maps = self.saliency(series) if kind == "saliency" else None
             try:
                 if maps is None:
-                    objects.append(("sr", f"SR of series {key}",
-                                    [build_sr(sources, verdict,
-                                              software_version=self.software_version)]))
+                    sr = build_sr(sources, verdict, software_version=self.software_version)
+                    objects.append(("sr", f"SR of series {key}", [Encoded.of(sr)]))
                 else:
                     objects.append(("saliency", f"saliency map of series {key}",
-                                    build_saliency(sources, maps, verdict,
-                                                   software_version=self.software_version)))
+                                    [Encoded.of(pm) for pm in build_saliency(
+                                        sources, maps, verdict,
+                                        software_version=self.software_version)]))
             except (ValueError, TypeError, AttributeError):
                 # the source headers break a rule of the IODs (no frame of reference...)
                 self.unsupported.add(key)
@@ -669,6 +768,6 @@ class _WriteBack:
                                   features=self.model.kind == "features")
 
 
-def _ready(objects: list[tuple[str, str, list[Any]]], db: sqlite3.Connection) -> Objects:
+def _ready(objects: list[tuple[str, str, list[Encoded]]], db: sqlite3.Connection) -> Objects:
     """A writer job whose objects are already built."""
     return objects, ()

@@ -53,6 +53,7 @@ from rankiq.service.qa.aggregate import (
 from rankiq.service.qa.journal import Journal, ref_from_json, ref_to_json
 from rankiq.service.qa.references import ReferenceMap, load_reference_map
 from rankiq.service.qa.selection import RulesError, SeriesSelector, load_selector
+from rankiq.service.results_dicom import PendingSaliency
 from rankiq.service.scoring import DEFAULT_MAX_SLICES
 
 if TYPE_CHECKING:
@@ -209,8 +210,11 @@ class SeriesOutcome:
         timings: seconds per stage (``decode``, ``preprocess``, ``score``, ``render``).
         saliency: when the run asks for it (:attr:`QAOptions.saliency_maps`), the saliency map
             of a scored series on its own matrix, float32 ``(S, rows, cols)`` in slice order
-            (:func:`rankiq.service.results_dicom.saliency_on_matrix`), computed in the one
-            scoring pass; ``source_files``: the series' source names, as the reader gave them.
+            (:func:`rankiq.service.results_dicom.saliency_on_matrix`), from the one scoring
+            pass: computed, or for a features model a
+            :class:`~rankiq.service.results_dicom.PendingSaliency` that its consumer computes
+            (off the scoring path); ``source_files``: the series' source names, as the reader
+            gave them.
     """
 
     status: Literal["done", "skipped", "failed"]
@@ -220,7 +224,7 @@ class SeriesOutcome:
     assets: dict[str, Any] | None = None
     reason: str = ""
     message: str = ""
-    saliency: np.ndarray | None = None
+    saliency: np.ndarray | PendingSaliency | None = None
     source_files: tuple[str, ...] = ()
 
 
@@ -406,14 +410,17 @@ def process_series(key: str, refs: list[str], reference: str | None = None) -> S
         return SeriesOutcome("skipped", timings, info, reason=decision.reason)
     try:
         ref_series = None if reference is None else _read_reference(reference)
+        wanted = _WORKER.get("saliency", False) and model.has_saliency
         score = score_series(model, series, ref_series, max_slices=_WORKER["max_slices"],
-                             saliency=_WORKER.get("saliency", False) and model.has_saliency)
+                             saliency="deferred" if wanted else False)
     except RankIQError as exc:
         return SeriesOutcome("failed", timings, info, reason=exc.reason, message=str(exc))
     timings["preprocess"] = score.timings.get("prepare", 0.0)
     timings["score"] = score.timings.get("inference", 0.0)
-    maps = None
-    if score.saliency is not None:  # asked for (DICOMweb write-back): on the scan's matrix
+    maps: np.ndarray | PendingSaliency | None = None
+    if score.saliency_input is not None:  # asked for (DICOMweb write-back): on the scan's
+        maps = PendingSaliency(score.saliency_input, series.pixels)  # matrix, computed apart
+    elif score.saliency is not None:
         from rankiq.service.results_dicom import saliency_on_matrix
 
         maps = saliency_on_matrix(score.saliency, series.pixels,
