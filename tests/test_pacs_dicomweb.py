@@ -361,6 +361,58 @@ def test_malformed_qido_answers(tmp_path):
         server.shutdown()
 
 
+class _Wado(BaseHTTPRequestHandler):
+    """WADO-RS of a series, three ways: multipart (``good``), one part sent as plain
+    application/dicom (``single``), and multipart with a part that is not DICOM (``bad``)."""
+
+    files: list[bytes] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        boundary = "b0undary"
+        if "/series/1.2.2" in self.path:  # single
+            body, ctype = self.files[0], "application/dicom"
+        else:
+            parts = self.files if "/series/1.2.1" in self.path else [self.files[0], b"x" * 200]
+            body = b"".join(f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n"
+                            .encode() + p for p in parts) + f"\r\n--{boundary}--".encode()
+            ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_wado_parts_are_staged_as_sent_and_a_part_that_is_not_dicom_is_refused(tmp_path):
+    """Retrieval writes each instance's bytes as the server sent them (nothing decoded and
+    encoded again); a part that is not a DICOM file is a malformed answer, and the series'
+    folder is then absent, half-written parts included."""
+    from pydicom.data import get_testdata_file
+    from rankiq.service.pacs.dicomweb import PacsBadAnswer, SeriesHit, connect, retrieve_series
+
+    _Wado.files = [Path(get_testdata_file(n)).read_bytes()
+                   for n in ("MR_small.dcm", "CT_small.dcm")]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Wado)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = connect(f"http://127.0.0.1:{server.server_address[1]}/dicom-web")
+        good = tmp_path / "good"
+        assert retrieve_series(client, SeriesHit("1.2", "1.2.1", "good", "MR", 2), good) == 2
+        assert [p.read_bytes() for p in sorted(good.iterdir())] == _Wado.files
+        single = tmp_path / "single"
+        assert retrieve_series(client, SeriesHit("1.2", "1.2.2", "single", "MR", 1), single) == 1
+        assert [p.read_bytes() for p in single.iterdir()] == _Wado.files[:1]
+        bad = tmp_path / "bad"
+        with pytest.raises(PacsBadAnswer, match="not a DICOM file"):
+            retrieve_series(client, SeriesHit("1.2", "1.2.3", "bad", "MR", 2), bad)
+        assert not bad.exists() and not (tmp_path / "bad.part").exists()
+    finally:
+        server.shutdown()
+
+
 def test_dicomweb_options_need_dicomweb(tmp_path):
     proc = rankiq("qa", str(tmp_path), "--out", str(tmp_path / "o"), "--write-back", "sr")
     assert proc.returncode == 2 and "need --dicomweb" in proc.stderr
