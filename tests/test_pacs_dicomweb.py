@@ -334,14 +334,19 @@ class _BadQido(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         body = self.answers[int(self.server.calls) % len(self.answers)]  # type: ignore[attr-defined]
         self.server.calls += 1  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/dicom+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer(self, body, "application/dicom+json")
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def _answer(handler: BaseHTTPRequestHandler, body: bytes, ctype: str) -> None:
+    """A 200 with ``body`` of type ``ctype``."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def test_malformed_qido_answers(tmp_path):
@@ -376,14 +381,9 @@ class _Wado(BaseHTTPRequestHandler):
             body = b"".join(f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n"
                             .encode() + p for p in parts) + f"\r\n--{boundary}--".encode()
             ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer(self, body, ctype)
 
-    def log_message(self, *args: object) -> None:
-        pass
+    log_message = _BadQido.log_message
 
 
 def test_wado_parts_are_staged_as_sent_and_a_part_that_is_not_dicom_is_refused(tmp_path):
