@@ -535,12 +535,11 @@ def _sr_spool(staging: Path, key: str, verdict: Any, software_version: str) -> P
 
 def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], staging: Path,
                     software_version: str, refs: list[str], model_dir: str) -> Objects:
-    """The write-back of a series just scored (runs in the writer thread, while the next one
-    is scored, in the build process): the saliency map from the scoring pass's saliency (a
-    :class:`PendingSaliency` computed here with the model of ``model_dir``), to store now; and
-    the SR,
-    built now with the series' own verdict but kept in the staging folder (private, like the
-    images) until the reports are written, because the archive rule may still change it.
+    """The write-back of a series just scored (runs in a build process, while the next one is
+    scored): the saliency map from the scoring pass's saliency (a :class:`PendingSaliency` is
+    computed here with the model of ``model_dir``), to store now; and the SR, built now with
+    the series' own verdict but kept in the staging folder (private, like the images) until
+    the reports are written, because the archive rule may still change it.
 
     Returns:
         the saliency map to store (when asked), and the kinds the headers cannot describe.
