@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from rankiq.service import noref
 from rankiq.service.errors import InvalidImage, RankIQError
 from rankiq.service.preprocess import PREPROCESS_VERSION
 
@@ -303,6 +304,8 @@ class ScoringModel:
         sal = None
         if "saliency.onnx" in meta["files"]:
             sal, _ = _open_session(d / "saliency.onnx", threads, [provider])
+        if meta.get("kind") == "features":
+            noref.warm()  # compile or load the feature kernels now, not on the first request
         return cls(d, meta, provider, clf, score, sal, batch_size)
 
     # -- metadata ------------------------------------------------------------------------------

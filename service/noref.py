@@ -66,6 +66,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from rankiq.service import noref_kernels as kernels
 from rankiq.service.fft import center_pad
 from rankiq.service.preprocess import to_grid
 from scipy import ndimage
@@ -109,32 +110,30 @@ def masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     return near, fg, air, level
 
 
-def _fill_holes(m: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes`` (4-connected background) in one labelling pass instead
-    of a dilation iterated to convergence: background components that do not touch the border
-    are holes."""
-    lab, n = ndimage.label(~m)
-    hole = np.ones(n + 1, dtype=bool)  # per label: a hole? (a lookup table, not a set test)
-    hole[0] = False  # label 0 is ``m`` itself
-    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
-        hole[edge] = False
-    return m | hole[lab]
+def _gaussian_taps(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The 1D Gaussian of ``scipy.ndimage.gaussian_filter`` (radius ``int(truncate * sigma +
+    0.5)``, unit sum), float64 ``(2r + 1,)``."""
+    r = int(truncate * sigma + 0.5)
+    t = np.arange(-r, r + 1)
+    w = np.exp(-0.5 / (sigma * sigma) * t ** 2)
+    return w / w.sum()
+
+
+_SMOOTH_TAPS = _gaussian_taps(SMOOTH_PX)
 
 
 def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
     """:func:`masks` plus the city-block distance ``(G, G)`` of every pixel to the foreground
     (px; 0 inside it). ``distance <= k`` is the foreground dilated ``k`` times by the 4-connected
-    cross, computed once instead of ``k`` dilation passes."""
-    sm = ndimage.gaussian_filter(x.astype(np.float64), SMOOTH_PX)
+    cross, computed once instead of ``k`` dilation passes. ``x``: float64 ``(G, G)``."""
+    sm = kernels.smooth(x, _SMOOTH_TAPS)
     peak = float(sm.max())
     if peak <= 0:
         z = np.zeros(x.shape, dtype=bool)
         return z, z, z, 0.0, np.full(x.shape, np.iinfo(np.int32).max, np.int32)
-    fg = _fill_holes(sm > FG_FRACTION * peak)
-    if fg.any():
-        dist = ndimage.distance_transform_cdt(~fg, metric="taxicab").astype(np.int32)
-    else:
-        dist = np.full(x.shape, np.iinfo(np.int32).max, np.int32)
+    fg = kernels.fill_holes(sm > FG_FRACTION * peak)
+    none = np.full(x.shape, np.iinfo(np.int32).max, np.int32)
+    dist = kernels.taxicab(fg) if fg.any() else none
     margin = max(2, int(round(AIR_MARGIN * x.shape[0])))
     near = dist <= margin
     # zeros outside the non-zero bounding box are padding; inside it, zeros are air the
@@ -143,8 +142,7 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
     box = _bbox(x)
     if box is not None:
         air[box] = ~near[box]
-    # x[fg] is a fresh copy: the median may partition it in place
-    level = float(np.median(x[fg], overwrite_input=True)) if fg.any() else 0.0
+    level = kernels.masked_median(x, fg, False) if fg.any() else 0.0
     return near, fg, air, level, dist
 
 
@@ -159,31 +157,11 @@ def _bbox(m: np.ndarray, halo: int = 0) -> tuple[slice, slice] | None:
 
 
 def _blur_measure(x: np.ndarray, fg: np.ndarray) -> float:
-    """Crete-Roffet blur (0 sharp .. 1 flat) over the foreground, the blurrier axis.
-
-    Only pairs inside the foreground count, so the work runs on the foreground's bounding box
-    grown by the box filter's half width (4 px): the filtered values there are those of the
-    whole slice (the slice's own edges, where the filter reflects, stay edges)."""
-    box = _bbox(fg, halo=4)
-    if box is None:
-        return 1.0
-    x, fg = x[box], fg[box]
-    out = []
-    for axis in (0, 1):
-        d = np.abs(np.diff(x, axis=axis))
-        # the first difference of the 9-pixel box mean (edges reflected, as
-        # ndimage.uniform_filter1d does) is the difference of the samples entering and
-        # leaving the window, over 9
-        xe = np.pad(x, ((4, 4), (0, 0)) if axis == 0 else ((0, 0), (4, 4)), mode="symmetric")
-        db = np.abs(xe[9:] - xe[:-9] if axis == 0 else xe[:, 9:] - xe[:, :-9]) / 9.0
-        m = (fg[1:, :] & fg[:-1, :]) if axis == 0 else (fg[:, 1:] & fg[:, :-1])
-        s = float(d[m].sum())
-        if s <= 0:
-            out.append(1.0)
-            continue
-        v = float(np.maximum(0.0, d - db)[m].sum())
-        out.append((s - v) / s)
-    return max(out)
+    """Crete-Roffet blur (0 sharp .. 1 flat) over the foreground, the blurrier axis: per axis,
+    ``1 -`` the share of the absolute first differences (pairs inside the foreground) that a
+    9-pixel box mean (edges reflected) removes. ``x`` float64 ``(G, G)``."""
+    s0, v0, s1, v1 = kernels.blur_sums(x, fg)
+    return max((s - v) / s if s > 0 else 1.0 for s, v in ((s0, v0), (s1, v1)))
 
 
 def _band_shares(x: np.ndarray) -> np.ndarray:
@@ -213,34 +191,18 @@ def _half_bands(n: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, weight
 
 
-def _reach(a: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
-    """Excess-weighted over plain mean distance of air from the foreground (``air_reach``);
-    ``a`` = the air pixels in row-major order (``x[air]``).
-
-    The Euclidean distance of each air pixel to the nearest foreground pixel: the feature
-    transform runs on the bounding box of foreground and air (the nearest foreground pixel of
-    any air pixel lies in it), and distances are taken at the air pixels only."""
-    box = _bbox(fg | air)
-    assert box is not None  # air is not empty here
-    nearest = ndimage.distance_transform_edt(~fg[box], return_distances=False,
-                                             return_indices=True)
-    r, c = np.nonzero(air[box])
-    dr, dc = nearest[0][r, c] - r, nearest[1][r, c] - c
-    dist = np.sqrt((dr * dr + dc * dc).astype(np.float64))  # exact integer squares
-    a = a.astype(np.float64)
-    excess = np.maximum(a - float(np.median(a)), 0.0)
-    if excess.sum() <= 0 or dist.mean() <= 0:
-        return 1.0
-    return max(float((excess * dist).sum() / excess.sum()) / float(dist.mean()), 1e-3)
+def _reach(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
+    """Excess-weighted over plain mean distance of the air from the foreground (``air_reach``),
+    distances Euclidean to the nearest foreground pixel (px). ``x`` float64 ``(G, G)``."""
+    return float(kernels.reach_ratio(x, air, kernels.squared_distance(fg)))
 
 
 def _ghost(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
     """Anisotropy of the air beside the foreground (see ``ghost`` in the module docstring)."""
-    cols = fg.any(axis=0)[None, :] & air  # type: ignore[index]  # above/below the object
-    rows = fg.any(axis=1)[:, None] & air  # type: ignore[index]  # left/right of it
-    if cols.sum() < 32 or rows.sum() < 32:
+    n_cols, sum_cols, n_rows, sum_rows = kernels.ghost_sums(x, fg, air)
+    if n_cols < 32 or n_rows < 32:
         return 0.0
-    return abs(math.log((float(x[cols].mean()) + _EPS) / (float(x[rows].mean()) + _EPS)))
+    return abs(math.log((sum_cols / n_cols + _EPS) / (sum_rows / n_rows + _EPS)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -276,14 +238,12 @@ def _echo(lap: np.ndarray, valid: np.ndarray) -> float:
 
 def _efc(x: np.ndarray, near: np.ndarray) -> float:
     """EFC of every non-zero pixel, normalised by the maximum for the object's own area
-    (``near``): zeros (padding, masked air) add nothing, ghosts anywhere add entropy."""
-    v = np.abs(x[x > 0]).astype(np.float64)
+    (``near``): zeros (padding, masked air) add nothing, ghosts anywhere add entropy.
+    ``x`` float64 ``(G, G)``."""
     n = int(near.sum())
-    b = math.sqrt(float((v ** 2).sum()))
-    if b <= 0 or n < 2:
+    e = float(kernels.efc_entropy(x))
+    if e <= 0 or n < 2:
         return 0.0
-    p = v / b
-    e = float(-(p * np.log(p)).sum())
     e_max = -n * (1 / math.sqrt(n)) * math.log(1 / math.sqrt(n))
     return e / e_max
 
@@ -313,24 +273,23 @@ def _features(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, 
     near, fg, air, level, dist = _masks(x)
     if level <= 0 or fg.sum() < 16:
         raise ValueError("no foreground")
-    lap = ndimage.convolve(x, IMMERKAER, mode="nearest")
+    lap = kernels.laplacian(x)
     inner = _erode(fg)
     if inner.sum() < 16:
         inner = fg
-    # lap[inner] is a fresh copy: the median may partition it in place
-    sigma = float(np.median(np.abs(lap[inner]), overwrite_input=True)) / 0.6745 / 6.0
+    sigma = kernels.masked_median(lap, inner, True) / 0.6745 / 6.0
     noise = math.log(sigma / level + _EPS)
-    a = x[air] if air.sum() >= 32 else np.zeros(0)
-    if a.size and float(a.mean()) > AIR_MIN * level:
-        mean = float(a.mean())
+    n, total, n_far, total_far, n_live, total_live, sq_live = kernels.air_sums(
+        x, air, dist, max(3, int(FAR * x.shape[0])))
+    if n >= 32 and total / n > AIR_MIN * level:
+        mean = total / n
         air_f = math.log(mean / level)
-        far_mask = air & (dist > max(3, int(FAR * x.shape[0])))
-        far = x[far_mask] if far_mask.sum() >= 32 else a
-        air_far = math.log(max(float(far.mean()), AIR_MIN * level) / level)
-        reach = _reach(a, fg, air)
-        live = a[a > 0]  # the structure of what the scanner left unmasked
-        structure = (math.log(math.sqrt(float((live ** 2).mean())) / float(live.mean()))
-                     if live.size >= 32 else math.log(1.128))
+        far = total_far / n_far if n_far >= 32 else mean
+        air_far = math.log(max(far, AIR_MIN * level) / level)
+        reach = _reach(x, fg, air)
+        # the structure of what the scanner left unmasked
+        structure = (math.log(math.sqrt(sq_live / n_live) / (total_live / n_live))
+                     if n_live >= 32 else math.log(1.128))
     else:  # no measurable air (masked to zero, or no background in the field of view)
         air_f = air_far = AIR_FLOOR
         reach = 1.0
@@ -494,3 +453,11 @@ def evidence_map(x: np.ndarray, weights: np.ndarray, measured: Masks | None = No
         else:  # no support: a uniform map
             mix += np.float32(weights[k] / x.size)
     return ndimage.gaussian_filter(mix, EVIDENCE_SIGMA)
+
+
+def warm() -> None:
+    """Compile (or load from Numba's cache) the kernels of :func:`features` now, e.g. before
+    forking workers or answering the first request, instead of on the first slice."""
+    y, x = np.mgrid[:48, :48] / 48 - 0.5
+    phantom = (np.hypot(x, y) < 0.3) * 100.0 + np.random.default_rng(0).rayleigh(2.0, (48, 48))
+    _features(analysis_grid(phantom))

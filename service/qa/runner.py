@@ -1007,7 +1007,11 @@ def _run_pool(journal: Journal, todo: Iterable[str], options: QAOptions, initarg
     """Score series in ``options.workers`` processes, at most 2 per worker in flight."""
     import multiprocessing as mp
 
+    from rankiq.service.noref import warm
+
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else None
+    if ctx is not None:
+        warm()  # compiled feature kernels are inherited: each worker need not load them again
     with ProcessPoolExecutor(options.workers, mp_context=ctx, initializer=init_worker,
                              initargs=initargs) as pool:
         pending: dict[Future, str] = {}
