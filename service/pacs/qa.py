@@ -533,6 +533,38 @@ def _sr_spool(staging: Path, key: str, verdict: Any, software_version: str) -> P
     return staging / f"{key}-{digest}.sr.dcm"
 
 
+#: what building a result object raises when the source headers break a rule of the IODs
+#: (no frame of reference...): the series' objects cannot be built, nothing is stored
+_UNBUILDABLE = (ValueError, TypeError, AttributeError)
+
+
+def _encoded_object(kind: str, key: str, sources: Any, verdict: Any, maps: Any,
+                    software_version: str) -> tuple[str, str, list[Encoded]]:
+    """One write-back object of a series, built and encoded: ``(kind, what, instances)``.
+
+    Args:
+        kind: ``"sr"`` or ``"saliency"``.
+        key: the series key (named in ``what``, for the journal and errors).
+        sources: its :class:`~rankiq.service.results_dicom.SliceSources`.
+        verdict: its :class:`~rankiq.service.results_dicom.SeriesVerdict`.
+        maps: for ``"saliency"``, the map on the series' own matrix, float32
+            ``(S, rows, cols)``.
+        software_version: RankIQ's version, written into the objects.
+
+    Raises:
+        ValueError, TypeError, AttributeError (``_UNBUILDABLE``): the source headers break
+        a rule of the IODs.
+    """
+    from rankiq.service.results_dicom import build_saliency, build_sr
+
+    if kind == "saliency":
+        return ("saliency", f"saliency map of series {key}",
+                [Encoded.of(pm) for pm in build_saliency(sources, maps, verdict,
+                                                         software_version=software_version)])
+    return ("sr", f"SR of series {key}",
+            [Encoded.of(build_sr(sources, verdict, software_version=software_version))])
+
+
 def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], staging: Path,
                     software_version: str, refs: list[str], model_dir: str) -> Objects:
     """The write-back of a series just scored (runs in a build process, while the next one is
@@ -545,7 +577,7 @@ def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], st
         the saliency map to store (when asked), and the kinds the headers cannot describe.
     """
     from rankiq.service.qa.report import qa_row
-    from rankiq.service.results_dicom import SeriesVerdict, build_saliency, build_sr
+    from rankiq.service.results_dicom import SeriesVerdict
 
     assert outcome.result is not None  # only scored series are handed over
     result = outcome.result.to_json()  # as journalled: the verdict the reports start from
@@ -563,19 +595,16 @@ def _scored_objects(key: str, outcome: SeriesOutcome, kinds: tuple[str, ...], st
     unsupported: list[str] = []
     for kind in want:
         try:
-            if kind == "saliency" and maps is not None:
-                objects.append((kind, f"saliency map of series {key}",
-                                [Encoded.of(pm) for pm in build_saliency(
-                                    sources, maps, verdict, software_version=software_version)]))
-                continue
-            sr = Encoded.of(build_sr(sources, verdict, software_version=software_version))
-        except (ValueError, TypeError, AttributeError):
-            # the source headers break a rule of the IODs (no frame of reference...)
+            built = _encoded_object(kind, key, sources, verdict, maps, software_version)
+        except _UNBUILDABLE:
             unsupported.append(kind)
+            continue
+        if kind == "saliency":
+            objects.append(built)
             continue
         path = _sr_spool(staging, key, verdict, software_version)
         part = path.with_name(path.name + ".part")
-        part.write_bytes(sr.data)
+        part.write_bytes(built[2][0].data)
         part.replace(path)  # complete or absent
     return objects, tuple(unsupported)
 
@@ -730,22 +759,13 @@ class _WriteBack:
               verdict: Any) -> list[tuple[str, str, list[Encoded]]]:
         """The objects of ``kinds``, in that order, up to the first the source headers cannot
         describe (the series is then unsupported)."""
-        from rankiq.service.results_dicom import build_saliency, build_sr
-
         objects: list[tuple[str, str, list[Encoded]]] = []
         for kind in kinds:
             maps = self.saliency(series) if kind == "saliency" else None
             try:
-                if maps is None:
-                    sr = build_sr(sources, verdict, software_version=self.software_version)
-                    objects.append(("sr", f"SR of series {key}", [Encoded.of(sr)]))
-                else:
-                    objects.append(("saliency", f"saliency map of series {key}",
-                                    [Encoded.of(pm) for pm in build_saliency(
-                                        sources, maps, verdict,
-                                        software_version=self.software_version)]))
-            except (ValueError, TypeError, AttributeError):
-                # the source headers break a rule of the IODs (no frame of reference...)
+                objects.append(_encoded_object(kind, key, sources, verdict, maps,
+                                               self.software_version))
+            except _UNBUILDABLE:
                 self.unsupported.add(key)
                 break
         return objects
