@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from rankiq.service import noref
 from rankiq.service.errors import InvalidImage, RankIQError
 from rankiq.service.preprocess import PREPROCESS_VERSION
 
@@ -305,7 +304,9 @@ class ScoringModel:
         if "saliency.onnx" in meta["files"]:
             sal, _ = _open_session(d / "saliency.onnx", threads, [provider])
         if meta.get("kind") == "features":
-            noref.warm()  # compile or load the feature kernels now, not on the first request
+            from rankiq.service.noref import warm
+
+            warm()  # compile or load the feature kernels now, not on the first request
         return cls(d, meta, provider, clf, score, sal, batch_size)
 
     # -- metadata ------------------------------------------------------------------------------
