@@ -132,8 +132,8 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
         z = np.zeros(x.shape, dtype=bool)
         return z, z, z, 0.0, np.full(x.shape, np.iinfo(np.int32).max, np.int32)
     fg = kernels.fill_holes(sm > FG_FRACTION * peak)
-    none = np.full(x.shape, np.iinfo(np.int32).max, np.int32)
-    dist = kernels.taxicab(fg) if fg.any() else none
+    far = np.iinfo(np.int32).max  # no foreground: every pixel is infinitely far from it
+    dist = kernels.taxicab(fg) if fg.any() else np.full(x.shape, far, np.int32)
     margin = max(2, int(round(AIR_MARGIN * x.shape[0])))
     near = dist <= margin
     # zeros outside the non-zero bounding box are padding; inside it, zeros are air the
