@@ -40,7 +40,7 @@ def archive(tmp_path_factory):
     """A small archive (with a localizer, a derived map, a non-image and an unreadable file)
     and the local engine's outputs for it."""
     root = tmp_path_factory.mktemp("ray-qa")
-    truth = build(root, SERIES, seed=11, size=192, slices=(16, 20), extras=True)
+    truth = build(root, SERIES, seed=11, size=256, slices=(40, 48), extras=True)
     local = rankiq("qa", str(root / "archive"), "--out", str(root / "local"), "--threads", "1",
                    "--no-progress")
     assert local.returncode == 0, local.stderr
