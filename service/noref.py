@@ -146,14 +146,13 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
     return near, fg, air, level, dist
 
 
-def _bbox(m: np.ndarray, halo: int = 0) -> tuple[slice, slice] | None:
-    """Rows and columns of the bounding box of the non-zero pixels of ``(H, W)`` ``m``, grown
-    by ``halo`` px on every side within the array (``None`` when ``m`` is all zero)."""
+def _bbox(m: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of the bounding box of the non-zero pixels of ``(H, W)`` ``m``
+    (``None`` when ``m`` is all zero)."""
     rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
     if not (rows.size and cols.size):
         return None
-    return (slice(max(int(rows[0]) - halo, 0), int(rows[-1]) + 1 + halo),
-            slice(max(int(cols[0]) - halo, 0), int(cols[-1]) + 1 + halo))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def _blur_measure(x: np.ndarray, fg: np.ndarray) -> float:
