@@ -74,6 +74,9 @@ from scipy import ndimage
 ANALYSIS_MAX = 256
 SMOOTH_PX = 1.5
 FG_FRACTION = 0.15
+DARK_MIN = 0.05  # dark_tissue: the lower cut, at least this fraction of the peak, ...
+DARK_AIR_FACTOR = 3.0  # ... else this many times the darkest level ...
+DARK_AIR_QUANTILE = 0.05  # ... which is this quantile of the smoothed slice in its non-zero box
 AIR_MARGIN = 1 / 32
 FAR = 1 / 8
 BANDS: tuple[float, ...] = (0.0, 0.04, 0.08, 0.15, 0.25, 0.35, 0.5, 0.71)
@@ -126,11 +129,18 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
     """:func:`masks` plus the city-block distance ``(G, G)`` of every pixel to the foreground
     (px; 0 inside it). ``distance <= k`` is the foreground dilated ``k`` times by the 4-connected
     cross, computed once instead of ``k`` dilation passes. ``x``: float64 ``(G, G)``."""
+    near, fg, air, level, dist, _ = _measure(x)
+    return near, fg, air, level, dist
+
+
+def _measure(x: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float]:
+    """:func:`_masks` and the slice's :func:`dark_tissue` ratio, from one smoothing."""
     sm = kernels.smooth(x, _SMOOTH_TAPS)
     peak = float(sm.max())
     if peak <= 0:
         z = np.zeros(x.shape, dtype=bool)
-        return z, z, z, 0.0, np.full(x.shape, np.iinfo(np.int32).max, np.int32)
+        return z, z, z, 0.0, np.full(x.shape, np.iinfo(np.int32).max, np.int32), 1.0
     fg = kernels.fill_holes(sm > FG_FRACTION * peak)
     far = np.iinfo(np.int32).max  # no foreground: every pixel is infinitely far from it
     dist = kernels.taxicab(fg) if fg.any() else np.full(x.shape, far, np.int32)
@@ -143,7 +153,43 @@ def _masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np
     if box is not None:
         air[box] = ~near[box]
     level = kernels.masked_median(x, fg, False) if fg.any() else 0.0
-    return near, fg, air, level, dist
+    return near, fg, air, level, dist, dark_tissue(x, sm, peak, fg)
+
+
+def dark_tissue(x: np.ndarray, smoothed: np.ndarray, peak: float, fg: np.ndarray) -> float:
+    """How much tissue lies below the foreground cut: the area above a cut set by the air's
+    noise floor over the area of the foreground ``fg`` (above ``FG_FRACTION`` of ``peak``);
+    1 when there is none.
+
+    The features cut the foreground at 15 % of the smoothed peak, which fits the brain, where
+    all tissue is bright. In a shoulder or a limb, muscle in T1 lies below it and is measured
+    as "air" full of "noise": a clean real shoulder scores as corrupted. This ratio tells such
+    anatomy from the training brains (:mod:`rankiq.service.domain`, reason ``dark_tissue``).
+    The lower cut is ``DARK_AIR_FACTOR`` times the darkest level (the ``DARK_AIR_QUANTILE``
+    quantile of the smoothed slice inside the bounding box of its non-zero pixels, every
+    second pixel: the air's floor where the slice has air; zeros inside the box are air the
+    scanner masked, padding outside it is not counted), at least ``DARK_MIN`` of ``peak``;
+    the area above it is joined with ``fg`` (whose holes are filled). A low-SNR or many-coil
+    slice, whose floor is itself high, and a field of view without air (whose darkest pixels
+    are tissue) keep the 15 % cut: ratio 1.
+
+    Args:
+        x: float64 ``(G, G)`` analysis-grid slice.
+        smoothed: ``x`` smoothed as for the masks; ``peak`` its maximum (> 0).
+        fg: bool ``(G, G)``, the foreground at ``FG_FRACTION``.
+    """
+    box = _bbox(x)
+    n = int(np.count_nonzero(fg))
+    if box is None or n == 0:
+        return 1.0
+    # every second pixel each way: a low quantile of a smooth image needs no more
+    sample = smoothed[box][::2, ::2].ravel()
+    k = int(DARK_AIR_QUANTILE * (sample.size - 1))
+    floor = float(np.partition(sample, k)[k])
+    cut = max(DARK_MIN, DARK_AIR_FACTOR * floor / peak)
+    if cut >= FG_FRACTION:
+        return 1.0
+    return float(np.count_nonzero(fg | (smoothed > cut * peak))) / n
 
 
 def _bbox(m: np.ndarray) -> tuple[slice, slice] | None:
@@ -265,11 +311,12 @@ def _erode(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def _features(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`features` and the ``(near, foreground, air)`` masks it measured them on (what
-    :func:`evidence_components` needs for the same slice)."""
+def _features(x: np.ndarray
+              ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], float]:
+    """:func:`features`, the ``(near, foreground, air)`` masks it measured them on (what
+    :func:`evidence_components` needs for the same slice) and the :func:`dark_tissue` ratio."""
     x = np.asarray(x, dtype=np.float64)
-    near, fg, air, level, dist = _masks(x)
+    near, fg, air, level, dist, dark = _measure(x)
     if level <= 0 or fg.sum() < 16:
         raise ValueError("no foreground")
     lap = kernels.laplacian(x)
@@ -299,7 +346,7 @@ def _features(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, 
     bands = np.log(_band_shares(x) + 1e-9)
     return np.array([noise, air_f, air_far, math.log(reach), structure, ghost, echo,
                      math.log(b / (1 - b)), *bands, _efc(x, near), _border(x, fg)],
-                    dtype=np.float64), (near, fg, air)
+                    dtype=np.float64), (near, fg, air), dark
 
 
 def _border(x: np.ndarray, fg: np.ndarray) -> float:
@@ -323,6 +370,8 @@ class FeatureInput:
         features: float32 ``(S, F)``, :data:`FEATURES` per slice (zeros for blank slices).
         empty: bool ``(S,)``, slices without foreground (blank or constant): not scored.
         grids: float32 ``(S, G, G)``, the analysis-grid slices (for saliency and display).
+        dark_tissue: float32 ``(S,)``, each slice's :func:`dark_tissue` ratio (1 for blank
+            slices): tissue darker than the foreground cut, which the features misread as air.
         masks: per slice, the ``(near, foreground, air)`` masks the features were measured on,
             bit-packed (``np.packbits`` of bool ``(3, G, G)``), or ``None``: not kept, a blank
             slice, or a slice whose own grid was centre-padded (masks of ``grids[i]`` then
@@ -332,6 +381,7 @@ class FeatureInput:
     features: np.ndarray
     empty: np.ndarray
     grids: np.ndarray
+    dark_tissue: np.ndarray
     masks: tuple[np.ndarray | None, ...] = ()
 
     def slice_masks(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -354,10 +404,11 @@ def prepare_features(pixels: np.ndarray, *, keep_masks: bool = False) -> Feature
     side = max((g.shape[0] for g in own), default=1)
     feats = np.zeros((len(own), len(FEATURES)), np.float32)
     empty = np.zeros(len(own), bool)
+    dark = np.ones(len(own), np.float32)
     kept: list[np.ndarray | None] = [None] * len(own)
     for i, g in enumerate(own):
         try:
-            feats[i], measured = _features(g)
+            feats[i], measured, dark[i] = _features(g)
         except ValueError:
             empty[i] = True
             continue
@@ -366,7 +417,7 @@ def prepare_features(pixels: np.ndarray, *, keep_masks: bool = False) -> Feature
     grids = np.zeros((len(own), side, side), np.float32)
     for i, g in enumerate(own):
         grids[i] = center_pad(g, (side, side))
-    return FeatureInput(feats, empty, grids, tuple(kept) if keep_masks else ())
+    return FeatureInput(feats, empty, grids, dark, tuple(kept) if keep_masks else ())
 
 
 def evidence_maps(x: np.ndarray) -> np.ndarray:

@@ -219,13 +219,13 @@ def score_series(
     if model.kind == "features":
         # saliency reuses the masks its features were measured on
         fi = prepare_features(as_slices(pixels), keep_masks=bool(saliency))
-        x, empty = fi.features, fi.empty
+        x, empty, dark = fi.features, fi.empty, fi.dark_tissue
     else:
         prepared = prepare(pixels, ref_px, grid=model.grid,
                            input_kind=model.input_kind,  # type: ignore[arg-type]
                            percentile=float(model.metadata.get("percentile",
                                                                DEFAULT_PERCENTILE)))
-        x, empty = prepared.network_input, prepared.empty
+        x, empty, dark = prepared.network_input, prepared.empty, None
     t1 = time.perf_counter()
     maps = None
     deferred = saliency == "deferred" and model.kind == "features"
@@ -253,7 +253,7 @@ def score_series(
             img = prepared.image
             display = (np.abs(img[:, 0]) if img.shape[1] == 1
                        else np.hypot(img[:, 0], img[:, 1])).astype(np.float32)
-    in_range, reasons = check_range(model, series, x, blank)
+    in_range, reasons = check_range(model, series, x, blank, dark)
     threshold = model_threshold(model, series.contrast)
     flagged = None if threshold is None or not in_range else bool(median > threshold)
     return SeriesScore(

@@ -12,7 +12,16 @@ pydicom-mr-small          pydicom ``MR_small.dcm`` (T2 SE, cropped inside the an
 pydicom-mr-mpr            pydicom ``examples_overlay.dcm`` (abdomen, T1 post, MPR)      300x484
 matplotlib-head-sagittal  matplotlib ``s1045.ima.gz`` (sagittal head, T1)               256x256
 nibabel-epi-z10/-z18      nibabel ``example4d.nii.gz`` (axial EPI, zero background)     96x128
+pydicom-data-shoulder     pydicom-data ``MR2_UNCR.dcm`` (shoulder, T1 SE, 1.5 T)        1024x1024
+pydicom-data-emri-f4      pydicom-data ``emri_small.dcm`` frame 4 (3D T1, inside head)  64x64
 ========================  ============================================================  =======
+
+The last two come from the ``pydicom-data`` package (pydicom's larger test files, installed
+with the ``train`` extra and found through ``pydicom.data.get_testdata_file`` without
+downloading). The shoulder is the only anatomy here with large tissue darker than 15 % of the
+peak (muscle in T1), the failure that made the no-reference foreground cut adaptive. Its
+other encodings in that package (``MR2_J2KR``/``_UNCI``/``_J2KI``) and ``MR-SIEMENS-DICOM-
+WithOverlays.dcm`` (the abdomen above, unreformatted) are the same images.
 
 Considered and left out: nibabel's ``nicom/tests/data/0.dcm``/``1.dcm`` (a synthetic ramp
 pattern, not anatomy), the ``siemens_dwi_*``/``philips_mprage``/``decimal_rescale`` test files
@@ -67,11 +76,17 @@ def _dicom(package: str, rel: str) -> tuple[np.ndarray, tuple[float, float] | No
     root = _package_dir(package)
     if root is None or not (root / rel).is_file():
         return None
+    return _dicom_file(root / rel)
+
+
+def _dicom_file(path: Path) -> tuple[np.ndarray, tuple[float, float] | None] | None:
+    """Rescaled float32 pixels (``(H, W)``, or ``(frames, H, W)``) and the top-level pixel
+    spacing of one DICOM file."""
     import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(root / rel)
+        ds = pydicom.dcmread(path)
         px = ds.pixel_array.astype(np.float32)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
@@ -135,8 +150,41 @@ def _epi(z: int) -> Callable[[], RealImage | None]:
     return load
 
 
+def _testdata(name: str, frame: int | None = None
+              ) -> tuple[np.ndarray, tuple[float, float] | None] | None:
+    """A file of pydicom's external test data (the ``pydicom-data`` package), never
+    downloaded: ``None`` when that package is not installed."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if not isinstance(path, str):
+        return None
+    got = _dicom_file(Path(path))
+    if got is None or frame is None:
+        return got
+    return got[0][frame], got[1]
+
+
+def _shoulder() -> RealImage | None:
+    got = _testdata("MR2_UNCR.dcm")
+    if got is None:
+        return None
+    return RealImage("pydicom-data-shoulder", got[0], got[1], "pydicom-data:MR2_UNCR.dcm",
+                     "coronal shoulder, T1 spin echo (TR 350 ms, TE 27 ms, 1.5 T), 1024x1024 at "
+                     "0.2 mm (interpolated), zero bands above and below", "T1")
+
+
+def _emri() -> RealImage | None:
+    got = _testdata("emri_small.dcm", frame=4)
+    if got is None:
+        return None
+    return RealImage("pydicom-data-emri-f4", got[0], got[1], "pydicom-data:emri_small.dcm",
+                     "frame 4 of a 10-frame enhanced MR, 3D T1 of the head, a 64x64 crop inside "
+                     "the anatomy (spacing not in the top-level tags)", "T1")
+
+
 LOADERS: tuple[Callable[[], RealImage | None], ...] = (
-    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18))
+    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18), _shoulder, _emri)
 
 
 def real_images(names: list[str] | None = None) -> list[RealImage]:

@@ -386,14 +386,15 @@ def markdown(report: dict[str, Any]) -> str:
                   f"series built from the same images (clean: as is, flipped, scaled; corrupted: "
                   f"level {arch['level']} of each type), default thresholds.", "",
                   "| model | clean flagged | corrupted flagged | "
-                  + " | ".join(kinds) + " | not scored |",
-                  "|---" * (len(kinds) + 4) + "|"]
+                  + " | ".join(kinds) + " | not assessable (out of range) | not scored |",
+                  "|---" * (len(kinds) + 5) + "|"]
         for name, a in arch["models"].items():
             bv = a["by_variant"]
             cells = [_pct(bv[k]["flagged"], bv[k]["series"]) if k in bv else "-" for k in kinds]
             lines.append(f"| {name} | {_pct(a['clean']['flagged'], a['clean']['series'])} | "
                          f"{_pct(a['corrupted']['flagged'], a['corrupted']['series'])} | "
-                         + " | ".join(cells) + f" | {a['not_scored']} |")
+                         + " | ".join(cells)
+                         + f" | {a.get('not_in_range', 0)} | {a['not_scored']} |")
     out_of_range = sorted({f"{im} ({', '.join(v['reasons']) or 'out of range'})"
                            for m in report["metrics"].values()
                            for im, v in m.get("in_range", {}).items() if v["in_range"] is False})
