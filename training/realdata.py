@@ -19,7 +19,7 @@ pydicom-data-emri-f4      pydicom-data ``emri_small.dcm`` frame 4 (3D T1, inside
 The last two come from the ``pydicom-data`` package (pydicom's larger test files, installed
 with the ``train`` extra and found through ``pydicom.data.get_testdata_file`` without
 downloading). The shoulder is the only anatomy here with large tissue darker than 15 % of the
-peak (muscle in T1), the failure that made the no-reference foreground cut adaptive. Its
+peak (muscle in T1), which the no-reference model labels out of range (``dark_tissue``). Its
 other encodings in that package (``MR2_J2KR``/``_UNCI``/``_J2KI``) and ``MR-SIEMENS-DICOM-
 WithOverlays.dcm`` (the abdomen above, unreformatted) are the same images.
 
@@ -79,7 +79,7 @@ def _dicom(package: str, rel: str) -> tuple[np.ndarray, tuple[float, float] | No
     return _dicom_file(root / rel)
 
 
-def _dicom_file(path: Path) -> tuple[np.ndarray, tuple[float, float] | None] | None:
+def _dicom_file(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Rescaled float32 pixels (``(H, W)``, or ``(frames, H, W)``) and the top-level pixel
     spacing of one DICOM file."""
     import pydicom
@@ -159,10 +159,8 @@ def _testdata(name: str, frame: int | None = None
     path = get_testdata_file(name, download=False)
     if not isinstance(path, str):
         return None
-    got = _dicom_file(Path(path))
-    if got is None or frame is None:
-        return got
-    return got[0][frame], got[1]
+    px, spacing = _dicom_file(Path(path))
+    return (px if frame is None else px[frame]), spacing
 
 
 def _shoulder() -> RealImage | None:
