@@ -138,7 +138,7 @@ MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
 MODEL_VERSION ?= 1.1.0
 NOREF_ACQUISITIONS ?= 1200
-NOREF_VERSION ?= 2.2.1
+NOREF_VERSION ?= 2.3.0
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 

@@ -55,6 +55,13 @@ Features (:data:`FEATURES`, all dimensionless, higher = worse unless noted):
   masked background, near 1 for a field of view inside the anatomy, where "air" is dark
   tissue and the air features mean something else.
 
+Air gate (:func:`air_weight`, 2.3.0): the five air features (``AIR_FEATURES``) are blended
+towards their values for a slice without air (``NO_AIR``) as ``border`` rises from 0.2 to 0.6
+(weight 1 -> 0, linear). Inside the anatomy the pixels below the foreground cut are CSF,
+sulci and muscle, whose "noise", "reach" and "structure" are anatomy: the scorer learnt them
+from few simulated crops and read them backwards on real ones (adding noise to pydicom's
+``emri_small`` crops lowered their score). A whole head in air is unaffected (``border`` ~0).
+
 Arrays: slices are float ``(H, W)`` magnitudes; features float64 ``(F,)``.
 """
 
@@ -88,6 +95,13 @@ FEATURES: tuple[str, ...] = (
 _EPS = 1e-6
 AIR_MIN = 1e-3  # air below this fraction of the tissue level is not measurable (round-off)
 AIR_FLOOR = math.log(AIR_MIN)  # ``air`` of a slice without measurable air
+#: ``border`` below which the air features count fully, above which not at all (linear in
+#: between, so the score never jumps): a field of view inside the anatomy has no air, and
+#: what lies below the foreground cut there is dark tissue (see :func:`air_weight`)
+AIR_GATE: tuple[float, float] = (0.2, 0.6)
+#: the features measured in the air, and their values for a slice without air
+AIR_FEATURES: tuple[str, ...] = ("air", "air_far", "air_reach", "air_structure", "ghost")
+NO_AIR: tuple[float, ...] = (AIR_FLOOR, AIR_FLOOR, 0.0, math.log(1.128), 0.0)
 
 
 def analysis_grid(x: np.ndarray) -> np.ndarray:
@@ -325,28 +339,40 @@ def _features(x: np.ndarray
         inner = fg
     sigma = kernels.masked_median(lap, inner, True) / 0.6745 / 6.0
     noise = math.log(sigma / level + _EPS)
+    border = _border(x, fg)
+    w = air_weight(border)
     n, total, n_far, total_far, n_live, total_live, sq_live = kernels.air_sums(
         x, air, dist, max(3, int(FAR * x.shape[0])))
-    if n >= 32 and total / n > AIR_MIN * level:
+    air_f, air_far, log_reach, structure, ghost = NO_AIR
+    if w > 0 and n >= 32 and total / n > AIR_MIN * level:
         mean = total / n
         air_f = math.log(mean / level)
         far = total_far / n_far if n_far >= 32 else mean
         air_far = math.log(max(far, AIR_MIN * level) / level)
-        reach = _reach(x, fg, air)
+        log_reach = math.log(_reach(x, fg, air))
         # the structure of what the scanner left unmasked
-        structure = (math.log(math.sqrt(sq_live / n_live) / (total_live / n_live))
-                     if n_live >= 32 else math.log(1.128))
-    else:  # no measurable air (masked to zero, or no background in the field of view)
-        air_f = air_far = AIR_FLOOR
-        reach = 1.0
-        structure = math.log(1.128)
-    ghost = _ghost(x, fg, air)
+        if n_live >= 32:
+            structure = math.log(math.sqrt(sq_live / n_live) / (total_live / n_live))
+    # else: no measurable air (masked to zero, or no background in the field of view)
+    if w > 0:
+        ghost = _ghost(x, fg, air)
+    if w < 1:  # partly inside the anatomy: towards the values of a slice without air
+        air_f, air_far, log_reach, structure, ghost = (
+            w * v + (1 - w) * v0
+            for v, v0 in zip((air_f, air_far, log_reach, structure, ghost), NO_AIR, strict=True))
     echo = _echo(lap, near)
     b = min(max(_blur_measure(x, fg), 1e-4), 1 - 1e-4)
     bands = np.log(_band_shares(x) + 1e-9)
-    return np.array([noise, air_f, air_far, math.log(reach), structure, ghost, echo,
-                     math.log(b / (1 - b)), *bands, _efc(x, near), _border(x, fg)],
+    return np.array([noise, air_f, air_far, log_reach, structure, ghost, echo,
+                     math.log(b / (1 - b)), *bands, _efc(x, near), border],
                     dtype=np.float64), (near, fg, air), dark
+
+
+def air_weight(border: float) -> float:
+    """How much the air features count for a slice with this ``border`` (1 for a head in air,
+    0 for a field of view inside the anatomy; linear across :data:`AIR_GATE`)."""
+    lo, hi = AIR_GATE
+    return min(max((hi - border) / (hi - lo), 0.0), 1.0)
 
 
 def _border(x: np.ndarray, fg: np.ndarray) -> float:

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from rankiq.service.domain import check_range
 from rankiq.service.errors import InputTooLarge, InvalidImage, RankIQError
-from rankiq.service.noref import EVIDENCE, FeatureInput, evidence_map, prepare_features
+from rankiq.service.noref import (
+    AIR_FEATURES,
+    EVIDENCE,
+    FEATURES,
+    FeatureInput,
+    air_weight,
+    evidence_map,
+    prepare_features,
+)
 from rankiq.service.preprocess import DEFAULT_PERCENTILE, as_slices, prepare
 
 if TYPE_CHECKING:
@@ -279,7 +287,8 @@ def model_threshold(model: ScoringModel, contrast: str) -> float | None:
 def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
     """Saliency of a features model, float32 ``(S, 1, G, G)``: the evidence map of each feature
     (:func:`rankiq.service.noref.evidence_maps`) weighted by how much the score moves with that
-    feature (``|d score / d feature|``, central differences through the model), so the map
+    feature (``|d score / d feature|``, central differences through the model; the air
+    features times their :func:`rankiq.service.noref.air_weight`), so the map
     shows where the evidence that raised the score lies; each map sums to the slice's score.
     """
     f = fi.features.astype(np.float64)
@@ -289,6 +298,9 @@ def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
     steps = np.concatenate([f[:, None, :] + eye, f[:, None, :] - eye], axis=1).reshape(-1, k)
     s = model.score(steps.astype(np.float32)).astype(np.float64).reshape(n, 2, k)
     grad = np.abs(s[:, 0] - s[:, 1]) / (2 * h)  # (S, F)
+    # the air features enter the score through the air gate: the air's pixels weigh w times
+    gate = np.array([air_weight(float(b)) for b in f[:, FEATURES.index("border")]])
+    grad[:, [FEATURES.index(a) for a in AIR_FEATURES]] *= gate[:, None]
     base = model.score(fi.features).astype(np.float64)
     out = np.zeros((n, 1, *fi.grids.shape[1:]), np.float32)
     for i in range(n):

@@ -83,6 +83,39 @@ def test_border_tells_a_whole_head_in_air_from_a_region_inside_it() -> None:
     assert features(analysis_grid(padded))[b] == pytest.approx(inside)
 
 
+def test_air_gate_drops_the_air_features_inside_the_anatomy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The air features count fully for a head in air, not at all for a field of view inside
+    the anatomy (there, what lies below the foreground cut is dark tissue), and in between
+    they are blended, so the features move continuously with ``border``."""
+    assert noref.air_weight(0.0) == 1.0 and noref.air_weight(1.0) == 0.0
+    lo, hi = noref.AIR_GATE
+    assert noref.air_weight(lo) == 1.0 and noref.air_weight(hi) == 0.0
+    assert noref.air_weight((lo + hi) / 2) == pytest.approx(0.5)
+    idx = [FEATURES.index(a) for a in noref.AIR_FEATURES]
+    rng = np.random.default_rng(3)
+    img = np.abs(_phantom(128) + 0.02 * rng.standard_normal((128, 128))).astype(np.float32)
+    whole = features(analysis_grid(img))
+    assert whole[FEATURES.index("border")] < lo
+    assert whole[idx[0]] > noref.AIR_FLOOR + 1  # a head in air: the air is measured
+    # a window inside the object with a dark hole (CSF-like tissue) that the 15 % cut
+    # leaves out of the foreground: its "air" features are those of a slice without air
+    inside = img[30:98, 30:98].copy()
+    inside[24:44, 24:44] *= 0.05
+    f = features(analysis_grid(inside))
+    assert f[FEATURES.index("border")] > hi
+    np.testing.assert_allclose(f[idx], noref.NO_AIR, atol=1e-12)
+    # a window whose ring is partly air: the measured values blended towards the no-air ones
+    g = analysis_grid(img[10:118, 0:80])
+    part = features(g)
+    w = noref.air_weight(part[FEATURES.index("border")])
+    assert 0 < w < 1, w
+    monkeypatch.setattr(noref, "AIR_GATE", (2.0, 3.0))  # every slice counts as a head in air
+    measured = features(g)
+    np.testing.assert_allclose(part[idx], w * measured[idx] + (1 - w) * np.array(noref.NO_AIR),
+                               rtol=1e-12, atol=1e-12)
+
+
 def _limb(floor: float, seed: int = 5) -> np.ndarray:
     """A bright object with a large attached region of dark tissue (8 % of the bright level,
     muscle in a T1 shoulder) in air whose noise floor (Rayleigh mean) is ``floor``."""
@@ -260,6 +293,34 @@ def test_shipped_noise_is_worse_than_clean_and_compare_agrees() -> None:
     assert cmp.probabilities[0] > cmp.probabilities[2]  # a (clean) better, as its score says
     offset = rankiq.score((x + 0.2 * x.max()).astype(np.float32), model=model).median
     assert offset > 0 and np.isfinite(offset)
+
+
+def _exp_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """``exp(-sigma r)`` k-space blur (r in cycles per field of view / 64) of a real slice."""
+    f = np.fft.fftfreq(x.shape[0])
+    r = np.hypot(f[:, None], f[None, :])
+    return np.abs(np.fft.ifft2(np.fft.fft2(x) * np.exp(-2 * sigma * r))).astype(np.float32)
+
+
+def test_shipped_model_orders_blur_and_noise_on_real_crops_inside_the_head() -> None:
+    """pydicom's ``emri_small.dcm``: ten 64x64 windows inside a real T1 head, no air. Before
+    the air gate (2.2.1) the dark tissue was read as air and mild blur *lowered* the score
+    of most of them; now blur raises it step by step and noise raises it on most."""
+    model = _shipped()
+    path = pydicom.data.get_testdata_file("emri_small.dcm", download=False)
+    assert path is not None, "pydicom-data (the train extra) is not installed"
+    frames = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    noise_ordered = 0
+    for i, x in enumerate(frames):
+        blur = [rankiq.score(_exp_blur(x, s), model=model).median for s in (0, 0.6, 1, 1.6, 2.5)]
+        steps = zip(blur[1:], blur[2:], strict=False)
+        assert blur[2] > blur[0] and all(b > a for a, b in steps), (i, blur)
+        rng = np.random.default_rng(i)
+        z = (rng.standard_normal(x.shape) + 1j * rng.standard_normal(x.shape)) / np.sqrt(2)
+        noisy = [rankiq.score(np.abs(x + lv * float(x.mean()) * z).astype(np.float32),
+                              model=model).median for lv in (0, 0.2)]
+        noise_ordered += noisy[1] > noisy[0]
+    assert noise_ordered >= 9, noise_ordered
 
 
 def test_shipped_model_labels_a_clean_real_shoulder_not_assessable_not_flagged() -> None:

@@ -173,3 +173,20 @@ def test_json_has_no_nan_or_infinity_literals():
     doc = {"a": [1.0, float("nan"), float("inf"), -float("inf")], "b": {"c": (2, 3.5)}}
     text = json.dumps(_finite(doc), allow_nan=False)
     assert json.loads(text) == {"a": [1.0, None, "inf", "-inf"], "b": {"c": [2, 3.5]}}
+
+
+def test_extra_emri_frames_are_available_by_name_only():
+    """The other nine frames of emri_small are a set of their own: never in the default set
+    (one scan would count ten times), loaded when named."""
+    from rankiq.training.realdata import available_names, real_images
+
+    default = [im.name for im in real_images()]
+    known = available_names()
+    if "pydicom-data-emri-f4" not in default:
+        pytest.skip("pydicom-data is not installed")
+    assert "pydicom-data-emri-f0" not in default and "pydicom-data-emri-f0" in known
+    assert known[:len(default)] == default
+    frames = real_images(["pydicom-data-emri-f0", "pydicom-data-emri-f9"])
+    assert [im.name for im in frames] == ["pydicom-data-emri-f0", "pydicom-data-emri-f9"]
+    assert all(im.image.shape == (64, 64) for im in frames)
+    assert not np.array_equal(frames[0].image, frames[1].image)

@@ -292,8 +292,16 @@ def test_network_saliency_on_the_scans_own_square_is_the_crop_of_the_padding():
 
 def test_features_saliency_weights_each_evidence_map_by_the_score_gradient(repo_root):
     """The documented definition, with the gradient taken independently (a 10x larger central
-    step): the evidence maps weighted by |d score / d feature|, scaled to sum to the score."""
-    from rankiq.service.noref import evidence_components, prepare_features
+    step): the evidence maps weighted by |d score / d feature| (the air features' times the
+    slice's air weight: the air's pixels enter the score through the air gate), scaled to sum
+    to the score."""
+    from rankiq.service.noref import (
+        AIR_FEATURES,
+        FEATURES,
+        air_weight,
+        evidence_components,
+        prepare_features,
+    )
     from rankiq.service.scoring import feature_saliency
 
     model = _models(repo_root)["iqnet-noref"]
@@ -308,7 +316,11 @@ def test_features_saliency_weights_each_evidence_map_by_the_score_gradient(repo_
     s = model.score(steps.astype(np.float32)).astype(np.float64).reshape(n, 2, k)
     grad = np.abs(s[:, 0] - s[:, 1]) / (2 * h)
     base = model.score(fi.features).astype(np.float64)
+    air = [FEATURES.index(a) for a in AIR_FEATURES]
     for i in range(n):
+        gate = air_weight(float(f[i, FEATURES.index("border")]))
+        assert gate < 1  # MR_small is a window inside the head: the gate is at work here
+        grad[i, air] *= gate
         maps, which = evidence_components(fi.grids[i])
         want = np.tensordot(np.bincount(which, weights=grad[i], minlength=len(maps)), maps, 1)
         want *= base[i] / want.sum()

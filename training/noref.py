@@ -251,8 +251,14 @@ class FittedScorer:
         return np.exp(self.scale * (self.raw(x) - self.offset))
 
 
+#: L2 penalty of the fit (2.3.0; 1e-3 before): on held-out simulated acquisitions 1e-4
+#: orders more ladder steps (92.2 -> 93.0 % of the ladder pairs with the air gate; 1e-2 and
+#: 1e-1 order fewer: 87.1 and 84.1 %), and the rebuild stability is reported with each build
+WEIGHT_DECAY = 1e-4
+
+
 def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = 3,
-        weight_decay: float = 1e-3, train: np.ndarray | None = None,
+        weight_decay: float = WEIGHT_DECAY, train: np.ndarray | None = None,
         across: int = ACROSS_PAIRS, across_weight: float = ACROSS_WEIGHT) -> FittedScorer:
     """Fit :class:`FittedScorer` on the pairs of :func:`ranking_pairs` (``train``: bool mask
     over acquisitions used, default all)."""

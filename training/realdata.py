@@ -16,6 +16,11 @@ pydicom-data-shoulder     pydicom-data ``MR2_UNCR.dcm`` (shoulder, T1 SE, 1.5 T)
 pydicom-data-emri-f4      pydicom-data ``emri_small.dcm`` frame 4 (3D T1, inside head)  64x64
 ========================  ============================================================  =======
 
+By name only (``--images``): ``pydicom-data-emri-f0`` .. ``-f9``, the other frames of
+``emri_small.dcm`` (windows inside the same head, the weakest case of the no-reference model
+before its air gate: a set of its own, so that the default set does not count one scan ten
+times).
+
 The last two come from the ``pydicom-data`` package (pydicom's larger test files, installed
 with the ``train`` extra and found through ``pydicom.data.get_testdata_file`` without
 downloading). The shoulder is the only anatomy here with large tissue darker than 15 % of the
@@ -172,30 +177,40 @@ def _shoulder() -> RealImage | None:
                      "0.2 mm (interpolated), zero bands above and below", "T1")
 
 
-def _emri() -> RealImage | None:
-    got = _testdata("emri_small.dcm", frame=4)
-    if got is None:
-        return None
-    return RealImage("pydicom-data-emri-f4", got[0], got[1], "pydicom-data:emri_small.dcm",
-                     "frame 4 of a 10-frame enhanced MR, 3D T1 of the head, a 64x64 crop inside "
-                     "the anatomy (spacing not in the top-level tags)", "T1")
+def _emri(frame: int) -> Callable[[], RealImage | None]:
+    def load() -> RealImage | None:
+        got = _testdata("emri_small.dcm", frame=frame)
+        if got is None:
+            return None
+        return RealImage(f"pydicom-data-emri-f{frame}", got[0], got[1],
+                         "pydicom-data:emri_small.dcm",
+                         f"frame {frame} of a 10-frame enhanced MR, 3D T1 of the head, a 64x64 "
+                         "crop inside the anatomy (spacing not in the top-level tags)", "T1")
+
+    return load
 
 
 LOADERS: tuple[Callable[[], RealImage | None], ...] = (
-    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18), _shoulder, _emri)
+    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18), _shoulder, _emri(4))
+#: the other nine frames of ``emri_small.dcm`` (windows inside the same head): by name only
+#: (``rankiq evaluate real --images``), so that the default set does not count one scan ten
+#: times
+EXTRA_LOADERS: tuple[Callable[[], RealImage | None], ...] = tuple(
+    _emri(f) for f in range(10) if f != 4)
 
 
 def real_images(names: list[str] | None = None) -> list[RealImage]:
     """The available real MR slices (see the module table), in a fixed order.
 
     Args:
-        names: keep only these names (unknown names are ignored; see :func:`available_names`).
+        names: keep only these names (unknown names are ignored; see :func:`available_names`);
+            ``None``: the default set (:data:`LOADERS`; :data:`EXTRA_LOADERS` only by name).
 
     Returns:
         The images whose package and file are installed; missing ones are skipped.
     """
     out = []
-    for load in LOADERS:
+    for load in LOADERS + (EXTRA_LOADERS if names is not None else ()):
         try:
             im = load()
         except (OSError, ValueError, ImportError):  # a broken optional file: skip it
@@ -206,5 +221,15 @@ def real_images(names: list[str] | None = None) -> list[RealImage]:
 
 
 def available_names() -> list[str]:
-    """Names of the real images installed here."""
-    return [im.name for im in real_images()]
+    """Names of the real images installed here: the default set, then those available by
+    name only."""
+    default = [im.name for im in real_images()]
+    extra = []
+    for load in EXTRA_LOADERS:
+        try:
+            im = load()
+        except (OSError, ValueError, ImportError):
+            im = None
+        if im is not None:
+            extra.append(im.name)
+    return default + extra

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from rankiq.service.noref import ANALYSIS_MAX, FEATURES
+from rankiq.service.noref import AIR_FEATURES, AIR_GATE, ANALYSIS_MAX, FEATURES
 from rankiq.service.preprocess import PREPROCESS_VERSION
 from rankiq.training.export.writer import OPSET, seal, staged_model_dir, to_onnx
 from rankiq.training.noref import CLEAN_QUANTILE, FittedScorer
@@ -108,7 +108,10 @@ def model_card(meta: dict[str, Any]) -> str:
         f"{meta['grid'][0]} px (never upsampled), then a mean of "
         f"{meta['architecture']['members']} MLPs ({meta['architecture']['hidden']} softplus "
         "units) and `exp(scale * (raw - offset))`: clean realistic acquisitions score 1 at "
-        f"the median and 2 at the {CLEAN_QUANTILE:.0%} quantile.", "",
+        f"the median and 2 at the {CLEAN_QUANTILE:.0%} quantile. The air features "
+        f"({', '.join(AIR_FEATURES)}) count fully while `border` is below {AIR_GATE[0]:g} "
+        f"and not at all above {AIR_GATE[1]:g} (a field of view inside the anatomy has no "
+        "air: what lies below the foreground cut there is dark tissue).", "",
         "## Training",
         f"{t.get('acquisitions')} realistic simulated acquisitions (seed {t.get('seed')}), "
         "each with graded ladders of noise, blur, motion and undersampling; pairwise ranking "
