@@ -199,6 +199,14 @@ EXTRA_LOADERS: tuple[Callable[[], RealImage | None], ...] = tuple(
     _emri(f) for f in range(10) if f != 4)
 
 
+def _load(load: Callable[[], RealImage | None]) -> RealImage | None:
+    """One loader's image, ``None`` when its package or file is missing or broken."""
+    try:
+        return load()
+    except (OSError, ValueError, ImportError):  # a broken optional file: skip it
+        return None
+
+
 def real_images(names: list[str] | None = None) -> list[RealImage]:
     """The available real MR slices (see the module table), in a fixed order.
 
@@ -209,27 +217,12 @@ def real_images(names: list[str] | None = None) -> list[RealImage]:
     Returns:
         The images whose package and file are installed; missing ones are skipped.
     """
-    out = []
-    for load in LOADERS + (EXTRA_LOADERS if names is not None else ()):
-        try:
-            im = load()
-        except (OSError, ValueError, ImportError):  # a broken optional file: skip it
-            im = None
-        if im is not None and (names is None or im.name in names):
-            out.append(im)
-    return out
+    loaders = LOADERS + (EXTRA_LOADERS if names is not None else ())
+    return [im for im in map(_load, loaders)
+            if im is not None and (names is None or im.name in names)]
 
 
 def available_names() -> list[str]:
     """Names of the real images installed here: the default set, then those available by
     name only."""
-    default = [im.name for im in real_images()]
-    extra = []
-    for load in EXTRA_LOADERS:
-        try:
-            im = load()
-        except (OSError, ValueError, ImportError):
-            im = None
-        if im is not None:
-            extra.append(im.name)
-    return default + extra
+    return [im.name for im in map(_load, LOADERS + EXTRA_LOADERS) if im is not None]
