@@ -123,7 +123,8 @@ format: venv
 ## make models: rebuild the shipped models from nothing, deterministic for the seeds below.
 ## Reference model: simulate -> panel -> consensus -> train (5-fold CV, epoch chosen on an inner
 ## split of the training folds; then one final model on all pairs) -> evaluate -> export (final/)
-## (training and evaluation measured 44 min, simulation 12-20 min on 2 cores; training runs on
+## (training and evaluation measured 44 min, plus 14 min for the two EfficientNet runs,
+## simulation 12-20 min on 2 cores; training runs on
 ## a 128x128 grid, the paper's 396 costs ~10x more per epoch on CPU: see docs/deviations.md).
 ## No-reference model: `make noref-model` (realistic acquisitions with graded ladders ->
 ## features -> ranking fit -> thresholds; its classifier is fitted on the same consensus), then
@@ -137,6 +138,10 @@ MODEL_SEED  ?= 2025
 MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
 MODEL_VERSION ?= 1.1.0
+## EfficientNet-b0 rows (from scratch: no ImageNet weights offline) at a size 2 cores afford
+## (~20 min per run at 64 px, 4 epochs); the paper's 224 px is `EFFNET_SIZE=224` on a GPU
+EFFNET_SIZE ?= 64
+EFFNET_EPOCHS ?= 4
 NOREF_ACQUISITIONS ?= 1200
 NOREF_VERSION ?= 2.3.0
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
@@ -155,8 +160,12 @@ models: venv
 	$(TRAIN) --model ssim --epochs 20 --out $(RUNS)/ssim
 	$(TRAIN) --model iqnet --no-reference --lr 1e-3 --dropout 0 --epochs $(MODEL_EPOCHS) \
 	  --out $(RUNS)/iqnet-noref
+	$(TRAIN) --model efficientnet --input complex --effnet-size $(EFFNET_SIZE) --lr 1e-3 \
+	  --dropout 0 --epochs $(EFFNET_EPOCHS) --out $(RUNS)/effnet-ref
+	$(TRAIN) --model efficientnet --no-reference --input complex --effnet-size $(EFFNET_SIZE) \
+	  --lr 1e-3 --dropout 0 --epochs $(EFFNET_EPOCHS) --out $(RUNS)/effnet-noref
 	$(BIN)/rankiq evaluate $(RUNS)/iqnet-ref $(RUNS)/mse $(RUNS)/ssim $(RUNS)/iqnet-noref \
-	  --out $(REPORT) --figure-slices 2
+	  $(RUNS)/effnet-ref $(RUNS)/effnet-noref --out $(REPORT) --figure-slices 2
 	$(BIN)/rankiq export $(RUNS)/iqnet-ref --out models/iqnet-ref --version $(MODEL_VERSION) \
 	  --calibrate $(DATA)/pairs.h5
 	$(MAKE) --no-print-directory noref-model

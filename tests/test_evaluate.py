@@ -81,3 +81,16 @@ def test_paper_comparison_marks_rows_without_runs_not_run() -> None:
     for name in ("EfficientNet-b0, with reference", "EfficientNet-b0, without reference",
                  "MSE", "SSIM"):
         assert "not run" in rows[name] and "rankiq train" in rows[name]
+
+
+def test_saliency_alignment_follows_the_error_map() -> None:
+    """1 for a map ranking pixels as the corruption does (any monotone transform), about 0 for
+    an unrelated map, -1 reversed, NaN for a constant map (nothing to rank)."""
+    from rankiq.training.figures import saliency_alignment
+
+    rng = np.random.default_rng(0)
+    err = rng.random((32, 32))
+    assert saliency_alignment(np.sqrt(err) * 5, err) == pytest.approx(1.0)
+    assert saliency_alignment(-err, err) == pytest.approx(-1.0)
+    assert abs(saliency_alignment(rng.random((32, 32)), err)) < 0.1
+    assert np.isnan(saliency_alignment(np.ones((32, 32)), err))

@@ -84,8 +84,14 @@ def test_train_and_evaluate(data, tmp_path, capsys) -> None:
     res = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert res["anova"]["df1"] == 2 and "iq vs mse" in res["ttests"]
     assert res["spearman"]["noref"]["n_images"] == 64
-    for f in ("table.md", "fig6_iq.png", "scatter_iq.png", "fig6_noref.png"):
+    for f in ("table.md", "fig6_iq.png", "scatter_iq.png", "fig6_noref.png", "fig3_saliency.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 0
+    # Figure 3: one alignment per network run (the metric baseline has no saliency) and row
+    align = res["saliency_alignment"]
+    assert set(align) == {"iq", "noref"}
+    assert all(set(row) == {"noise", "blur", "undersample_2d"} for row in align.values())
+    assert all(-1.0 <= v <= 1.0 for row in align.values() for v in row.values())
+    assert "Spearman rho between each run's saliency map" in res["markdown"]
 
 
 def test_bench_train_prints_table(capsys) -> None:

@@ -155,6 +155,17 @@ def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
             result["figures"].append(str(figure6(r["dir"], out / f"fig6_{r['name']}.png",
                                                  slices=figure_slices, seed=seed)))
             result["figures"].append(str(scatter(r["dir"], out / f"scatter_{r['name']}.png")))
+        nets = [r for r in runs if r["config"]["model"] not in METRIC_MODELS
+                and r["folds"].get("0") == ref_folds.get("0")]
+        if nets:
+            from rankiq.training.figures import figure3
+
+            path, align = figure3([r["dir"] for r in nets], out / "fig3_saliency.png",
+                                  seed=seed)
+            result["figures"].append(str(path))
+            result["saliency_alignment"] = align
+            md += "\n\n" + format_alignment(align)
+            result["markdown"] = md
     (out / "table.md").write_text(md + "\n", encoding="utf-8")
     write_json(out / "results.json", result)
     return result
@@ -206,6 +217,19 @@ def paper_comparison(res: dict) -> list[str]:
         lines.append(f"| {name} | {pm} ± {psd} | {100 * r['mean']:.1f}{sd} | {pooled} | "
                      f"{Path(r['run']).name} |")
     return lines
+
+
+def format_alignment(align: dict[str, dict[str, float]]) -> str:
+    """Markdown table of Figure 3's saliency alignment (run x corruption, Spearman rho of the
+    saliency map with the error map of the added corruption)."""
+    kinds = list(next(iter(align.values()), {}))
+    lines = ["Figure 3 (fig3_saliency.png): Spearman rho between each run's saliency map and the "
+             "added corruption's error map on a held-out slice (1: the map follows the "
+             "corruption; ~0: unrelated)", "",
+             "| run | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, row in align.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in kinds) + " |")
+    return "\n".join(lines)
 
 
 def format_markdown(res: dict) -> str:

@@ -9,6 +9,11 @@ units differ).
 
 ``scatter``: the held-out scores of ``predictions.csv`` against the pairs file's ``/mse`` and
 ``/ssim`` of the same images, with Pearson r.
+
+``figure3``: the paper's Figure 3, saliency maps of several trained scorers (IQ-Net and
+EfficientNet, with and without reference) on one held-out slice with one corruption per row,
+and :func:`saliency_alignment`, a number for what the figure shows: how well each map follows
+the corruption actually added.
 """
 
 from __future__ import annotations
@@ -104,6 +109,115 @@ def figure6(run_dir: Path, out: Path, *, slices: int = 4, seed: int = 0) -> Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+#: Figure 3's rows (the paper's: Gaussian noise, blurring, undersampling) and the level of each
+#: (a middle level of :data:`rankiq.training.synthetic.LEVELS`)
+FIGURE3_CORRUPTIONS: dict[str, float] = {"noise": 6.0, "blur": 1.0, "undersample_2d": 0.1}
+
+
+def held_out_reference(run_dir: Path, fold: int = 0) -> np.ndarray:
+    """The reference (complex ``(S, S)``) of the first held-out slice of ``fold`` of a run."""
+    from rankiq.training.data import open_pairs
+    from rankiq.training.runs import RunError, read_config, read_json
+
+    cfg = read_config(run_dir)
+    held = set(read_json(run_dir / "folds.json").get(str(fold), []))
+    with open_pairs(cfg["data"]["pairs"]) as pf:
+        pids = pf.h5["pair_id"][: pf.n]
+        row = next((i for i, p in enumerate(pids) if int(p) in held), None)
+        if row is None:
+            raise RunError(f"fold {fold} holds out no pair of the pairs file",
+                           source=str(run_dir))
+        return np.asarray(pf.h5["reference"][row])
+
+
+def saliency_map(run_dir: Path, image: np.ndarray, reference: np.ndarray, *,
+                 fold: int | str = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient magnitude of a run's score with respect to its network input.
+
+    Args:
+        run_dir: a trained network run (IQ-Net, EfficientNet, a distilled student).
+        image, reference: complex ``(S, S)``; the reference is used in reference mode only.
+        fold: the model to load (fold 0 by default, for which the slice of
+            :func:`held_out_reference` is held out).
+
+    Returns:
+        ``(saliency, error)``, float64 ``(H, W)`` on the run's grid: ``|d score / d x|`` summed
+        over input channels in quadrature, and ``|image - reference|`` prepared the same way
+        (the corruption the map should follow).
+    """
+    import torch
+    from rankiq.service.preprocess import prepare
+    from rankiq.training.factory import load_run
+    from rankiq.training.runs import read_config
+
+    cfg = read_config(run_dir)
+    grid = tuple(cfg["grid"])
+    run = load_run(run_dir, fold=fold)
+    use_ref = reference[None] if cfg["mode"] == "reference" else None
+    x = prepare(image[None], use_ref, grid=grid, input_kind=cfg["input_kind"]).network_input
+    xt = torch.from_numpy(np.ascontiguousarray(x)).float().requires_grad_(True)
+    run.scorer(xt).sum().backward()
+    assert xt.grad is not None
+    sal = np.sqrt((xt.grad.double().numpy()[0] ** 2).sum(axis=0))
+    # the error map on the same grid and intensity scale: image and reference prepared together
+    pm = prepare(image[None], reference[None], grid=grid, input_kind="magnitude")
+    assert pm.reference is not None
+    err = np.abs(pm.image[0, 0].astype(np.float64) - pm.reference[0, 0])
+    return sal, err
+
+
+def saliency_alignment(saliency: np.ndarray, error: np.ndarray) -> float:
+    """Spearman rho between a saliency map and the corruption's error map, pixel by pixel
+    (``(H, W)`` each): 1 when the map ranks pixels as the corruption does, ~0 for a map unrelated
+    to it. NaN when either map is constant."""
+    from scipy.stats import spearmanr
+
+    a, b = np.ravel(saliency), np.ravel(error)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def figure3(run_dirs: list[Path], out: Path, *, seed: int = 0) -> tuple[Path, dict]:
+    """Write the paper's Figure 3 for ``run_dirs`` (columns) and :data:`FIGURE3_CORRUPTIONS`
+    (rows): the corrupted image, its error map, then each run's saliency map (fold 0's model on
+    fold 0's first held-out slice; every run must share that fold). Returns ``(out,
+    {run name: {corruption: alignment}})`` (:func:`saliency_alignment`)."""
+    from rankiq.training.runs import read_config, run_label
+    from rankiq.training.synthetic import single_corruption
+
+    ref = held_out_reference(run_dirs[0])
+    rng = np.random.default_rng(seed)
+    plt = _plt()
+    rows, cols = len(FIGURE3_CORRUPTIONS), 2 + len(run_dirs)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    align: dict[str, dict[str, float]] = {Path(r).name: {} for r in run_dirs}
+    for i, (kind, level) in enumerate(FIGURE3_CORRUPTIONS.items()):
+        img = single_corruption(ref, kind, level, rng)
+        panels = []
+        err = None
+        for r in run_dirs:
+            sal, err = saliency_map(Path(r), img, ref)
+            align[Path(r).name][kind] = saliency_alignment(sal, err)
+            panels.append((sal, f"{run_label(read_config(Path(r)))}\n"
+                                f"rho {align[Path(r).name][kind]:.2f}"))
+        assert err is not None
+        first = [(np.abs(img), f"{kind} {level:g}"), (err, "|image - reference|")]
+        for j, (arr, title) in enumerate(first + panels):
+            ax = axes[i, j]
+            hi = float(np.percentile(arr, 99.5)) or 1.0
+            ax.imshow(arr, cmap="gray" if j < 2 else "magma",
+                      vmin=0, vmax=hi)
+            ax.set_title(title, fontsize=6)
+            ax.axis("off")
+    fig.suptitle("Saliency |d score / d input| on a held-out slice (rho: Spearman with the "
+                 "error map)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out, align
 
 
 def scatter(run_dir: Path, out: Path) -> Path:
