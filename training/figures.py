@@ -19,8 +19,12 @@ the corruption actually added.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rankiq.training.factory import LoadedRun
 
 
 def _plt():
@@ -132,15 +136,14 @@ def held_out_reference(run_dir: Path, fold: int = 0) -> np.ndarray:
         return np.asarray(pf.h5["reference"][row])
 
 
-def saliency_map(run_dir: Path, image: np.ndarray, reference: np.ndarray, *,
-                 fold: int | str = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient magnitude of a run's score with respect to its network input.
+def saliency_map(run: LoadedRun, image: np.ndarray, reference: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient magnitude of a loaded run's score with respect to its network input.
 
     Args:
-        run_dir: a trained network run (IQ-Net, EfficientNet, a distilled student).
+        run: a trained network run (IQ-Net, EfficientNet, a distilled student) from
+            :func:`rankiq.training.factory.load_run`.
         image, reference: complex ``(S, S)``; the reference is used in reference mode only.
-        fold: the model to load (fold 0 by default, for which the slice of
-            :func:`held_out_reference` is held out).
 
     Returns:
         ``(saliency, error)``, float64 ``(H, W)`` on the run's grid: ``|d score / d x|`` summed
@@ -149,12 +152,9 @@ def saliency_map(run_dir: Path, image: np.ndarray, reference: np.ndarray, *,
     """
     import torch
     from rankiq.service.preprocess import prepare
-    from rankiq.training.factory import load_run
-    from rankiq.training.runs import read_config
 
-    cfg = read_config(run_dir)
+    cfg = run.config
     grid = tuple(cfg["grid"])
-    run = load_run(run_dir, fold=fold)
     use_ref = reference[None] if cfg["mode"] == "reference" else None
     x = prepare(image[None], use_ref, grid=grid, input_kind=cfg["input_kind"]).network_input
     xt = torch.from_numpy(np.ascontiguousarray(x)).float().requires_grad_(True)
@@ -185,24 +185,26 @@ def figure3(run_dirs: list[Path], out: Path, *, seed: int = 0) -> tuple[Path, di
     (rows): the corrupted image, its error map, then each run's saliency map (fold 0's model on
     fold 0's first held-out slice; every run must share that fold). Returns ``(out,
     {run name: {corruption: alignment}})`` (:func:`saliency_alignment`)."""
-    from rankiq.training.runs import read_config, run_label
+    from rankiq.training.factory import load_run
+    from rankiq.training.runs import run_label
     from rankiq.training.synthetic import single_corruption
 
+    # fold 0's models: the slice of held_out_reference is held out for them
+    runs = {Path(r).name: load_run(r, fold=0) for r in run_dirs}
     ref = held_out_reference(run_dirs[0])
     rng = np.random.default_rng(seed)
     plt = _plt()
     rows, cols = len(FIGURE3_CORRUPTIONS), 2 + len(run_dirs)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
-    align: dict[str, dict[str, float]] = {Path(r).name: {} for r in run_dirs}
+    align: dict[str, dict[str, float]] = {name: {} for name in runs}
     for i, (kind, level) in enumerate(FIGURE3_CORRUPTIONS.items()):
         img = single_corruption(ref, kind, level, rng)
         panels = []
         err = None
-        for r in run_dirs:
-            sal, err = saliency_map(Path(r), img, ref)
-            align[Path(r).name][kind] = saliency_alignment(sal, err)
-            panels.append((sal, f"{run_label(read_config(Path(r)))}\n"
-                                f"rho {align[Path(r).name][kind]:.2f}"))
+        for name, run in runs.items():
+            sal, err = saliency_map(run, img, ref)
+            align[name][kind] = saliency_alignment(sal, err)
+            panels.append((sal, f"{run_label(run.config)}\nrho {align[name][kind]:.2f}"))
         assert err is not None
         first = [(np.abs(img), f"{kind} {level:g}"), (err, "|image - reference|")]
         for j, (arr, title) in enumerate(first + panels):
