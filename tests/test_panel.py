@@ -18,6 +18,8 @@ from rankiq.training.panel import (
     ReaderDraws,
     image_features,
     load_pairs,
+    metric_labels,
+    observer_labels,
     outcome_probs,
     reader_quality,
 )
@@ -137,6 +139,25 @@ def test_default_coverage_and_repeats(data):
     assert repeats == round(0.1 * len(set(r1)))
 
 
+def test_observer_labels_follow_the_panel_and_what_it_rests_on(data):
+    from rankiq.service.readers.agreement import agreement_with_labels, consensus, vote_counts
+
+    pan = Panel(data, 7, seed=4, coverage=1.0)
+    pan.calibrate()
+    labels = observer_labels(pan)
+    assert set(labels) == {"observer", "severities", "image_measures", *FEATURES}
+    assert all(set(lab) == {int(p) for p in data.pair_id} for lab in labels.values())
+    # the noise-free panel-mean observer is the readers without their noise and taste
+    dq0 = pan.dq(0.0)[0]
+    assert all(labels["observer"][int(p)] == ("1" if d > 0 else "2")
+               for p, d in zip(data.pair_id, dq0, strict=True) if d != 0)
+    cons = consensus(vote_counts(pan.simulate()))
+    obs = agreement_with_labels(cons, labels["observer"])["directional"]
+    mse = agreement_with_labels(cons, metric_labels(data)["mse"])["directional"]
+    # the consensus of noisy, idiosyncratic readers still centres on the mean observer
+    assert obs > 0.8 and obs > mse
+
+
 def test_cli_panel_and_agreement(pairs_file, tmp_path, capsys):
     r, lk, c = tmp_path / "r.csv", tmp_path / "l.csv", tmp_path / "c.csv"
     assert main(["panel", "--pairs", str(pairs_file), "--readers", "7", "--seed", "3",
@@ -144,6 +165,7 @@ def test_cli_panel_and_agreement(pairs_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "measured intra-reader mean" in out and "measured inter-reader mean" in out
     assert "consensus vs MSE ranking" in out and "consensus vs SSIM ranking" in out
+    assert "consensus vs the noise-free panel-mean observer" in out
     votes, scores = read_rankings(r), read_likert(lk)
     assert {s.reader for s in scores} == {"R5", "R7"} and len(scores) == 2 * 2 * 20
     likert_pairs = {s.pair_id for s in scores}

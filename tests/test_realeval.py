@@ -13,6 +13,7 @@ from rankiq.training import ladders as lad
 from rankiq.training.realeval import (
     adjacent_correct,
     consistent,
+    flag_by_level,
     spearman,
     summarise_ladders,
 )
@@ -116,6 +117,22 @@ def test_spearman_on_hand_made_lists():
     assert math.isnan(spearman([0, 1, 2], [1, float("nan"), 3]))
 
 
+def test_flag_by_level_counts_assessable_images_per_level():
+    flags = {
+        "a": {"noise": [False, False, True, None, True, True],
+              "blur": [False, True, True, True, True, True]},
+        "b": {"noise": [None, None, None, None, None, False],  # out of range until level 5
+              "blur": [None, None, None, None, None, None]},
+    }
+    fl = flag_by_level(flags)
+    assert fl["clean"] == {"flagged": 0, "assessable": 1}  # each clean image once
+    assert [d["flagged"] for d in fl["per_type"]["noise"]] == [0, 1, 0, 1, 1]
+    assert [d["assessable"] for d in fl["per_type"]["noise"]] == [1, 1, 0, 1, 2]
+    assert [d["flagged"] for d in fl["all"]] == [1, 2, 1, 2, 2]
+    assert [d["assessable"] for d in fl["all"]] == [2, 2, 1, 2, 3]
+    assert list(fl["per_type"]) == ["noise", "blur"]
+
+
 def test_compare_consistency_rule():
     assert consistent(1.0, 2.0, [0.6, 0.1, 0.3])  # a lower score, a preferred
     assert not consistent(1.0, 2.0, [0.3, 0.1, 0.6])
@@ -146,6 +163,17 @@ def test_evaluate_real_end_to_end(tmp_path):
     assert set(doc["metrics"][rankiq_models[0]]["in_range"]) == {"pydicom-mr-small"}
     cmp = doc["metrics"][rankiq_models[0]]["compare"]
     assert cmp["pairs"] == 20 and 0 <= cmp["consistent"] <= 20
+    # the default QA flag along the ladders agrees with the score and the model's threshold
+    m = doc["metrics"][rankiq_models[0]]
+    fl = m["flag_by_level"]
+    assert fl["clean"]["assessable"] == 1 and len(fl["all"]) == 5
+    thresholds = next(r for r in doc["models"] if r["name"] == rankiq_models[0])["qa_thresholds"]
+    threshold = thresholds.get(doc["images"][0]["contrast"], thresholds["other"])
+    for kind, flags in m["flags"]["pydicom-mr-small"].items():
+        assert len(flags) == 6
+        for value, f in zip(m["values"]["pydicom-mr-small"][kind], flags, strict=True):
+            assert f is None or f == (value > threshold), (kind, value, f)
+    assert "Default QA flag of" in r.stdout
     arch = doc["archive"]["models"][rankiq_models[0]]
     assert arch["clean"]["series"] == 3 and arch["corrupted"]["series"] == 4
     assert arch["not_scored"] == 0

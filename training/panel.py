@@ -469,6 +469,31 @@ def metric_labels(data: PairsData) -> dict[str, dict[int, str]]:
     return out
 
 
+def observer_labels(panel: Panel) -> dict[str, dict[int, str]]:
+    """Pair ranks of the noise-free panel-mean observer and of its parts: name -> pair_id ->
+    outcome (``"1"``/``"2"``, ``"similar"`` on an exact tie).
+
+    The observer is every reader at ``kappa = 0`` (the panel-mean weights, no idiosyncrasy, no
+    vote noise, no just-noticeable difference): its agreement with the consensus is the ceiling
+    of what a metric that perceived exactly as the average simulated reader would reach. Its
+    parts say what that ceiling rests on: ``"observer"`` (all terms), ``"severities"`` (the
+    artefact terms ``h``, which need to know how strongly each corruption was applied),
+    ``"image_measures"`` (the reference-based terms ``g``) and each image measure alone
+    (:data:`FEATURES`).
+    """
+    from rankiq.service.readers.agreement import metric_outcome
+
+    h, g = panel.h, panel.g
+    w = np.array(list(ARTIFACT_WEIGHTS.values()))
+    v = np.array(list(FEATURE_WEIGHTS.values()))
+    tex = np.append(list(RECON_TEXTURE.values()), 0.0)[panel.recon_idx]
+    badness = {"observer": h @ w + g @ v + tex, "severities": h @ w, "image_measures": g @ v}
+    badness |= {name: g[..., k] for k, name in enumerate(FEATURE_WEIGHTS)}
+    return {name: {int(pid): metric_outcome(float(b[i, 0]), float(b[i, 1]), lower_is_better=True)
+                   for i, pid in enumerate(panel.data.pair_id)}
+            for name, b in badness.items()}
+
+
 def read_metric_labels(path: Path | str) -> dict[str, dict[int, str]]:
     """MSE and SSIM pair ranks from a pairs file without reading its images."""
     import h5py

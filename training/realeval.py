@@ -128,16 +128,31 @@ def consistent(score_a: float, score_b: float, probabilities: Sequence[float]) -
 # -- metrics ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Reading:
+    """One metric's reading of one image.
+
+    Attributes:
+        value: oriented so that higher is worse.
+        flagged: the model's default QA verdict on the image (its median score above the
+            threshold of its contrast family); ``None`` for an IQM, a model without a
+            threshold, or an image the model calls out of range (not assessable).
+    """
+
+    value: float
+    flagged: bool | None = None
+
+
+@dataclass(frozen=True)
 class Metric:
     """One no-reference metric under evaluation.
 
-    ``badness(image, spacing, contrast)`` returns a value where higher is worse; ``model`` is
-    the loaded :class:`~rankiq.service.models.ScoringModel` of a RankIQ metric (else ``None``).
+    ``read(image, spacing, contrast)`` returns its :class:`Reading`; ``model`` is the loaded
+    :class:`~rankiq.service.models.ScoringModel` of a RankIQ metric (else ``None``).
     """
 
     name: str
     kind: str  # "rankiq" or "iqm"
-    badness: Callable[[np.ndarray, tuple[float, float] | None, str], float]
+    read: Callable[[np.ndarray, tuple[float, float] | None, str], Reading]
     higher_is_worse: bool = True
     model: Any = None
 
@@ -149,13 +164,15 @@ def _series(image: np.ndarray, spacing: tuple[float, float] | None, contrast: st
 
 
 def rankiq_metric(model: Any) -> Metric:
-    """A loaded no-reference model as a :class:`Metric` (the series median of its score)."""
+    """A loaded no-reference model as a :class:`Metric` (the series median of its score and
+    its default QA verdict)."""
     from rankiq.service.scoring import score_series
 
-    def badness(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> float:
-        return float(score_series(model, _series(image, spacing, contrast)).median)
+    def read(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> Reading:
+        r = score_series(model, _series(image, spacing, contrast))
+        return Reading(float(r.median), r.flagged)
 
-    return Metric(model.name, "rankiq", badness, True, model)
+    return Metric(model.name, "rankiq", read, True, model)
 
 
 def iqm_metric(name: str) -> Metric:
@@ -164,10 +181,10 @@ def iqm_metric(name: str) -> Metric:
     fn, higher_is_worse = IQMS[name]
     sign = 1.0 if higher_is_worse else -1.0
 
-    def badness(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> float:
-        return sign * float(fn(image))
+    def read(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> Reading:
+        return Reading(sign * float(fn(image)))
 
-    return Metric(name.upper(), "iqm", badness, higher_is_worse)
+    return Metric(name.upper(), "iqm", read, higher_is_worse)
 
 
 def load_noref_models(models_dir: str | Path, threads: int = 1) -> list[Any]:
@@ -194,20 +211,56 @@ def evaluate_ladders(images: Sequence[RealImage], metrics: Sequence[Metric], *, 
     for m in metrics:
         t0 = time.perf_counter()
         values: dict[str, dict[str, list[float]]] = {}
+        flags: dict[str, dict[str, list[bool | None]]] = {}
         for im in images:
-            clean = m.badness(im.image, im.pixel_spacing, im.contrast)
-            values[im.name] = {
-                kind: [clean] + [m.badness(x, im.pixel_spacing, im.contrast) for x in lad[1:]]
-                for kind, lad in built[im.name].items()}
+            clean = m.read(im.image, im.pixel_spacing, im.contrast)
+            read = {kind: [clean] + [m.read(x, im.pixel_spacing, im.contrast) for x in lad[1:]]
+                    for kind, lad in built[im.name].items()}
+            values[im.name] = {k: [r.value for r in rs] for k, rs in read.items()}
+            flags[im.name] = {k: [r.flagged for r in rs] for k, rs in read.items()}
         entry: dict[str, Any] = {"kind": m.kind, "higher_is_worse": m.higher_is_worse,
                                  "values": values, **summarise_ladders(values)}
         if m.model is not None:
             entry["in_range"] = clean_in_range(m.model, images)
+            entry["flags"] = flags
+            entry["flag_by_level"] = flag_by_level(flags)
         if compare and m.model is not None:
             entry["compare"] = compare_consistency(m.model, images, built)
         entry["timing_s"] = round(time.perf_counter() - t0, 3)
         out[m.name] = entry
     return {"metrics": out}
+
+
+def flag_by_level(flags: dict[str, dict[str, list[bool | None]]]) -> dict[str, Any]:
+    """How often the default QA flag fires along the ladders: at which corruption level does a
+    model call an image bad?
+
+    Args:
+        flags: ``{image: {type: [N_LEVELS verdicts]}}`` (``None``: not assessable).
+
+    Returns:
+        ``{"clean": {"flagged", "assessable"}, "per_type": {type: [{"flagged",
+        "assessable"} for levels 1..N_LEVELS-1]}, "all": [the same summed over types]}``; the
+        clean image counts once per image, whatever its number of ladders.
+    """
+    clean = {"flagged": 0, "assessable": 0}
+    kinds = sorted({k for v in flags.values() for k in v}, key=_type_order)
+    per_type = {k: [{"flagged": 0, "assessable": 0} for _ in range(N_LEVELS - 1)]
+                for k in kinds}
+    for by_type in flags.values():
+        first = next(iter(by_type.values()), [None])[0]
+        if first is not None:
+            clean["assessable"] += 1
+            clean["flagged"] += int(first)
+        for kind, verdicts in by_type.items():
+            for level, f in enumerate(verdicts[1:]):
+                if f is not None:
+                    per_type[kind][level]["assessable"] += 1
+                    per_type[kind][level]["flagged"] += int(f)
+    total = [{"flagged": sum(per_type[k][i]["flagged"] for k in kinds),
+              "assessable": sum(per_type[k][i]["assessable"] for k in kinds)}
+             for i in range(N_LEVELS - 1)]
+    return {"clean": clean, "per_type": per_type, "all": total}
 
 
 def clean_in_range(model: Any, images: Sequence[RealImage]) -> dict[str, Any]:
@@ -322,7 +375,7 @@ def archive_flag_rates(images: Sequence[RealImage], model_dirs: Sequence[Path], 
                              progress=False, textfile=False)
             res = run_qa([archive], Path(tmp) / f"qa-{Path(model_dir).name}", opts)
             rows = {r["series_key"]: r for r in res.doc["series"]}
-            groups: dict[str, dict[str, int]] = {"clean": {"series": 0, "flagged": 0},
+            groups: dict[str, dict[str, Any]] = {"clean": {"series": 0, "flagged": 0},
                                                  "corrupted": {"series": 0, "flagged": 0}}
             by_variant: dict[str, dict[str, int]] = {}
             reasons: dict[str, int] = {}
@@ -363,6 +416,29 @@ def _rho(v: float) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.2f}"
 
 
+def _flag_lines(name: str, fl: dict[str, Any] | None, kinds: Sequence[str]) -> list[str]:
+    """The table of :func:`flag_by_level` for one model (none without it)."""
+    if not fl:
+        return []
+
+    def cell(d: dict[str, int]) -> str:
+        return f"{d['flagged']}/{d['assessable']}" if d["assessable"] else "-"
+
+    levels = range(1, N_LEVELS)
+    lines = ["", f"Default QA flag of {name} along the ladders (median score above the model's "
+             "threshold for the image's contrast family), flagged / assessable images per "
+             "level:", "",
+             "| type | clean | " + " | ".join(f"level {i}" for i in levels) + " |",
+             "|---" * (N_LEVELS + 1) + "|"]
+    for kind in kinds:
+        if kind in fl["per_type"]:
+            lines.append(f"| {kind} | {cell(fl['clean'])} | "
+                         + " | ".join(cell(d) for d in fl["per_type"][kind]) + " |")
+    lines.append(f"| **all** | {cell(fl['clean'])} | "
+                 + " | ".join(f"**{cell(d)}**" for d in fl["all"]) + " |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The Markdown tables of a report from :func:`run`."""
     kinds = [k for k in TYPES if k in report["types"]]
@@ -380,6 +456,8 @@ def markdown(report: dict[str, Any]) -> str:
         cells.append(_pct(cmp["consistent"], cmp["pairs"]) if cmp else "-")
         label = name if m["kind"] == "rankiq" else f"{name} (IQM)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for name, m in report["metrics"].items():
+        lines += _flag_lines(name, m.get("flag_by_level"), kinds)
     arch = report.get("archive")
     if arch:
         lines += ["", f"Batch QA flag rates on an archive of {arch['series']} single-slice "
@@ -448,7 +526,8 @@ def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, s
         "images": [{"name": im.name, "shape": list(im.image.shape),
                     "pixel_spacing": im.pixel_spacing, "contrast": im.contrast,
                     "source": im.source, "description": im.description} for im in ims],
-        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256,
+                    "qa_thresholds": m.metadata.get("qa_thresholds")} for m in models],
         **evaluate_ladders(ims, metrics, seed=seed, compare=compare),
     }
     if archive:

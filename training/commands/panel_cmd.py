@@ -154,17 +154,35 @@ def _likert_plan(args: argparse.Namespace, pan: Any, names: list[str], n_pairs: 
     return readers, idx
 
 
-def _mean_observer_vs(pan: Any, data: Any, labels: dict[str, dict[int, str]]
+def _mean_observer_vs(observer: dict[int, str], labels: dict[str, dict[int, str]]
                       ) -> dict[str, float]:
-    """Agreement of the noise-free panel-mean observer (every reader at kappa=0, for
-    reference) with each metric's labels (fraction of labelled pairs)."""
+    """Agreement of the noise-free panel-mean observer's labels with each metric's labels
+    (fraction of the pairs both label)."""
     import numpy as np
 
-    dq0 = pan.dq(0.0)[0]
-    mean_obs = {int(pid): ("1" if d > 0 else "2") for pid, d in zip(data.pair_id, dq0,
-                                                                      strict=True)}
-    return {m: float(np.mean([mean_obs[k] == v for k, v in lab.items()]))
+    return {m: float(np.mean([observer[k] == v for k, v in lab.items() if k in observer]))
             for m, lab in labels.items() if lab}
+
+
+def _ceiling_lines(cons: list, observer: dict[str, dict[int, str]]) -> list[str]:
+    """The consensus against the noise-free panel-mean observer and its parts
+    (:func:`rankiq.training.panel.observer_labels`): how far a metric can follow the labels."""
+    rep = _metric_report(cons, observer)
+    if rep["observer"]["directional"] is None:
+        return []
+
+    def pct(name: str) -> str:
+        d = rep[name]["directional"]
+        return "-" if d is None else f"{100 * d:.1f} %"
+
+    parts = ", ".join(f"{name} {pct(name)}" for name in observer
+                      if name not in ("observer", "severities", "image_measures"))
+    n = rep["observer"]["n_directional"]
+    return [f"consensus vs the noise-free panel-mean observer (what a metric that perceives "
+            f"as the average simulated reader reaches): {pct('observer')} of the {n} pairs "
+            f"whose consensus is not 'similar'; its artefact severities alone "
+            f"{pct('severities')}, its reference-based image measures alone "
+            f"{pct('image_measures')} ({parts})"]
 
 
 def _calibration_lines(args: argparse.Namespace, n_readers: int, n_pairs: int,
@@ -234,7 +252,7 @@ def panel(args: argparse.Namespace) -> int:
     """``rankiq panel``: calibrate, simulate, write, and print the measured statistics."""
     from rankiq.service.readers.agreement import consensus, summarize, vote_counts, write_consensus
     from rankiq.service.readers.rankings import RankingsFormatError, write_likert, write_rankings
-    from rankiq.training.panel import Panel, load_pairs, metric_labels
+    from rankiq.training.panel import Panel, load_pairs, metric_labels, observer_labels
 
     _check_panel_args(args)
     data = load_pairs(args.pairs)
@@ -253,10 +271,12 @@ def panel(args: argparse.Namespace) -> int:
     summary = summarize(votes, scores)
     cons = consensus(vote_counts(votes))
     labels = metric_labels(data)
-    obs_vs = _mean_observer_vs(pan, data, labels)
+    observer = observer_labels(pan)
+    obs_vs = _mean_observer_vs(observer["observer"], labels)
     lines = [*_calibration_lines(args, len(names), data.n, prm),
              *_measured_lines(summary, names),
              *_format_metric_report(_metric_report(cons, labels)),
+             *_ceiling_lines(cons, observer),
              "noise-free panel-mean observer vs " + ", ".join(
                  f"{m.upper()} {100 * v:.1f} %" for m, v in obs_vs.items()),
              *_likert_lines(summary),
