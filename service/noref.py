@@ -11,7 +11,11 @@ Analysis grid (:func:`analysis_grid`): zero rows and columns at the border (padd
 field of view) are cropped, the slice is zero-padded to a square; a side above
 ``ANALYSIS_MAX`` is brought down to it by Fourier cropping (the scanner's own interpolation),
 a smaller one is kept as acquired. A 512x512 and a 256x256 acquisition of the same field of
-view thus land on the same grid, and a 64x64 slice is never interpolated into blur.
+view thus land on the same grid, and a 64x64 slice is never interpolated into blur. A slice
+the scanner interpolated to a larger matrix than it acquired (zero-filled interpolation, as
+the DICOM header says: :func:`interpolation_factor`) is Fourier-cropped back to the acquired
+sampling first: interpolation is a low-pass filter, and read at the interpolated grid it
+looks like blur.
 
 Masks (:func:`masks`): *pad* = pixels outside the bounding box of the non-zero pixels (zero
 padding added by the grid or present in the file); *foreground* = the image smoothed by a
@@ -79,6 +83,11 @@ from rankiq.service.preprocess import to_grid
 from scipy import ndimage
 
 ANALYSIS_MAX = 256
+#: the smallest analysis side an acquired-matrix crop may give (px)
+MIN_ANALYSIS = 32
+#: an original image larger than its acquired matrix by more than this factor (and at most
+#: by INTERPOLATION_MAX: beyond, the header is not believed) is cropped back to it
+INTERPOLATION_MIN, INTERPOLATION_MAX = 1.05, 8.0
 SMOOTH_PX = 1.5
 FG_FRACTION = 0.15
 DARK_MIN = 0.05  # dark_tissue: the lower cut, at least this fraction of the peak, ...
@@ -104,10 +113,11 @@ AIR_FEATURES: tuple[str, ...] = ("air", "air_far", "air_reach", "air_structure",
 NO_AIR: tuple[float, ...] = (AIR_FLOOR, AIR_FLOOR, 0.0, math.log(1.128), 0.0)
 
 
-def analysis_grid(x: np.ndarray) -> np.ndarray:
+def analysis_grid(x: np.ndarray, interpolation: float = 1.0) -> np.ndarray:
     """``(H, W)`` magnitude -> float32 ``(G, G)``: crop exact-zero border rows and columns
-    (field-of-view padding), zero-pad to square, Fourier-crop a side above
-    :data:`ANALYSIS_MAX` to it, never upsample."""
+    (field-of-view padding), zero-pad to square, Fourier-crop the side to what was acquired
+    (``side / interpolation``, from :func:`interpolation_factor`) and to at most
+    :data:`ANALYSIS_MAX`; never upsample."""
     x = np.abs(np.asarray(x)).astype(np.float32)
     rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
     if rows.size and cols.size:  # zero padding of the field of view carries no information
@@ -115,10 +125,41 @@ def analysis_grid(x: np.ndarray) -> np.ndarray:
     side = max(x.shape)
     if x.shape != (side, side):
         x = center_pad(x, (side, side))
-    if side > ANALYSIS_MAX:
-        x = to_grid(x, (ANALYSIS_MAX, ANALYSIS_MAX))
+    target = min(ANALYSIS_MAX, side)
+    if interpolation > 1.0:
+        target = min(target, max(MIN_ANALYSIS, int(round(side / interpolation))))
+    if target < side:
+        x = to_grid(x, (target, target))
         x = np.maximum(x, 0)  # Fourier cropping rings slightly below zero at sharp edges
     return x.astype(np.float32, copy=False)
+
+
+def interpolation_factor(shape: tuple[int, int], acquired: float | None,
+                         image_type: str = "") -> float:
+    """How much larger than the acquired sampling a slice's matrix is (1: as acquired).
+
+    Args:
+        shape: the slice's ``(rows, cols)``.
+        acquired: the larger in-plane dimension of the acquired k-space (DICOM Acquisition
+            Matrix, or the enhanced MR frequency-encoding steps), or ``None`` when unknown.
+        image_type: DICOM ImageType (``ORIGINAL\\PRIMARY\\...``).
+
+    Returns:
+        ``max(shape) / acquired`` for an original image interpolated by more than
+        :data:`INTERPOLATION_MIN` (at most :data:`INTERPOLATION_MAX`), else 1. A derived image
+        (a reformat, a projection) keeps 1: its header describes the acquisition's plane, not
+        its own. The frequency-encoding matrix spans the full field of view; the phase-encode
+        axis may be sampled more coarsely still, which this leaves alone (never too much
+        cropping, only too little).
+    """
+    if acquired is None or not np.isfinite(acquired) or acquired < 16:
+        return 1.0
+    if not image_type.upper().startswith("ORIGINAL"):
+        return 1.0
+    factor = max(shape) / float(acquired)
+    if factor <= INTERPOLATION_MIN or factor > INTERPOLATION_MAX:
+        return 1.0
+    return factor
 
 
 def masks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -421,12 +462,14 @@ class FeatureInput:
         return near, fg, air
 
 
-def prepare_features(pixels: np.ndarray, *, keep_masks: bool = False) -> FeatureInput:
+def prepare_features(pixels: np.ndarray, *, keep_masks: bool = False,
+                     interpolation: float = 1.0) -> FeatureInput:
     """``(S, H, W)`` magnitude slices -> :class:`FeatureInput` (one slice at a time; slices
     whose analysis grids differ, e.g. by their zero borders, are centre-padded to the largest
     for ``grids``). ``keep_masks``: also keep each slice's masks (:attr:`FeatureInput.masks`)
-    so that its evidence maps (:func:`evidence_components`) need not measure them again."""
-    own = [analysis_grid(p) for p in pixels]
+    so that its evidence maps (:func:`evidence_components`) need not measure them again.
+    ``interpolation``: the series' :func:`interpolation_factor` (see :func:`analysis_grid`)."""
+    own = [analysis_grid(p, interpolation) for p in pixels]
     side = max((g.shape[0] for g in own), default=1)
     feats = np.zeros((len(own), len(FEATURES)), np.float32)
     empty = np.zeros(len(own), bool)

@@ -32,6 +32,7 @@ from rankiq.service.noref import (
     FeatureInput,
     air_weight,
     evidence_map,
+    interpolation_factor,
     prepare_features,
 )
 from rankiq.service.preprocess import DEFAULT_PERCENTILE, as_slices, prepare
@@ -171,6 +172,17 @@ def _check_size(series: ImageSeries, max_slices: int, role: str) -> None:
                             "(refused, not truncated)", source=role)
 
 
+def series_interpolation(series: ImageSeries) -> float:
+    """How much the scanner interpolated the series beyond its acquired matrix, from the DICOM
+    header (:func:`rankiq.service.noref.interpolation_factor`; 1 where the header does not
+    say, and for every non-DICOM source)."""
+    acquired = series.attributes.get("acquired_matrix")
+    rows, cols = series.pixels.shape[-2:]
+    return interpolation_factor((int(rows), int(cols)),
+                                float(acquired) if isinstance(acquired, int | float) else None,
+                                str(series.attributes.get("image_type") or ""))
+
+
 def summarise(scores: np.ndarray, blank: np.ndarray) -> tuple[float, float, int]:
     """``(median, worst, worst_slice)`` over the non-blank slices (worst = highest score).
 
@@ -226,7 +238,8 @@ def score_series(
     pixels = _pixels(series, model, "image")
     if model.kind == "features":
         # saliency reuses the masks its features were measured on
-        fi = prepare_features(as_slices(pixels), keep_masks=bool(saliency))
+        fi = prepare_features(as_slices(pixels), keep_masks=bool(saliency),
+                              interpolation=series_interpolation(series))
         x, empty, dark = fi.features, fi.empty, fi.dark_tissue
     else:
         prepared = prepare(pixels, ref_px, grid=model.grid,

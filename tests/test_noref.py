@@ -447,3 +447,65 @@ def test_saliency_reuses_the_masks_of_the_features() -> None:
     w = np.array([0.5, 2.0, 0.25])
     np.testing.assert_allclose(evidence_map(fi.grids[0], w, kept),
                                np.tensordot(w, comps, axes=1), rtol=1e-4, atol=1e-9)
+
+
+def test_interpolation_factor_believes_only_an_original_image_s_header() -> None:
+    from rankiq.service.noref import interpolation_factor
+
+    original = "ORIGINAL\\PRIMARY\\M\\ND"
+    assert interpolation_factor((256, 256), 128, original) == 2.0
+    assert interpolation_factor((192, 256), 128, original) == 2.0  # the larger side is read
+    assert interpolation_factor((256, 256), 256, original) == 1.0  # as acquired
+    assert interpolation_factor((256, 256), 250, original) == 1.0  # within 5 %: left alone
+    assert interpolation_factor((256, 256), 128, "DERIVED\\SECONDARY\\MPR") == 1.0
+    assert interpolation_factor((256, 256), 128, "") == 1.0  # unknown: not believed
+    assert interpolation_factor((256, 256), None, original) == 1.0
+    assert interpolation_factor((1024, 1024), 64, original) == 1.0  # 16x: a broken header
+    assert interpolation_factor((256, 256), 8, original) == 1.0
+    # the analysis grid of an interpolated slice is the acquired one
+    x = _phantom(128)
+    assert analysis_grid(x, 2.0).shape == (64, 64)
+    assert analysis_grid(x, 1.0).shape == (128, 128)
+    assert analysis_grid(_phantom(40), 4.0).shape == (32, 32)  # never below MIN_ANALYSIS
+
+
+def test_shipped_score_of_a_scanner_interpolated_dicom_is_the_acquired_one_s(tmp_path) -> None:
+    """A 128x128 acquisition that the scanner interpolated to 256x256 (zero-filled, the
+    Acquisition Matrix saying 128) scores as the 128x128 image does; without the header it
+    reads as blurred."""
+    from rankiq.service.io.read import read_series
+    from rankiq.service.preprocess import to_grid
+    from rankiq.service.qa.synth import phantom, write_series
+    from rankiq.service.scoring import saliency_to_input, score_series
+
+    model = _shipped()
+    rng = np.random.default_rng(0)
+    worse_without = 0
+    for seed in range(3):
+        x = phantom(1, 128, "T2", np.random.default_rng(seed))[0]
+        zipped = np.maximum(to_grid(x, (256, 256)), 0)
+
+        def read(px: np.ndarray, acquired: list[int] | None, tag: str, seed: int = seed):
+            files = write_series(tmp_path / f"{tag}{seed}", px[None].astype(np.float32),
+                                 description="AX T2", rng=rng)
+            if acquired is not None:
+                for f in files:
+                    ds = pydicom.dcmread(f)
+                    ds.AcquisitionMatrix = acquired
+                    ds.save_as(f, enforce_file_format=True)
+            return read_series(files)[0]
+
+        native, plain, told = read(x, None, "n"), read(zipped, None, "p"), read(zipped,
+                                                                          [128, 0, 0, 128], "t")
+        assert told.attributes["acquired_matrix"] == 128
+        assert plain.attributes["acquired_matrix"] is None
+        a = score_series(model, native).median
+        b = score_series(model, plain).median
+        c = score_series(model, told, saliency=True)
+        assert c.median == pytest.approx(a, rel=0.03)
+        worse_without += b > a * 1.03
+        # the saliency still lands on the 256x256 scan, with the same total
+        back = saliency_to_input(c.saliency, told.pixels, features=True)
+        assert back.shape == (1, 1, 256, 256)
+        assert back.sum() == pytest.approx(float(c.saliency.sum()), rel=0.02)
+    assert worse_without >= 2  # read at its interpolated grid, it looks blurred

@@ -158,6 +158,26 @@ def _fg(ds: Dataset, frame: int, group: str, keyword: str) -> Any:
     return ds.get(keyword)
 
 
+def _acquired_matrix(ds: Dataset) -> float | None:
+    """The larger in-plane dimension of the acquired k-space: the largest value of Acquisition
+    Matrix (0018,1310: frequency rows, frequency columns, phase rows, phase columns) or, in
+    enhanced MR, MR Acquisition Frequency Encoding Steps (0018,9058); ``None`` if absent or
+    malformed. What it tells: whether the scanner interpolated the image to a larger matrix
+    (:func:`rankiq.service.noref.interpolation_factor`)."""
+    try:
+        value = ds.get("AcquisitionMatrix")
+        if value is None:
+            value = _fg(ds, 0, "MRFOVGeometrySequence", "MRAcquisitionFrequencyEncodingSteps")
+        if value is None or value == "":
+            return None
+        values = [float(v) for v in (value if isinstance(value, Sequence)
+                                     and not isinstance(value, str | bytes) else [value])]
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    return max(finite) if finite else None
+
+
 def _sop_name(ds: Dataset) -> str:
     uid = ds.get("SOPClassUID")
     if uid is None:
@@ -315,6 +335,7 @@ def _instance_meta(ds: Dataset) -> InstanceMeta:
         "image_type": _text(ds, "ImageType"), "contrast_agent": has_agent,
         "field_strength_t": _num(ds.get("MagneticFieldStrength")),
         "sop_class": _sop_name(ds), "series_number": _num(ds.get("SeriesNumber")),
+        "acquired_matrix": _acquired_matrix(ds),
     }
     return InstanceMeta(
         modality=_text(ds, "Modality")[:16] or "OT",
