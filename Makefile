@@ -137,13 +137,13 @@ MODEL_SIZE  ?= 396
 MODEL_SEED  ?= 2025
 MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
-MODEL_VERSION ?= 1.1.0
+MODEL_VERSION ?= 1.1.1
 ## EfficientNet-b0 rows (from scratch: no ImageNet weights offline) at a size 2 cores afford
 ## (~20 min per run at 64 px, 4 epochs); the paper's 224 px is `EFFNET_SIZE=224` on a GPU
 EFFNET_SIZE ?= 64
 EFFNET_EPOCHS ?= 4
 NOREF_ACQUISITIONS ?= 1200
-NOREF_VERSION ?= 2.3.0
+NOREF_VERSION ?= 2.3.1
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 

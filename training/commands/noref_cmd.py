@@ -38,7 +38,7 @@ def add_commands(reg: Registry) -> None:
                    help="simulated acquisitions, 17 images each (default 1200)")
     p.add_argument("--seed", type=int, default=2025, help="default 2025")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-    p.add_argument("--version", default="2.3.0", help="model version (default 2.3.0)")
+    p.add_argument("--version", default="2.3.1", help="model version (default 2.3.1)")
     p.add_argument("--pairs", help="pairs HDF5 (`rankiq simulate`) whose consensus labels fit "
                                    "the classifier's 'similar' band")
     p.add_argument("--consensus", help="consensus CSV for --pairs (`rankiq panel --consensus`)")
