@@ -364,3 +364,26 @@ def test_copies_of_one_instance_are_read_once(tmp_path):
     assert len(refs) == 3 and len({r.instance_key for r in refs}) == 1
     (group,) = group_instances(refs).values()
     assert len(group) == 1
+
+
+def test_acquired_matrix_is_read_from_classic_and_enhanced_headers(tmp_path):
+    from pydicom.dataset import Dataset
+
+    stored = np.full((32, 32), 100)
+    ds = mr_dataset(stored)
+    ds.AcquisitionMatrix = [16, 0, 0, 12]  # frequency rows 16, phase columns 12
+    assert _only(read_series(write(ds, tmp_path / "classic.dcm"))).attributes[
+        "acquired_matrix"] == 16.0
+    ds = mr_dataset(stored, series_uid=uid("series"))
+    assert _only(read_series(write(ds, tmp_path / "none.dcm"))).attributes[
+        "acquired_matrix"] is None
+    ds = mr_dataset(stored, series_uid=uid("series"))
+    ds.AcquisitionMatrix = [0, 0, 0, 0]  # present but empty: not believed
+    assert _only(read_series(write(ds, tmp_path / "zeros.dcm"))).attributes[
+        "acquired_matrix"] is None
+    mf = enhanced_mr_dataset(np.stack([stored, stored]), [(0, 0, 0), (0, 0, 4)])
+    geometry = Dataset()
+    geometry.MRAcquisitionFrequencyEncodingSteps = 24
+    mf.SharedFunctionalGroupsSequence[0].MRFOVGeometrySequence = [geometry]
+    assert _only(read_series(write(mf, tmp_path / "mf.dcm"))).attributes[
+        "acquired_matrix"] == 24.0
