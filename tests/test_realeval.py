@@ -14,8 +14,11 @@ from rankiq.training.realeval import (
     adjacent_correct,
     consistent,
     flag_by_level,
+    resampled,
+    resampling_changes,
     spearman,
     summarise_ladders,
+    zero_filled,
 )
 
 
@@ -218,3 +221,32 @@ def test_extra_emri_frames_are_available_by_name_only():
     assert [im.name for im in frames] == ["pydicom-data-emri-f0", "pydicom-data-emri-f9"]
     assert all(im.image.shape == (64, 64) for im in frames)
     assert not np.array_equal(frames[0].image, frames[1].image)
+
+
+def test_zero_filled_interpolation_keeps_the_scale_and_the_spectrum(image):
+    up = zero_filled(image, 2)
+    assert up.shape == (96, 96) and up.dtype == np.float32
+    assert up.mean() == pytest.approx(float(image.mean()), rel=0.02)  # same intensity scale
+    k = np.abs(fft2c(up.astype(np.complex64)))
+    assert k[:24].max() < 1e-3 * k.max()  # nothing beyond the acquired band (up to |x|)
+    assert resampled(image, "block_mean_half").shape == (24, 24)
+    assert resampled(image, "cubic_2x").min() >= 0
+    with pytest.raises(ValueError, match="unknown resampling"):
+        resampled(image, "nearest")
+
+
+def test_the_acquisition_header_undoes_zero_filled_interpolation(image):
+    from rankiq.training.realdata import RealImage
+
+    import rankiq
+
+    model = rankiq.load_model("iqnet-noref")
+    if model.kind != "features":
+        pytest.skip("the shipped no-reference model is not a features model")
+    res = resampling_changes([RealImage("phantom", image, (1.0, 1.0), "synthetic", "", "T2")],
+                             model)["phantom"]
+    assert set(res["changes"]) == {"zerofill_2x", "zerofill_2x_header", "linear_2x",
+                                   "cubic_2x", "block_mean_half"}
+    # told what was acquired, the score of the interpolated copy is the acquired one's
+    assert abs(res["changes"]["zerofill_2x_header"]) < 0.05
+    assert abs(res["changes"]["zerofill_2x"]) > abs(res["changes"]["zerofill_2x_header"])

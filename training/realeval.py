@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rankiq.service.fft import fft2c, ifft2c
 from rankiq.service.iqm import IQMS
 from rankiq.training.ladders import LEVELS, N_LEVELS, TYPES, ladders, level_value
 from rankiq.training.realdata import RealImage, real_images
@@ -406,6 +407,75 @@ def archive_flag_rates(images: Sequence[RealImage], model_dirs: Sequence[Path], 
             "timing_s": round(time.perf_counter() - t0, 3)}
 
 
+# -- resampling -------------------------------------------------------------------------------
+
+#: the resampled copies of :func:`resampling_changes`
+RESAMPLINGS: tuple[str, ...] = ("zerofill_2x", "zerofill_2x_header", "linear_2x", "cubic_2x",
+                                "block_mean_half")
+
+
+def zero_filled(image: np.ndarray, factor: int) -> np.ndarray:
+    """``(H, W)`` -> ``(factor H, factor W)``: the magnitude of the image's k-space zero-filled
+    to ``factor`` times the matrix (a scanner's zero-filled interpolation, ZIP), same scale."""
+    h, w = image.shape
+    k = np.zeros((factor * h, factor * w), np.complex64)
+    k[(factor - 1) * h // 2:(factor - 1) * h // 2 + h,
+      (factor - 1) * w // 2:(factor - 1) * w // 2 + w] = fft2c(image.astype(np.complex64))
+    return (np.abs(ifft2c(k)) * factor).astype(np.float32)
+
+
+def resampled(image: np.ndarray, kind: str) -> np.ndarray:
+    """One copy of :data:`RESAMPLINGS` (the ``_header`` variant has the same pixels as its
+    plain one; :func:`resampling_changes` adds the header)."""
+    from scipy.ndimage import zoom
+
+    x = image.astype(np.float32)
+    if kind in ("zerofill_2x", "zerofill_2x_header"):
+        return zero_filled(x, 2)
+    if kind == "linear_2x":
+        return zoom(x, 2, order=1).astype(np.float32)
+    if kind == "cubic_2x":
+        return np.maximum(zoom(x, 2, order=3), 0).astype(np.float32)
+    if kind == "block_mean_half":
+        h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+        return x[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    raise ValueError(f"unknown resampling {kind!r} (one of {', '.join(RESAMPLINGS)})")
+
+
+def resampling_changes(images: Sequence[RealImage], model: Any) -> dict[str, Any]:
+    """How much a model's score moves when a real slice is resampled (the same anatomy and
+    acquisition at another matrix): ``{image: {"score", "changes": {kind: relative change}}}``
+    for every image of at most 256 px a side (above, the analysis grid already Fourier-crops).
+
+    ``zerofill_2x_header`` is the zero-filled copy as an original DICOM series whose Acquisition
+    Matrix says what was acquired (:func:`rankiq.service.scoring.series_interpolation`); pixel
+    spacings follow the matrix.
+    """
+    from dataclasses import replace
+
+    from rankiq.service.scoring import score_series
+
+    out: dict[str, Any] = {}
+    for im in images:
+        if max(im.image.shape) > 256:
+            continue
+        base = float(score_series(model, _series(im.image, im.pixel_spacing, im.contrast)).median)
+        changes = {}
+        for kind in RESAMPLINGS:
+            y = resampled(im.image, kind)
+            f = y.shape[0] / im.image.shape[0]
+            sp = None if im.pixel_spacing is None else (im.pixel_spacing[0] / f,
+                                                        im.pixel_spacing[1] / f)
+            series = _series(y, sp, im.contrast)
+            if kind.endswith("_header"):
+                series = replace(series, attributes={
+                    **series.attributes, "image_type": "ORIGINAL\\PRIMARY\\M\\ND",
+                    "acquired_matrix": float(max(im.image.shape))})
+            changes[kind] = float(score_series(model, series).median) / base - 1.0
+        out[im.name] = {"score": base, "changes": changes}
+    return out
+
+
 # -- report -----------------------------------------------------------------------------------
 
 def _pct(c: int, n: int) -> str:
@@ -486,6 +556,16 @@ def markdown(report: dict[str, Any]) -> str:
         + " (see rankiq.training.ladders).",
         "Images: " + ", ".join(f"{i['name']} {i['shape'][0]}x{i['shape'][1]}"
                                for i in report["images"]) + "."]
+    for name, res in (report.get("resampling") or {}).items():
+        lines += ["", f"Score change of {name} when the same slice is resampled (relative to the "
+                  "slice as it is; zerofill = zero-filled k-space, as a scanner interpolates; "
+                  "_header = the same pixels as an original DICOM image whose Acquisition Matrix "
+                  "says what was acquired):", "",
+                  "| image | score | " + " | ".join(RESAMPLINGS) + " |",
+                  "|---" * (len(RESAMPLINGS) + 2) + "|"]
+        for image, r in res.items():
+            lines.append(f"| {image} | {r['score']:.2f} | " + " | ".join(
+                f"{100 * r['changes'][k]:+.0f} %" for k in RESAMPLINGS) + " |")
     if report.get("models"):
         lines.append("Models: " + ", ".join(f"{m['name']} {m['version']} (score.onnx sha256 "
                                             f"{str(m['sha256'])[:12]})"
@@ -495,7 +575,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, seed: int = 0,
         iqms: Sequence[str] | None = None, archive: bool = False, compare: bool = True,
-        threads: int = 1) -> dict[str, Any]:
+        threads: int = 1, resampling: bool = False) -> dict[str, Any]:
     """The whole evaluation (what ``rankiq evaluate real`` prints and saves).
 
     Args:
@@ -506,6 +586,8 @@ def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, s
         iqms: IQM names (default all of :data:`rankiq.service.iqm.IQMS`).
         archive: also build the DICOM archive and run batch QA.
         compare: also measure compare consistency of the RankIQ models.
+        resampling: also measure each model's score change under resampling
+            (:func:`resampling_changes`).
         threads: ONNX Runtime threads.
 
     Raises:
@@ -533,5 +615,7 @@ def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, s
     if archive:
         dirs = [Path(m.path) for m in models if getattr(m, "path", None) is not None]
         report["archive"] = archive_flag_rates(ims, dirs, seed=seed, threads=threads)
+    if resampling:
+        report["resampling"] = {m.name: resampling_changes(ims, m) for m in models}
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     return report
