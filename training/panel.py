@@ -486,8 +486,9 @@ def observer_labels(panel: Panel) -> dict[str, dict[int, str]]:
     h, g = panel.h, panel.g
     w = np.array(list(ARTIFACT_WEIGHTS.values()))
     v = np.array(list(FEATURE_WEIGHTS.values()))
-    tex = np.append(list(RECON_TEXTURE.values()), 0.0)[panel.recon_idx]
-    badness = {"observer": h @ w + g @ v + tex, "severities": h @ w, "image_measures": g @ v}
+    # every reader at kappa 0 perceives the same: the panel-mean weights, no taste
+    observer = -reader_quality(h, g, panel.recon_idx, panel.draws[0], 0.0)
+    badness = {"observer": observer, "severities": h @ w, "image_measures": g @ v}
     badness |= {name: g[..., k] for k, name in enumerate(FEATURE_WEIGHTS)}
     return {name: {int(pid): metric_outcome(float(b[i, 0]), float(b[i, 1]), lower_is_better=True)
                    for i, pid in enumerate(panel.data.pair_id)}
