@@ -272,6 +272,7 @@ class RankIQ:
                 saliency_to_input,
                 score_series,
                 select_model,
+                series_interpolation,
                 series_json,
             )
 
@@ -291,8 +292,9 @@ class RankIQ:
             self._observe(result)
             if result.saliency is not None:  # back from the model's grid to the scan's matrix
                 result = dataclasses.replace(
-                    result, saliency=saliency_to_input(result.saliency, img.pixels,
-                                                       features=model.kind == "features"),
+                    result, saliency=saliency_to_input(
+                        result.saliency, img.pixels, features=model.kind == "features",
+                        interpolation=series_interpolation(img)),
                     display=np.abs(img.pixels).astype(np.float32, copy=False))
             if answer == "dicom":
                 from importlib.metadata import version

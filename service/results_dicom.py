@@ -324,14 +324,15 @@ def build_sr(sources: SliceSources, verdict: SeriesVerdict, *, software_version:
     return sr
 
 
-def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bool
-                       ) -> np.ndarray:
+def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bool,
+                       interpolation: float = 1.0) -> np.ndarray:
     """Bring a model's saliency back to the scan's own matrix, float32 ``(S, rows, cols)``.
 
     Args:
         saliency: float ``(S, C, G, G)`` from :func:`rankiq.service.scoring.score_series`; the
             channels are combined as their root sum of squares.
         pixels: the series' pixels ``(S, rows, cols)`` (where the analysis grid came from).
+        interpolation: the series' :func:`rankiq.service.scoring.series_interpolation`.
         features: the no-reference features model (its analysis grid crops the zero border,
             pads to a square and brings a side above 256 down to 256, per slice:
             :func:`rankiq.service.noref.analysis_grid`); otherwise the network grid (the slice
@@ -346,7 +347,8 @@ def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bo
 
     s = np.asarray(saliency, np.float64)
     mag = np.sqrt((s ** 2).sum(axis=1))[:, None]  # (S, 1, G, G)
-    return np.maximum(saliency_to_input(mag, pixels, features=features)[:, 0], 0)
+    return np.maximum(saliency_to_input(mag, pixels, features=features,
+                                        interpolation=interpolation)[:, 0], 0)
 
 
 @dataclass(frozen=True)
@@ -371,7 +373,7 @@ class PendingSaliency:
         from rankiq.service.scoring import feature_saliency
 
         return saliency_on_matrix(feature_saliency(model, self.features), self.pixels,
-                                  features=True)
+                                  features=True, interpolation=self.features.interpolation)
 
 
 def build_saliency(sources: SliceSources, maps: np.ndarray, verdict: SeriesVerdict, *,

@@ -31,6 +31,7 @@ from rankiq.service.noref import (
     FEATURES,
     FeatureInput,
     air_weight,
+    analysis_box,
     evidence_map,
     interpolation_factor,
     prepare_features,
@@ -328,8 +329,8 @@ def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
     return out
 
 
-def saliency_to_input(saliency: np.ndarray, pixels: np.ndarray, *, features: bool
-                      ) -> np.ndarray:
+def saliency_to_input(saliency: np.ndarray, pixels: np.ndarray, *, features: bool,
+                      interpolation: float = 1.0) -> np.ndarray:
     """Bring saliency from the model's grid back to the scan's own matrix.
 
     Args:
@@ -340,6 +341,8 @@ def saliency_to_input(saliency: np.ndarray, pixels: np.ndarray, *, features: boo
             pads to a square and brings a side above 256 down to 256:
             :func:`rankiq.service.noref.analysis_grid`); otherwise the network grid (the whole
             slice padded to a square, then resampled: :func:`rankiq.service.preprocess.to_grid`).
+        interpolation: the series' :func:`series_interpolation` (the features model's grid
+            of an interpolated series lies on its acquired samples).
 
     Returns:
         float32 ``(S, C, rows, cols)``: each channel linearly interpolated onto the square the
@@ -354,11 +357,10 @@ def saliency_to_input(saliency: np.ndarray, pixels: np.ndarray, *, features: boo
     out = np.zeros((n, s.shape[1], rows, cols), np.float32)
     for i in range(n):
         if features:
-            px = np.abs(pixels[i])
-            r, c = np.flatnonzero(px.any(axis=1)), np.flatnonzero(px.any(axis=0))
-            if not (r.size and c.size):
+            box = analysis_box(pixels[i], interpolation)
+            if box is None:
                 continue  # a blank slice: no analysed region, no evidence
-            r0, r1, c0, c1 = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+            r0, r1, c0, c1 = box
         else:
             r0, r1, c0, c1 = 0, rows, 0, cols
         h, w = r1 - r0, c1 - c0

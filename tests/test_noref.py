@@ -509,3 +509,38 @@ def test_shipped_score_of_a_scanner_interpolated_dicom_is_the_acquired_one_s(tmp
         assert back.shape == (1, 1, 256, 256)
         assert back.sum() == pytest.approx(float(c.saliency.sum()), rel=0.02)
     assert worse_without >= 2  # read at its interpolated grid, it looks blurred
+
+
+@pytest.mark.parametrize(("n", "step"), [(64, 2), (63, 2), (48, 3)])
+def test_an_integer_interpolation_is_taken_back_to_its_acquired_samples(n: int, step: int
+                                                                        ) -> None:
+    """A masked acquisition, zero-filled by an integer factor (masked before or after, stored
+    as float): the analysis grid is the acquisition's own, the air exactly zero again (a
+    Fourier crop of the magnitude would leave the mask's ringing in the air, read as ghosts),
+    and the analysed box on the interpolated matrix covers the acquisition's."""
+    from rankiq.service.fft import center_pad, fft2c, ifft2c
+    from rankiq.service.noref import acquired_lattice, analysis_box
+
+    x = _phantom(n, seed=n)
+    x[ndimage.gaussian_filter(x, 2.0) < 0.2] = 0.0  # the scanner's background mask
+    x = np.pad(x, 4)  # and some field-of-view padding
+    side = n + 8
+    want = analysis_grid(x)
+    k = center_pad(fft2c(x.astype(np.complex64)), (step * side, step * side))  # zero-filled
+    before = (np.abs(ifft2c(k)) * step).astype(np.float32)
+    after = before * np.kron(x > 0, np.ones((step, step), bool))
+    assert acquired_lattice(before.shape, step) is not None
+    assert (before == 0).mean() < 0.05  # the ringing fills the masked air
+    for y in (before, after):
+        got = analysis_grid(y, float(step))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5 * float(x.max()))
+        np.testing.assert_allclose(features(got), features(want), rtol=1e-4, atol=1e-4)
+        r0, r1, c0, c1 = analysis_box(y, float(step))  # type: ignore[misc]
+        q0, q1, d0, d1 = analysis_box(x)  # type: ignore[misc]
+        assert (r1 - r0, c1 - c0) == (step * (q1 - q0), step * (d1 - d0))
+        assert abs(r0 - step * q0) < step and abs(c0 - step * d0) < step
+    # a non-integer factor (or a side it does not divide) keeps the Fourier crop
+    assert acquired_lattice((3 * side, 3 * side), 1.5) is None
+    assert acquired_lattice((2 * side + 1, 2 * side), 2.0) is None
+    assert analysis_grid(before, 1.5).shape[0] == round(max(before.shape) / 1.5)

@@ -163,7 +163,8 @@ def test_evaluate_real_end_to_end(tmp_path):
         assert m["overall"]["pairs"] == 20
         assert 0 <= m["overall"]["correct"] <= 20
         assert all(len(v) == 6 for v in m["values"]["pydicom-mr-small"].values())
-    assert set(doc["metrics"][rankiq_models[0]]["in_range"]) == {"pydicom-mr-small"}
+    assert doc["metrics"][rankiq_models[0]]["in_range"] == {
+        "pydicom-mr-small": {"in_range": True, "reasons": []}}
     cmp = doc["metrics"][rankiq_models[0]]["compare"]
     assert cmp["pairs"] == 20 and 0 <= cmp["consistent"] <= 20
     # the default QA flag along the ladders agrees with the score and the model's threshold

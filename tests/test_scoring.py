@@ -148,7 +148,7 @@ def test_default_slice_limit_and_keyword_only_options(repo_root):
     for fn, keywords in ((scoring.score_series, ["saliency", "max_slices"]),
                          (scoring.compare_series, ["max_slices"]),
                          (scoring.select_model, ["reference"]),
-                         (scoring.saliency_to_input, ["features"])):
+                         (scoring.saliency_to_input, ["features", "interpolation"])):
         params = inspect.signature(fn).parameters.values()
         assert [p.name for p in params if p.kind is p.KEYWORD_ONLY] == keywords, fn.__name__
         assert all(p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)

@@ -137,10 +137,14 @@ class Reading:
         flagged: the model's default QA verdict on the image (its median score above the
             threshold of its contrast family); ``None`` for an IQM, a model without a
             threshold, or an image the model calls out of range (not assessable).
+        in_range: whether the model calls the image in range; ``None`` from an IQM.
+        reasons: why not, when ``in_range`` is false.
     """
 
     value: float
     flagged: bool | None = None
+    in_range: bool | None = None
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ def rankiq_metric(model: Any) -> Metric:
 
     def read(image: np.ndarray, spacing: tuple[float, float] | None, contrast: str) -> Reading:
         r = score_series(model, _series(image, spacing, contrast))
-        return Reading(float(r.median), r.flagged)
+        return Reading(float(r.median), r.flagged, r.in_range, tuple(r.range_reasons))
 
     return Metric(model.name, "rankiq", read, True, model)
 
@@ -213,8 +217,10 @@ def evaluate_ladders(images: Sequence[RealImage], metrics: Sequence[Metric], *, 
         t0 = time.perf_counter()
         values: dict[str, dict[str, list[float]]] = {}
         flags: dict[str, dict[str, list[bool | None]]] = {}
+        in_range: dict[str, dict[str, Any]] = {}
         for im in images:
             clean = m.read(im.image, im.pixel_spacing, im.contrast)
+            in_range[im.name] = {"in_range": clean.in_range, "reasons": list(clean.reasons)}
             read = {kind: [clean] + [m.read(x, im.pixel_spacing, im.contrast) for x in lad[1:]]
                     for kind, lad in built[im.name].items()}
             values[im.name] = {k: [r.value for r in rs] for k, rs in read.items()}
@@ -222,7 +228,7 @@ def evaluate_ladders(images: Sequence[RealImage], metrics: Sequence[Metric], *, 
         entry: dict[str, Any] = {"kind": m.kind, "higher_is_worse": m.higher_is_worse,
                                  "values": values, **summarise_ladders(values)}
         if m.model is not None:
-            entry["in_range"] = clean_in_range(m.model, images)
+            entry["in_range"] = in_range
             entry["flags"] = flags
             entry["flag_by_level"] = flag_by_level(flags)
         if compare and m.model is not None:
@@ -262,19 +268,6 @@ def flag_by_level(flags: dict[str, dict[str, list[bool | None]]]) -> dict[str, A
               "assessable": sum(per_type[k][i]["assessable"] for k in kinds)}
              for i in range(N_LEVELS - 1)]
     return {"clean": clean, "per_type": per_type, "all": total}
-
-
-def clean_in_range(model: Any, images: Sequence[RealImage]) -> dict[str, Any]:
-    """Whether the model calls each clean image in range (``{image: {"in_range", "reasons"}}``;
-    ``None`` from a scorer that does not say)."""
-    from rankiq.service.scoring import score_series
-
-    out = {}
-    for im in images:
-        r = score_series(model, _series(im.image, im.pixel_spacing, im.contrast))
-        out[im.name] = {"in_range": getattr(r, "in_range", None),
-                        "reasons": list(getattr(r, "range_reasons", ()))}
-    return out
 
 
 def compare_consistency(model: Any, images: Sequence[RealImage],

@@ -775,7 +775,7 @@ class _WriteBack:
         again (the model is loaded on first use)."""
         from rankiq.service.models import ScoringModel
         from rankiq.service.results_dicom import saliency_on_matrix
-        from rankiq.service.scoring import score_series
+        from rankiq.service.scoring import score_series, series_interpolation
 
         if self.model is None:
             self.model = ScoringModel.load(str(self.options.model_dir),
@@ -784,7 +784,8 @@ class _WriteBack:
                               max_slices=self.options.max_slices)
         assert scored.saliency is not None  # asked for: saliency=True
         return saliency_on_matrix(scored.saliency, series.pixels,
-                                  features=self.model.kind == "features")
+                                  features=self.model.kind == "features",
+                                  interpolation=series_interpolation(series))
 
 
 def _ready(objects: list[tuple[str, str, list[Encoded]]], db: sqlite3.Connection) -> Objects:

@@ -422,9 +422,11 @@ def process_series(key: str, refs: list[str], reference: str | None = None) -> S
         maps = PendingSaliency(score.saliency_input, series.pixels)  # matrix, computed apart
     elif score.saliency is not None:
         from rankiq.service.results_dicom import saliency_on_matrix
+        from rankiq.service.scoring import series_interpolation
 
         maps = saliency_on_matrix(score.saliency, series.pixels,
-                                  features=model.kind == "features")
+                                  features=model.kind == "features",
+                                  interpolation=series_interpolation(series))
     result = judge(score, thresholds, k=_WORKER["worst_k"],
                    reference_mapped=reference is not None)
     assets = None
