@@ -91,11 +91,15 @@ docs: venv
 ## a real Orthanc PACS with its DICOMweb plugin serves the PACS tests, and dciodvfy (dicom3tools)
 ## validates the DICOM objects RankIQ writes back; headless Chromium (chromium, chromium-driver)
 ## drives the reader-study page and a throw-away PostgreSQL serves its durability test
-## data-deps: Debian's mricron-data (the Colin27 scan the no-reference model's training uses)
+## data-deps: Debian's mricron-data (the Colin27 scan the no-reference model's training uses) and
+## dicom3tools (its example ASL scan is a real image of `rankiq evaluate real`, never trained on)
 data-deps:
 	@test -f /usr/share/mricron/templates/ch2better.nii.gz || { \
 	  echo "installing the Debian package mricron-data (Colin27: anatomy of the no-reference model)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data >/dev/null; }
+	@test -f /usr/share/doc/dicom3tools/examples/0051.dcm || { \
+	  echo "installing the Debian package dicom3tools (its ASL scan is a real evaluation image)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; }
 
 test-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \

@@ -224,6 +224,24 @@ def test_extra_emri_frames_are_available_by_name_only():
     assert not np.array_equal(frames[0].image, frames[1].image)
 
 
+def test_asl_mosaic_tiles_are_its_slices():
+    """dicom3tools' Siemens PASL mosaic: slice 10 in the default set, the other 19 by name;
+    each a 72x72 tile at 3 mm with a head in air (not the mosaic's empty corner)."""
+    from rankiq.training.realdata import ASL_FILE, available_names, real_images
+
+    if not ASL_FILE.is_file():
+        pytest.skip("the Debian package dicom3tools is not installed")
+    default = [im.name for im in real_images()]
+    assert "dicom3tools-asl-s10" in default and "dicom3tools-asl-s0" not in default
+    assert {f"dicom3tools-asl-s{i}" for i in range(20)} <= set(available_names())
+    tiles = real_images(["dicom3tools-asl-s0", "dicom3tools-asl-s19"])
+    assert [im.name for im in tiles] == ["dicom3tools-asl-s0", "dicom3tools-asl-s19"]
+    for im in tiles:
+        assert im.image.shape == (72, 72) and im.pixel_spacing == (3.0, 3.0)
+        # the head fills the middle of its tile, air surrounds it
+        assert im.image[24:48, 24:48].mean() > 5 * im.image[:6].mean()
+
+
 def test_zero_filled_interpolation_keeps_the_scale_and_the_spectrum(image):
     up = zero_filled(image, 2)
     assert up.shape == (96, 96) and up.dtype == np.float32

@@ -14,9 +14,11 @@ matplotlib-head-sagittal  matplotlib ``s1045.ima.gz`` (sagittal head, T1)       
 nibabel-epi-z10/-z18      nibabel ``example4d.nii.gz`` (axial EPI, zero background)     96x128
 pydicom-data-shoulder     pydicom-data ``MR2_UNCR.dcm`` (shoulder, T1 SE, 1.5 T)        1024x1024
 pydicom-data-emri-f4      pydicom-data ``emri_small.dcm`` frame 4 (3D T1, inside head)  64x64
+dicom3tools-asl-s10       dicom3tools ``examples/0051.dcm`` slice 10 (PASL EPI mosaic)   72x72
 ========================  ============================================================  =======
 
-By name only (``--images``): ``pydicom-data-emri-f0`` .. ``-f9``, the other frames of
+By name only (``--images``): ``dicom3tools-asl-s0`` .. ``-s19``, the other slices of the ASL
+mosaic; ``pydicom-data-emri-f0`` .. ``-f9``, the other frames of
 ``emri_small.dcm`` (windows inside the same head, the weakest case of the no-reference model
 before its air gate: a set of its own, so that the default set does not count one scan ten
 times).
@@ -190,13 +192,37 @@ def _emri(frame: int) -> Callable[[], RealImage | None]:
     return load
 
 
+#: dicom3tools' example (Debian package ``dicom3tools``): a Siemens mosaic of 20 axial PASL EPI
+#: slices, 72x72 tiles of 3 mm in a 5x5 grid
+ASL_FILE = Path("/usr/share/doc/dicom3tools/examples/0051.dcm")
+ASL_TILE, ASL_GRID, ASL_SLICES = 72, 5, 20
+
+
+def _asl(index: int) -> Callable[[], RealImage | None]:
+    def load() -> RealImage | None:
+        if not ASL_FILE.is_file() or not 0 <= index < ASL_SLICES:
+            return None
+        px, spacing = _dicom_file(ASL_FILE)
+        if px.shape != (ASL_TILE * ASL_GRID, ASL_TILE * ASL_GRID):
+            return None
+        r, c = divmod(index, ASL_GRID)
+        tile = px[r * ASL_TILE:(r + 1) * ASL_TILE, c * ASL_TILE:(c + 1) * ASL_TILE]
+        return RealImage(f"dicom3tools-asl-s{index}", np.ascontiguousarray(tile), spacing,
+                         "dicom3tools:examples/0051.dcm",
+                         f"slice {index} of 20 of a Siemens PASL EPI mosaic (whole head in "
+                         "air, 72x72 at 3 mm, low SNR, EPI ghosting)")
+
+    return load
+
+
 LOADERS: tuple[Callable[[], RealImage | None], ...] = (
-    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18), _shoulder, _emri(4))
+    _mr_small, _mr_mpr, _s1045, _epi(10), _epi(18), _shoulder, _emri(4), _asl(ASL_SLICES // 2))
 #: the other nine frames of ``emri_small.dcm`` (windows inside the same head): by name only
 #: (``rankiq evaluate real --images``), so that the default set does not count one scan ten
 #: times
-EXTRA_LOADERS: tuple[Callable[[], RealImage | None], ...] = tuple(
-    _emri(f) for f in range(10) if f != 4)
+EXTRA_LOADERS: tuple[Callable[[], RealImage | None], ...] = (
+    *(_emri(f) for f in range(10) if f != 4),
+    *(_asl(i) for i in range(ASL_SLICES) if i != ASL_SLICES // 2))
 
 
 def _load(load: Callable[[], RealImage | None]) -> RealImage | None:
