@@ -132,3 +132,30 @@ def _fit_ordinal_plain(d: np.ndarray, y: np.ndarray) -> tuple[float, float]:
             best = min(best, (nll, float(beta), float(theta)))
     return best[1], best[2]
 
+
+
+def test_an_epi_acquisition_carries_its_nyquist_ghost(monkeypatch) -> None:
+    """An EPI draw: the odd/even echo phase mismatch puts a copy of the object half the field
+    of view away along the phase-encode (last) axis, of about sin(phi / 2) of it."""
+    from rankiq.training import realistic
+
+    monkeypatch.setattr(realistic, "PARTIAL_FOV", 0.0)  # a whole head in air
+    monkeypatch.setattr(realistic, "EPI_PHASE", (0.0, 0.0))
+    plain = realistic.acquire(np.random.default_rng(5), corrupt=False, epi=1.0)
+    monkeypatch.setattr(realistic, "EPI_PHASE", (0.3, 0.3))
+    epi = realistic.acquire(np.random.default_rng(5), corrupt=False, epi=1.0)
+    assert epi.info["epi_phase"] == pytest.approx(0.3) and plain.info["epi_phase"] == 0.0
+    # without EPI nothing is drawn for it: the acquisition is the one drawn before the option
+    default = realistic.acquire(np.random.default_rng(5), corrupt=False)
+    assert default.info["epi_phase"] == 0.0
+    if plain.info["post"]["mask"] > 0:
+        pytest.skip("this draw masks its air")
+    side = plain.truth.shape[-1]
+    ghost = epi.truth - plain.truth
+    shifted = np.roll(plain.truth, side // 2, axis=-1)
+    assert np.corrcoef(np.abs(ghost).ravel(), shifted.ravel())[0, 1] > 0.5
+    # the ghost is about sin(0.15) = 15 % of the object, where the object is not
+    air = plain.truth < 0.1 * plain.truth.max()
+    bright = shifted > 0.5 * shifted.max()
+    ratio = float(np.median(epi.truth[air & bright]) / np.median(shifted[air & bright]))
+    assert 0.08 < ratio < 0.3

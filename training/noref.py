@@ -115,13 +115,13 @@ def ladder_images(truth: np.ndarray, rng: np.random.Generator) -> list[tuple[str
     return out
 
 
-def _acquisition_rows(task: tuple[int, int, bool]) -> tuple[dict, list[tuple]]:
+def _acquisition_rows(task: tuple[int, int, bool, float]) -> tuple[dict, list[tuple]]:
     """Worker: one acquisition's ``(info, [(kind, level, features, teacher)])``."""
-    seed, index, teacher = task
+    seed, index, teacher, epi = task
     from rankiq.training.realistic import acquire
 
     rng = np.random.default_rng([seed, index])
-    acq = acquire(rng, corrupt=False)
+    acq = acquire(rng, corrupt=False, epi=epi)
     scorer = _teacher() if teacher else None
     rows = []
     for kind, level, img in ladder_images(acq.truth, rng):
@@ -144,10 +144,12 @@ def _teacher() -> Callable[[np.ndarray, np.ndarray], float]:
 
 
 def build_dataset(n: int, seed: int, *, workers: int = 1, teacher: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> Dataset:
+                  epi: float = 0.0, progress: Callable[[int, int], None] | None = None
+                  ) -> Dataset:
     """Features of ``n`` realistic acquisitions and their ladders (deterministic for
-    ``seed``, whatever ``workers``)."""
-    tasks = [(seed, i, teacher) for i in range(n)]
+    ``seed``, whatever ``workers``); ``epi``: share of EPI acquisitions with a Nyquist ghost
+    (:func:`rankiq.training.realistic.acquire`)."""
+    tasks = [(seed, i, teacher, epi) for i in range(n)]
     results: list[tuple[dict, list[tuple]]] = []
     if workers > 1:
         os.environ.setdefault("RANKIQ_FFT_WORKERS", "1")

@@ -15,11 +15,12 @@ few mm), a matrix of 64..512 and a field of view of 180..260 mm (pixel spacing ~
 a fifth of the draws image a region inside the head instead (partial field of view of
 24..120 mm at 0.4..1.2 mm, Colin27 only, no air around the object, as small-FOV scans and crops),
 1..12 receive coils (SigPy birdcage maps) with a smooth receive bias, and complex Gaussian
-thermal noise at a peak SNR drawn log-uniformly over 12..100. The *truth* is the root-sum-of-
-squares reconstruction of the fully sampled noisy coils; corrupted copies apply the
-simulator's corruptions (:mod:`rankiq.training.corruptions`, the paper's order and ranges) to
-the coil k-space and are reconstructed the same way (zero-filled RSS: milliseconds, where the
-iterative reconstructions of the simulator take seconds).
+thermal noise at a peak SNR drawn log-uniformly over 12..100 (optionally a share read out as
+EPI, with the Nyquist ghost of an odd/even echo phase mismatch: :data:`EPI_PHASE`). The *truth*
+is the root-sum-of-squares reconstruction of the fully sampled noisy coils; corrupted copies
+apply the simulator's corruptions (:mod:`rankiq.training.corruptions`, the paper's order and
+ranges) to the coil k-space and are reconstructed the same way (zero-filled RSS: milliseconds,
+where the iterative reconstructions of the simulator take seconds).
 
 Real scans that ship inside Python packages (pydicom's, matplotlib's, nibabel's) are never
 used here: they are kept for evaluation (``rankiq evaluate real``).
@@ -51,6 +52,12 @@ PARTIAL_FOV = 0.2
 PARTIAL_FOV_MM = (24.0, 120.0)
 PARTIAL_SPACING_MM = (0.4, 1.2)
 PARTIAL_OFFSET_MM = 35.0
+#: phase mismatch between odd and even echoes of an EPI readout (radians, uniform): a Nyquist
+#: (N/2) ghost of sin(phi / 2) of the object, 2.5-15 %, half the field of view away along the
+#: phase-encode axis, as real EPI (fMRI, diffusion, ASL) carries in its clean images. Drawn for
+#: a share ``epi`` of the acquisitions (:func:`acquire`; 0 for the shipped model: see
+#: docs/noref.md for the measured alternative)
+EPI_PHASE = (0.05, 0.3)
 
 
 @dataclass(frozen=True)
@@ -158,8 +165,10 @@ def coil_maps(nc: int, s: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def acquire(rng: np.random.Generator, *, corrupt: bool = True,
-            cfg: CorruptionConfig | None = None) -> Acquisition:
-    """Draw one realistic acquisition (see the module docstring) and a corrupted copy."""
+            cfg: CorruptionConfig | None = None, epi: float = 0.0) -> Acquisition:
+    """Draw one realistic acquisition (see the module docstring) and a corrupted copy;
+    a share ``epi`` of the draws are EPI readouts with a Nyquist ghost (:data:`EPI_PHASE`;
+    with ``epi`` 0 nothing is drawn for it, so the other draws stay as they were)."""
     s = int(rng.integers(MATRIX[0] // 16, MATRIX[1] // 16 + 1)) * 16
     fov = float(rng.uniform(*FOV_MM))
     partial = colin27() is not None and rng.random() < PARTIAL_FOV
@@ -186,6 +195,10 @@ def acquire(rng: np.random.Generator, *, corrupt: bool = True,
     noise = rng.standard_normal(k.shape, np.float32) + 1j * rng.standard_normal(k.shape, np.float32)
     # ortho FFT: white noise of std sigma in the image is white noise of std sigma in k-space
     k = (k + noise * np.float32(sigma / math.sqrt(2))).astype(np.complex64)
+    epi_phase = 0.0
+    if epi > 0 and rng.random() < epi:  # odd phase-encode lines (last axis) at another phase
+        epi_phase = float(rng.uniform(*EPI_PHASE))
+        k[..., 1::2] *= np.complex64(np.exp(1j * epi_phase))
     post = draw_postprocessing(rng)
     if post["apodization"] > 0:  # the scanner's k-space filter, applied to every image
         k = (k * apodization(s, post["apodization"])[None]).astype(np.complex64)
@@ -199,7 +212,7 @@ def acquire(rng: np.random.Generator, *, corrupt: bool = True,
             kc, _, _ = apply_plan(k, plan, np.full(nc, sigma), rng)
             image = postprocess(rss(kc), post)
     info.update({"anatomy": anatomy, "matrix": s, "fov_mm": fov, "partial_fov": partial,
-                 "coils": nc, "snr": snr, "plan": plan, "post": post})
+                 "coils": nc, "snr": snr, "epi_phase": epi_phase, "plan": plan, "post": post})
     return Acquisition(truth=truth, image=image, spacing_mm=fov / s, info=info)
 
 

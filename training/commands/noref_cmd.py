@@ -44,9 +44,12 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--consensus", help="consensus CSV for --pairs (`rankiq panel --consensus`)")
     p.add_argument("--report", help="write the build report (JSON) here too")
     p.add_argument("--cache", help="dataset cache (.npz): reused when it exists and matches "
-                                   "--acquisitions/--seed/--no-teacher, else written")
+                                   "--acquisitions/--seed/--no-teacher/--epi, else written")
     p.add_argument("--no-teacher", action="store_true",
                    help="skip the reference IQ-Net's cross-type order (faster; for tests)")
+    p.add_argument("--epi", type=float, default=0.0,
+                   help="share of the acquisitions read out as EPI with a Nyquist ghost "
+                        "(default 0, the shipped model's data)")
 
 
 def _progress(done: int, total: int) -> None:
@@ -259,6 +262,8 @@ def cached_dataset(args: argparse.Namespace) -> Dataset:
     from rankiq.training.noref import Dataset, build_dataset
 
     key = f"{DATASET_VERSION}:{args.acquisitions}:{args.seed}:{not args.no_teacher}"
+    if args.epi:
+        key += f":epi{args.epi:g}"
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache, allow_pickle=False)
         if str(z["key"]) == key:
@@ -266,7 +271,7 @@ def cached_dataset(args: argparse.Namespace) -> Dataset:
             return Dataset(z["x"], z["group"], z["kind"], z["level"], z["teacher"],
                            json.loads(str(z["info"])))
     ds = build_dataset(args.acquisitions, args.seed, workers=args.workers,
-                       teacher=not args.no_teacher, progress=_progress)
+                       teacher=not args.no_teacher, epi=args.epi, progress=_progress)
     if args.cache:
         tmp = Path(str(args.cache) + ".partial.npz")
         np.savez(tmp, key=key, x=ds.x, group=ds.group, kind=ds.kind, level=ds.level,
