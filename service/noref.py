@@ -123,7 +123,7 @@ def acquired_lattice(shape: tuple[int, int], interpolation: float
     ``x[row0::step, col0::step]`` is the acquired matrix, or ``None`` (no interpolation, a
     non-integer factor, a side not divisible by it, or fewer than :data:`MIN_ANALYSIS` px).
 
-    Zero-filled (and linear or cubic) interpolation by an integer factor passes through the
+    Zero-filled interpolation by an integer factor (a scanner's ZIP) passes through the
     acquired samples, so taking them back is exact. Fourier-cropping the interpolated
     *magnitude* is not: where the scanner masked the air before interpolating, the magnitude
     of the ringing at the mask's edge is positive, and cropping leaves it in the air, which then
