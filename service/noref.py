@@ -165,15 +165,17 @@ def analysis_grid(x: np.ndarray, interpolation: float = 1.0) -> np.ndarray:
     :func:`interpolation_factor`) and to at most :data:`ANALYSIS_MAX`; never upsample."""
     x = np.abs(np.asarray(x)).astype(np.float32)
     lattice = acquired_lattice((x.shape[0], x.shape[1]), interpolation)
+    step, r0, c0 = lattice if lattice is not None else (1, 0, 0)
+    box = analysis_box(x, interpolation)
+    if box is not None:  # zero padding of the field of view carries no information
+        r0, r1, c0, c1 = box
+        x = x[r0:r1:step, c0:c1:step]
+    else:
+        x = x[r0::step, c0::step]
     if lattice is not None:
-        step, r_off, c_off = lattice
-        x = x[r_off::step, c_off::step]
         # a float-stored interpolation leaves its masked air at round-off, not exact zero
         x[x < ROUND_OFF * float(x.max(initial=0.0))] = 0.0
         interpolation = 1.0
-    rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
-    if rows.size and cols.size:  # zero padding of the field of view carries no information
-        x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     side = max(x.shape)
     if x.shape != (side, side):
         x = center_pad(x, (side, side))
