@@ -269,3 +269,42 @@ def test_the_acquisition_header_undoes_zero_filled_interpolation(image):
     # told what was acquired, the score of the interpolated copy is the acquired one's
     assert abs(res["changes"]["zerofill_2x_header"]) < 0.05
     assert abs(res["changes"]["zerofill_2x"]) > abs(res["changes"]["zerofill_2x_header"])
+
+
+def test_explain_attributes_each_misordered_ladder_to_its_features(image):
+    """`--explain`: exactly the ladders the model misorders are listed, each level's total is
+    the change of log(score) from the clean image, and each listed feature's change is the
+    model's score with that one feature swapped in (largest first, none below the cut)."""
+    from rankiq.service.noref import FEATURES, prepare_features
+    from rankiq.training.realdata import RealImage
+    from rankiq.training.realeval import EXPLAIN_MIN, explain_misordered
+
+    import rankiq
+
+    model = rankiq.load_model("iqnet-noref")
+    if model.kind != "features":
+        pytest.skip("the shipped no-reference model is not a features model")
+    ims = [RealImage("phantom", image, (1.0, 1.0), "synthetic", "", "T2")]
+    rows = explain_misordered(ims, model, seed=0)
+    built = lad.ladders(image, 0, 0)
+    listed = {r["type"] for r in rows}
+    for kind, ladder in built.items():
+        f = prepare_features(np.stack([x.astype(np.float32) for x in ladder])).features
+        s = np.asarray(model.score(f), np.float64).reshape(-1)
+        assert (kind in listed) == (not all(adjacent_correct(s.tolist()))), kind
+        if kind not in listed:
+            continue
+        row = next(r for r in rows if r["type"] == kind)
+        np.testing.assert_allclose(row["scores"], s, rtol=1e-6)
+        for lv in row["levels"]:
+            assert lv["total"] == pytest.approx(math.log(s[lv["level"]] / s[0]), abs=1e-6)
+            changes = list(lv["features"].values())
+            assert changes == sorted(changes, key=abs, reverse=True)
+            assert all(abs(c) > EXPLAIN_MIN for c in changes)
+            for name, c in lv["features"].items():
+                g = f[:1].copy()
+                g[0, FEATURES.index(name)] = f[lv["level"], FEATURES.index(name)]
+                assert c == pytest.approx(math.log(float(model.score(g)[0]) / s[0]), abs=1e-6)
+    assert explain_misordered(ims, object()) == []  # not a features model: nothing to explain
+    if not rows:
+        pytest.skip("the model orders every ladder of the phantom: no attribution to check")

@@ -469,6 +469,47 @@ def resampling_changes(images: Sequence[RealImage], model: Any) -> dict[str, Any
     return out
 
 
+# -- why a step is missed --------------------------------------------------------------------
+
+#: a feature's share of a score change is listed when it moves log(score) by more than this
+EXPLAIN_MIN = 0.02
+
+
+def explain_misordered(images: Sequence[RealImage], model: Any, seed: int = 0
+                       ) -> list[dict[str, Any]]:
+    """Why a features model misorders a ladder: for every ladder of ``images`` with a step it
+    does not order, and every level of it, the change of log(score) from the clean image
+    (``total``) and, per feature, the change when only that feature takes the level's value
+    (the rest stay at the clean image's; listed where larger than :data:`EXPLAIN_MIN`).
+
+    Returns:
+        ``[{"image", "type", "scores": [6 floats], "levels": [{"level", "total",
+        "features": {name: change}}]}]``; empty for a model that is not a features model.
+    """
+    from rankiq.service.noref import FEATURES, prepare_features
+
+    if getattr(model, "kind", None) != "features":
+        return []
+    out = []
+    for i, im in enumerate(images):
+        for kind, lad in ladders(im.image, seed, i).items():
+            f = prepare_features(np.stack([x.astype(np.float32) for x in lad])).features
+            s = np.asarray(model.score(f), np.float64).reshape(-1)
+            if all(adjacent_correct(s.tolist())):
+                continue
+            levels = []
+            for lv in range(1, len(lad)):
+                swapped = np.repeat(f[:1], len(FEATURES), axis=0)
+                idx = np.arange(len(FEATURES))
+                swapped[idx, idx] = f[lv]  # row j: the clean features with feature j swapped
+                d = np.log(np.asarray(model.score(swapped), np.float64).reshape(-1) / s[0])
+                levels.append({"level": lv, "total": float(np.log(s[lv] / s[0])),
+                               "features": {FEATURES[j]: float(d[j]) for j in np.argsort(-abs(d))
+                                            if abs(d[j]) > EXPLAIN_MIN}})
+            out.append({"image": im.name, "type": kind, "scores": s.tolist(), "levels": levels})
+    return out
+
+
 # -- report -----------------------------------------------------------------------------------
 
 def _pct(c: int, n: int) -> str:
@@ -559,6 +600,16 @@ def markdown(report: dict[str, Any]) -> str:
         for image, r in res.items():
             lines.append(f"| {image} | {r['score']:.2f} | " + " | ".join(
                 f"{100 * r['changes'][k]:+.0f} %" for k in RESAMPLINGS) + " |")
+    for name, rows in (report.get("explain") or {}).items():
+        lines += ["", f"Ladders {name} misorders, and why: change of log(score) from the clean "
+                  "image at each level, in total and when only one feature takes the level's "
+                  f"value (|change| > {EXPLAIN_MIN:g}):", "",
+                  "| image | type | level | score | total | by feature |", "|---" * 6 + "|"]
+        for r in rows:
+            for lv in r["levels"]:
+                lines.append(f"| {r['image']} | {r['type']} | {lv['level']} | "
+                             f"{r['scores'][lv['level']]:.3f} | {lv['total']:+.2f} | " + ", ".join(
+                                 f"{k} {v:+.2f}" for k, v in lv["features"].items()) + " |")
     if report.get("models"):
         lines.append("Models: " + ", ".join(f"{m['name']} {m['version']} (score.onnx sha256 "
                                             f"{str(m['sha256'])[:12]})"
@@ -568,7 +619,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, seed: int = 0,
         iqms: Sequence[str] | None = None, archive: bool = False, compare: bool = True,
-        threads: int = 1, resampling: bool = False) -> dict[str, Any]:
+        threads: int = 1, resampling: bool = False, explain: bool = False) -> dict[str, Any]:
     """The whole evaluation (what ``rankiq evaluate real`` prints and saves).
 
     Args:
@@ -581,6 +632,8 @@ def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, s
         compare: also measure compare consistency of the RankIQ models.
         resampling: also measure each model's score change under resampling
             (:func:`resampling_changes`).
+        explain: also attribute the misordered ladders of each features model to its
+            features (:func:`explain_misordered`).
         threads: ONNX Runtime threads.
 
     Raises:
@@ -610,5 +663,8 @@ def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, s
         report["archive"] = archive_flag_rates(ims, dirs, seed=seed, threads=threads)
     if resampling:
         report["resampling"] = {m.name: resampling_changes(ims, m) for m in models}
+    if explain:
+        report["explain"] = {m.name: explain_misordered(ims, m, seed) for m in models
+                             if m.kind == "features"}
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     return report

@@ -47,6 +47,9 @@ def add_real_arguments(p: argparse.ArgumentParser) -> None:
                    help="also report how much each model's score moves when a slice is "
                         "resampled (zero-filled 2x with and without its DICOM header, linear and "
                         "cubic 2x, 2x2 block mean)")
+    g.add_argument("--explain", action="store_true",
+                   help="also attribute every ladder a features model misorders to its "
+                        "features (change of log score when one feature takes the level's value)")
     g.add_argument("--no-compare", action="store_true",
                    help="skip the compare-consistency check (faster)")
 
@@ -98,7 +101,8 @@ def evaluate_real(args: argparse.Namespace) -> int:
     models_dir = None if args.no_models else Path(args.models or default_models_dir())
     threads = args.threads or 1
     report = run(models_dir, images=images, seed=args.seed, iqms=iqms, archive=args.archive,
-                 compare=not args.no_compare, threads=threads, resampling=args.resampling)
+                 compare=not args.no_compare, threads=threads, resampling=args.resampling,
+                 explain=args.explain)
     command = "rankiq evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 2 and sys.argv[1] == "evaluate" else "rankiq evaluate real"
     report["command"] = command
