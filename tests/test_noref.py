@@ -518,16 +518,15 @@ def test_an_integer_interpolation_is_taken_back_to_its_acquired_samples(n: int, 
     as float): the analysis grid is the acquisition's own, the air exactly zero again (a
     Fourier crop of the magnitude would leave the mask's ringing in the air, read as ghosts),
     and the analysed box on the interpolated matrix covers the acquisition's."""
-    from rankiq.service.fft import center_pad, fft2c, ifft2c
     from rankiq.service.noref import acquired_lattice, analysis_box
+    from rankiq.training.realeval import zero_filled
 
     x = _phantom(n, seed=n)
     x[ndimage.gaussian_filter(x, 2.0) < 0.2] = 0.0  # the scanner's background mask
     x = np.pad(x, 4)  # and some field-of-view padding
     side = n + 8
     want = analysis_grid(x)
-    k = center_pad(fft2c(x.astype(np.complex64)), (step * side, step * side))  # zero-filled
-    before = (np.abs(ifft2c(k)) * step).astype(np.float32)
+    before = zero_filled(x, step)
     after = before * np.kron(x > 0, np.ones((step, step), bool))
     assert acquired_lattice(before.shape, step) is not None
     assert (before == 0).mean() < 0.05  # the ringing fills the masked air
