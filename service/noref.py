@@ -143,16 +143,22 @@ def analysis_box(x: np.ndarray, interpolation: float = 1.0) -> tuple[int, int, i
     """The region ``(row0, row1, col0, col1)`` of an ``(H, W)`` slice that
     :func:`analysis_grid` analyses (its exact-zero border cropped, on the acquired lattice
     where there is one), in the slice's own pixels; ``None`` for a blank slice."""
-    px = np.asarray(x)
-    lattice = acquired_lattice((px.shape[0], px.shape[1]), interpolation)
+    px = np.abs(np.asarray(x))
+    return _box(px, acquired_lattice((px.shape[0], px.shape[1]), interpolation))
+
+
+def _box(px: np.ndarray, lattice: tuple[int, int, int] | None
+         ) -> tuple[int, int, int, int] | None:
+    """:func:`analysis_box` of a magnitude slice ``px`` whose :func:`acquired_lattice` is
+    known (what :func:`analysis_grid` has at hand)."""
+    h, w = px.shape
     step, r_off, c_off = lattice if lattice is not None else (1, 0, 0)
-    px = np.abs(px[r_off::step, c_off::step])
+    px = px[r_off::step, c_off::step]
     if lattice is not None:
         px = px >= ROUND_OFF * float(px.max(initial=0.0))
     rows, cols = np.flatnonzero(px.any(axis=1)), np.flatnonzero(px.any(axis=0))
     if not (rows.size and cols.size):
         return None
-    h, w = np.asarray(x).shape
     return (r_off + step * int(rows[0]), min(h, r_off + step * (int(rows[-1]) + 1)),
             c_off + step * int(cols[0]), min(w, c_off + step * (int(cols[-1]) + 1)))
 
@@ -166,7 +172,7 @@ def analysis_grid(x: np.ndarray, interpolation: float = 1.0) -> np.ndarray:
     x = np.abs(np.asarray(x)).astype(np.float32)
     lattice = acquired_lattice((x.shape[0], x.shape[1]), interpolation)
     step, r0, c0 = lattice if lattice is not None else (1, 0, 0)
-    box = analysis_box(x, interpolation)
+    box = _box(x, lattice)
     if box is not None:  # zero padding of the field of view carries no information
         r0, r1, c0, c1 = box
         x = x[r0:r1:step, c0:c1:step]

@@ -332,11 +332,11 @@ def saliency_on_matrix(saliency: np.ndarray, pixels: np.ndarray, *, features: bo
         saliency: float ``(S, C, G, G)`` from :func:`rankiq.service.scoring.score_series`; the
             channels are combined as their root sum of squares.
         pixels: the series' pixels ``(S, rows, cols)`` (where the analysis grid came from).
-        interpolation: the series' :func:`rankiq.service.scoring.series_interpolation`.
         features: the no-reference features model (its analysis grid crops the zero border,
             pads to a square and brings a side above 256 down to 256, per slice:
             :func:`rankiq.service.noref.analysis_grid`); otherwise the network grid (the slice
             padded to a square and resampled: :func:`rankiq.service.preprocess.to_grid`).
+        interpolation: the series' :func:`rankiq.service.scoring.series_interpolation`.
 
     Returns:
         the magnitude of the map on the scan's pixels, linearly interpolated and scaled by
