@@ -147,7 +147,7 @@ MODEL_VERSION ?= 1.1.1
 EFFNET_SIZE ?= 64
 EFFNET_EPOCHS ?= 4
 NOREF_ACQUISITIONS ?= 1200
-NOREF_VERSION ?= 2.3.1
+NOREF_VERSION ?= 2.4.0
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 

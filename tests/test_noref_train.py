@@ -159,3 +159,53 @@ def test_an_epi_acquisition_carries_its_nyquist_ghost(monkeypatch) -> None:
     bright = shifted > 0.5 * shifted.max()
     ratio = float(np.median(epi.truth[air & bright]) / np.median(shifted[air & bright]))
     assert 0.08 < ratio < 0.3
+
+
+def _toy_dataset(groups: int = 24, seed: int = 0):
+    """Features of ``groups`` toy acquisitions: a clean row and noise/blur ladders whose
+    first feature grows with the level (plus acquisition-to-acquisition spread)."""
+    from rankiq.service.noref import FEATURES
+    from rankiq.training.noref import Dataset
+
+    rng = np.random.default_rng(seed)
+    x, g, k, lv = [], [], [], []
+    for i in range(groups):
+        base = rng.normal(0, 0.3, len(FEATURES))
+        for kind, levels in (("clean", [0]), ("noise", [1, 2, 3, 4]), ("blur", [1, 2, 3, 4])):
+            for level in levels:
+                f = base + rng.normal(0, 0.05, len(FEATURES))
+                f[0 if kind == "noise" else 1] += level
+                x.append(f)
+                g.append(i)
+                k.append(kind)
+                lv.append(level)
+    return Dataset(np.asarray(x), np.asarray(g), np.asarray(k), np.asarray(lv),
+                   np.full(len(x), np.nan), [{} for _ in range(groups)])
+
+
+def test_each_member_of_the_ensemble_draws_its_own_across_pairs() -> None:
+    from rankiq.training.noref import across_pairs, fit, ranking_pairs, within_pairs
+
+    ds = _toy_dataset()
+    wa, wb, ww = within_pairs(ds)
+    # within an acquisition: clean < each of its 8 copies, and 6 level pairs per ladder
+    assert len(wa) == 24 * (8 + 2 * 6) and (ds.group[wa] == ds.group[wb]).all()
+    assert (ww == 1.0).all()
+    d1 = across_pairs(ds, np.random.default_rng([7, 0]))
+    d2 = across_pairs(ds, np.random.default_rng([7, 1]))
+    assert (ds.group[d1[0]] != ds.group[d1[1]]).all() and (ds.kind[d1[0]] == "clean").all()
+    assert (ds.level[d1[1]] > 2).all() and not np.array_equal(d1[0], d2[0])
+    a, b, w = ranking_pairs(ds, 7)  # the within pairs and the draw of default_rng(7)
+    assert np.array_equal(a[:len(wa)], wa) and len(a) > len(wa) and set(w) == {1.0, 0.5}
+    s1 = fit(ds, seed=3, members=2)
+    s2 = fit(ds, seed=3, members=2)
+    assert len(s1.layers) == 2
+    assert np.array_equal(s1.raw(ds.x), s2.raw(ds.x))  # deterministic for its seed
+    # the members differ (their own draws and starts), and the ensemble learnt the ladders
+    one = [fit(ds, seed=3, members=1).raw(ds.x)]
+    assert not np.allclose(one[0], s1.raw(ds.x))
+    sc = s1.score(ds.x)
+    for kind in ("noise", "blur"):
+        rows = ds.kind == kind
+        up = [np.median(sc[rows & (ds.level == lv)]) for lv in (1, 2, 3, 4)]
+        assert up == sorted(up) and np.median(sc[ds.kind == "clean"]) < up[0]

@@ -14,6 +14,7 @@ from rankiq.training.realeval import (
     adjacent_correct,
     consistent,
     flag_by_level,
+    model_agreement,
     resampled,
     resampling_changes,
     spearman,
@@ -134,6 +135,25 @@ def test_flag_by_level_counts_assessable_images_per_level():
     assert [d["flagged"] for d in fl["all"]] == [1, 2, 1, 2, 2]
     assert [d["assessable"] for d in fl["all"]] == [2, 2, 1, 2, 3]
     assert list(fl["per_type"]) == ["noise", "blur"]
+
+
+def test_model_agreement_of_two_rebuilds_on_hand_made_ladders():
+    def entry(kind, values):
+        return {"kind": kind, "values": values}
+
+    a = {"x": {"noise": [1.0, 2.0, 3.0], "blur": [1.0, 1.5, 4.0]}}
+    b = {"x": {"noise": [1.1, 2.2, 1.5], "blur": [1.1, 1.65, 4.4]}}  # one step reversed
+    out = model_agreement({"m1": entry("rankiq", a), "EFC": entry("iqm", a),
+                           "m2": entry("rankiq", b)})
+    assert len(out) == 1 and (out[0]["a"], out[0]["b"]) == ("m1", "m2")  # IQMs are not models
+    g = out[0]
+    assert g["images"] == 5  # the clean image once, then two levels of each type
+    assert g["steps"] == 4 and g["steps_ordered_differently"] == 1
+    assert g["median_change"] == pytest.approx(0.1) and g["max_change"] == pytest.approx(0.5)
+    assert g["spearman"] == pytest.approx(spearman([1, 2, 3, 1.5, 4], [1.1, 2.2, 1.5, 1.65, 4.4]))
+    same = model_agreement({"m1": entry("rankiq", a), "m2": entry("rankiq", a)})[0]
+    assert same["spearman"] == pytest.approx(1.0) and same["max_change"] == 0.0
+    assert same["steps_ordered_differently"] == 0
 
 
 def test_compare_consistency_rule():

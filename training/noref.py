@@ -20,7 +20,9 @@ is fitted so that, *within one acquisition*, more corruption always scores highe
    loss: (clean < every corrupted copy), (lower level < higher level of a type), (the
    teacher's order across types, weight 0.3, where the teacher's scores differ by 2x), and
    (clean acquisitions < moderately corrupted copies of *other* acquisitions, weight 0.5: this
-   puts all acquisitions on one scale). Deterministic for its seed.
+   puts all acquisitions on one scale). The last pairs are a random draw, and each member
+   makes its own (a bagged ensemble), so that the score does not hang on one draw.
+   Deterministic for its seed.
 3. Scale: the shipped score is ``2 ** ((raw - m) / (q - m))`` with ``m`` the median and
    ``q`` the 90 % quantile of the clean training acquisitions' raw scores: a clean realistic
    acquisition scores 1 at the median and 2 at the 90 % quantile, whatever its contrast,
@@ -182,16 +184,13 @@ ACROSS_PAIRS = 4
 ACROSS_WEIGHT = 0.5
 
 
-def ranking_pairs(ds: Dataset, seed: int, *, across: int = ACROSS_PAIRS,
-                  across_weight: float = ACROSS_WEIGHT
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(better, worse, weight)`` index arrays of the pairs :func:`fit` learns from."""
-    rng = np.random.default_rng(seed)
+def within_pairs(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(better, worse, weight)`` index arrays of the pairs inside each acquisition: clean <
+    every corrupted copy, lower < higher level of a type (weight 1), and the teacher's order
+    across types where its scores differ by 2x (weight 0.3). Deterministic."""
     a: list[int] = []
     b: list[int] = []
     w: list[float] = []
-    clean_idx = np.flatnonzero(ds.kind == "clean")
-    moderate = np.flatnonzero((ds.kind != "clean") & (ds.level > MODERATE))
     for g in np.unique(ds.group):
         idx = np.flatnonzero(ds.group == g)
         for i in idx:
@@ -208,14 +207,34 @@ def ranking_pairs(ds: Dataset, seed: int, *, across: int = ACROSS_PAIRS,
                     a.append(i)
                     b.append(j)
                     w.append(0.3)
-    if clean_idx.size and moderate.size:  # one scale across acquisitions
-        m = across * clean_idx.size
-        ci, mi = rng.choice(clean_idx, m), rng.choice(moderate, m)
-        keep = ds.group[ci] != ds.group[mi]
-        a += ci[keep].tolist()
-        b += mi[keep].tolist()
-        w += [across_weight] * int(keep.sum())
-    return np.asarray(a), np.asarray(b), np.asarray(w)
+    return np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(w, np.float64)
+
+
+def across_pairs(ds: Dataset, rng: np.random.Generator, *, across: int = ACROSS_PAIRS,
+                 across_weight: float = ACROSS_WEIGHT
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``across`` random (clean acquisition < moderately corrupted copy of *another*
+    acquisition) pairs per clean acquisition, weight ``across_weight``: what puts every
+    acquisition on one scale. A random draw: each member of :func:`fit` makes its own."""
+    clean_idx = np.flatnonzero(ds.kind == "clean")
+    moderate = np.flatnonzero((ds.kind != "clean") & (ds.level > MODERATE))
+    if not (clean_idx.size and moderate.size):
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0)
+    m = across * clean_idx.size
+    ci, mi = rng.choice(clean_idx, m), rng.choice(moderate, m)
+    keep = ds.group[ci] != ds.group[mi]
+    return ci[keep], mi[keep], np.full(int(keep.sum()), across_weight)
+
+
+def ranking_pairs(ds: Dataset, seed: int, *, across: int = ACROSS_PAIRS,
+                  across_weight: float = ACROSS_WEIGHT
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(better, worse, weight)``: :func:`within_pairs` and one draw of :func:`across_pairs`
+    (``seed``); what :func:`pair_accuracy` scores."""
+    parts = (within_pairs(ds), across_pairs(ds, np.random.default_rng(seed), across=across,
+                                            across_weight=across_weight))
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
 @dataclass
@@ -257,27 +276,35 @@ class FittedScorer:
 #: orders more ladder steps (92.2 -> 93.0 % of the ladder pairs with the air gate; 1e-2 and
 #: 1e-1 order fewer: 87.1 and 84.1 %), and the rebuild stability is reported with each build
 WEIGHT_DECAY = 1e-4
+#: members of the bagged ensemble (2.4.0; 2.3.x: 3 members sharing one draw of the across
+#: pairs). That one draw was what a fit with another seed changed most; with a draw per
+#: member the rebuild varies less, the more members the less (see docs/noref.md)
+MEMBERS = 15
 
 
-def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = 3,
+def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = MEMBERS,
         weight_decay: float = WEIGHT_DECAY, train: np.ndarray | None = None,
         across: int = ACROSS_PAIRS, across_weight: float = ACROSS_WEIGHT) -> FittedScorer:
-    """Fit :class:`FittedScorer` on the pairs of :func:`ranking_pairs` (``train``: bool mask
-    over acquisitions used, default all)."""
+    """Fit :class:`FittedScorer` (``train``: bool mask over acquisitions used, default all).
+
+    Member ``m`` learns :func:`within_pairs` and its own draw of :func:`across_pairs`
+    (``default_rng([seed, m])``) from its own initialisation: a bagged ensemble."""
     import torch
 
     keep_group = np.ones(ds.group.max() + 1, bool) if train is None else train
-    a, b, w = ranking_pairs(ds, seed, across=across, across_weight=across_weight)
-    sel = keep_group[ds.group[a]] & keep_group[ds.group[b]]
-    a, b, w = a[sel], b[sel], w[sel]
+    within = within_pairs(ds)
     rows = keep_group[ds.group]
     mu = ds.x[rows].mean(0)
     sd = ds.x[rows].std(0) + 1e-9
     z = torch.tensor((ds.x - mu) / sd)
-    ta, tb, tw = torch.tensor(a), torch.tensor(b), torch.tensor(w)
     layers = []
     linear = np.zeros(z.shape[1])
     for m in range(members):
+        drawn = across_pairs(ds, np.random.default_rng([seed, m]), across=across,
+                             across_weight=across_weight)
+        a, b, w = (np.concatenate(p) for p in zip(within, drawn, strict=True))
+        sel = keep_group[ds.group[a]] & keep_group[ds.group[b]]
+        ta, tb, tw = torch.tensor(a[sel]), torch.tensor(b[sel]), torch.tensor(w[sel])
         torch.manual_seed(seed * 1000 + m)
         net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], hidden), torch.nn.Softplus(),
                                   torch.nn.Linear(hidden, 1)).double()
@@ -286,7 +313,9 @@ def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = 3,
         opt = torch.optim.LBFGS(params, max_iter=400, line_search_fn="strong_wolfe")
 
         def closure(net: torch.nn.Module = net, skip: torch.nn.Module = skip,
-                    opt: torch.optim.Optimizer = opt, params: list = params) -> torch.Tensor:
+                    opt: torch.optim.Optimizer = opt, params: list = params,
+                    ta: torch.Tensor = ta, tb: torch.Tensor = tb,
+                    tw: torch.Tensor = tw) -> torch.Tensor:
             opt.zero_grad()
             s = (net(z) + skip(z)).squeeze(-1)
             loss = (torch.nn.functional.softplus(s[ta] - s[tb]) * tw).sum() / tw.sum()

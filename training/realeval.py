@@ -512,6 +512,42 @@ def explain_misordered(images: Sequence[RealImage], model: Any, seed: int = 0
 
 # -- report -----------------------------------------------------------------------------------
 
+def model_agreement(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """How alike every two RankIQ models of one evaluation score the same ladder images (two
+    rebuilds of a model with other seeds: what a rebuild changes on real scans).
+
+    Args:
+        metrics: ``evaluate_ladders(...)["metrics"]``.
+
+    Returns:
+        Per pair of models: ``{"a", "b", "images", "spearman"}`` over every ladder image
+        (clean ones once), ``"median_change"``/``"max_change"``: ``|score_b / score_a - 1|``,
+        and ``"steps_ordered_differently"`` of ``"steps"`` adjacent pairs.
+    """
+    names = [n for n, m in metrics.items() if m["kind"] == "rankiq"]
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            va, vb = metrics[a]["values"], metrics[b]["values"]
+            xa, xb, differ, steps = [], [], 0, 0
+            for image, ladders_a in va.items():
+                for j, (kind, la) in enumerate(ladders_a.items()):
+                    lb = vb[image][kind]
+                    start = 0 if j == 0 else 1  # the clean image once per image
+                    xa += la[start:]
+                    xb += lb[start:]
+                    differ += sum(p != q for p, q in zip(adjacent_correct(la),
+                                                         adjacent_correct(lb), strict=True))
+                    steps += len(la) - 1
+            fa, fb = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
+            change = np.abs(fb / fa - 1.0)
+            out.append({"a": a, "b": b, "images": int(fa.size), "spearman": spearman(fa, fb),
+                        "median_change": float(np.median(change)),
+                        "max_change": float(change.max()),
+                        "steps_ordered_differently": int(differ), "steps": int(steps)})
+    return out
+
+
 def _pct(c: int, n: int) -> str:
     return f"{c}/{n} ({100.0 * c / n:.0f}%)" if n else "-"
 
@@ -562,6 +598,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for name, m in report["metrics"].items():
         lines += _flag_lines(name, m.get("flag_by_level"), kinds)
+    if report.get("agreement"):
+        lines += ["", "Agreement between models on the same ladder images (Spearman of the "
+                  "scores; change = |score_b / score_a - 1|; steps one orders right and the "
+                  "other not):", "",
+                  "| a | b | images | Spearman | median change | largest change | steps "
+                  "ordered differently |", "|---" * 7 + "|"]
+        for g in report["agreement"]:
+            lines.append(f"| {g['a']} | {g['b']} | {g['images']} | {g['spearman']:.4f} | "
+                         f"{100 * g['median_change']:.1f} % | {100 * g['max_change']:.0f} % | "
+                         f"{g['steps_ordered_differently']} of {g['steps']} |")
     arch = report.get("archive")
     if arch:
         lines += ["", f"Batch QA flag rates on an archive of {arch['series']} single-slice "
@@ -658,6 +704,7 @@ def run(models_dir: str | Path | None, *, images: Sequence[str] | None = None, s
                     "qa_thresholds": m.metadata.get("qa_thresholds")} for m in models],
         **evaluate_ladders(ims, metrics, seed=seed, compare=compare),
     }
+    report["agreement"] = model_agreement(report["metrics"])
     if archive:
         dirs = [Path(m.path) for m in models if getattr(m, "path", None) is not None]
         report["archive"] = archive_flag_rates(ims, dirs, seed=seed, threads=threads)

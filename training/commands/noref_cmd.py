@@ -37,8 +37,11 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--acquisitions", type=int, default=1200,
                    help="simulated acquisitions, 17 images each (default 1200)")
     p.add_argument("--seed", type=int, default=2025, help="default 2025")
+    p.add_argument("--fit-seed", type=int, default=None, metavar="SEED",
+                   help="seed of the fit alone (default: --seed): another fit of the same "
+                        "acquisitions, to measure what a rebuild changes")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-    p.add_argument("--version", default="2.3.1", help="model version (default 2.3.1)")
+    p.add_argument("--version", default="2.4.0", help="model version (default 2.4.0)")
     p.add_argument("--pairs", help="pairs HDF5 (`rankiq simulate`) whose consensus labels fit "
                                    "the classifier's 'similar' band")
     p.add_argument("--consensus", help="consensus CSV for --pairs (`rankiq panel --consensus`)")
@@ -296,16 +299,18 @@ def run(args: argparse.Namespace) -> int:
     n_groups = int(ds.group.max()) + 1
     held = np.arange(n_groups) % 5 == 0
     # held-out accuracy and rebuild stability, on acquisitions the fits never saw
-    a = fit(ds, seed=args.seed, train=~held)
-    b = fit(ds, seed=args.seed + 1, train=~held)
+    fit_seed = args.seed if args.fit_seed is None else args.fit_seed
+    a = fit(ds, seed=fit_seed, train=~held)
+    b = fit(ds, seed=fit_seed + 1, train=~held)
     rows = held[ds.group]
     stability = float(spearmanr(a.raw(ds.x[rows]), b.raw(ds.x[rows]))[0])
     held_acc = pair_accuracy(a, ds, held, seed=args.seed)
-    scorer = fit(ds, seed=args.seed)
+    scorer = fit(ds, seed=fit_seed)
     thr, cal = thresholds(scorer, ds)
     clf, clf_report = classifier(scorer, args.pairs, args.consensus)
     dom = domain(ds)
-    training = {"acquisitions": args.acquisitions, "seed": args.seed, "images": int(len(ds.x)),
+    training = {"acquisitions": args.acquisitions, "seed": args.seed, "fit_seed": fit_seed,
+                "images": int(len(ds.x)),
                 "held_out_pairs": held_acc, "rebuild_spearman_other_seed": stability,
                 "teacher": None if args.no_teacher else "iqnet-ref",
                 "classifier": clf_report}
