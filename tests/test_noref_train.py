@@ -49,7 +49,7 @@ def test_train_noref_builds_a_loadable_model(tmp_path: Path) -> None:
     cache = tmp_path / "ds.npz"
     cmd = [sys.executable, "-m", "rankiq.service.cli", "train-noref", "--out", str(out),
            "--acquisitions", "10", "--no-teacher", "--workers", "1", "--report", str(report),
-           "--cache", str(cache)]
+           "--cache", str(cache), "--members", "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(report.read_text())
@@ -57,6 +57,7 @@ def test_train_noref_builds_a_loadable_model(tmp_path: Path) -> None:
     assert 0 <= rep["qa_calibration"]["simulated_flag_rates"]["clean_flagged"] <= 1
     model = rankiq.load_model(out)
     assert model.kind == "features" and model.mode == "no-reference"
+    assert model.metadata["architecture"]["members"] == 3
     stack = np.stack([np.pad(np.ones((40, 40), np.float32), 12),
                       np.pad(np.ones((50, 44), np.float32), ((7, 7), (10, 10)))])
     res = rankiq.score(stack + 0.01, model=model)  # slices whose grids differ are fine
@@ -76,6 +77,11 @@ def test_train_noref_refuses_bad_arguments(tmp_path: Path) -> None:
                         str(tmp_path / "m"), "--acquisitions", "3"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([sys.executable, "-m", "rankiq.service.cli", "train-noref", "--out",
+                        str(tmp_path / "m"), "--members", "0"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "--members" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
 def test_calibration_audit_separates_calibrated_from_overconfident() -> None:

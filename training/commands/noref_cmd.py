@@ -37,6 +37,9 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--acquisitions", type=int, default=1200,
                    help="simulated acquisitions, 17 images each (default 1200)")
     p.add_argument("--seed", type=int, default=2025, help="default 2025")
+    p.add_argument("--members", type=int, default=None, metavar="N",
+                   help="members of the fitted ensemble, each on its own draw of the pairs "
+                        "across acquisitions (default 15: rankiq.training.noref.MEMBERS)")
     p.add_argument("--fit-seed", type=int, default=None, metavar="SEED",
                    help="seed of the fit alone (default: --seed): another fit of the same "
                         "acquisitions, to measure what a rebuild changes")
@@ -285,11 +288,14 @@ def cached_dataset(args: argparse.Namespace) -> Dataset:
 
 def run(args: argparse.Namespace) -> int:
     from rankiq.training.export.noref_export import export_noref
-    from rankiq.training.noref import fit, pair_accuracy
+    from rankiq.training.noref import MEMBERS, fit, pair_accuracy
     from scipy.stats import spearmanr
 
     if args.acquisitions < 10:
         print("rankiq train-noref: --acquisitions must be at least 10", file=sys.stderr)
+        return 2
+    if args.members is not None and args.members < 1:
+        print("rankiq train-noref: --members must be at least 1", file=sys.stderr)
         return 2
     if bool(args.pairs) != bool(args.consensus):
         print("rankiq train-noref: --pairs and --consensus go together", file=sys.stderr)
@@ -300,12 +306,13 @@ def run(args: argparse.Namespace) -> int:
     held = np.arange(n_groups) % 5 == 0
     # held-out accuracy and rebuild stability, on acquisitions the fits never saw
     fit_seed = args.seed if args.fit_seed is None else args.fit_seed
-    a = fit(ds, seed=fit_seed, train=~held)
-    b = fit(ds, seed=fit_seed + 1, train=~held)
+    members = MEMBERS if args.members is None else args.members
+    a = fit(ds, seed=fit_seed, train=~held, members=members)
+    b = fit(ds, seed=fit_seed + 1, train=~held, members=members)
     rows = held[ds.group]
     stability = float(spearmanr(a.raw(ds.x[rows]), b.raw(ds.x[rows]))[0])
     held_acc = pair_accuracy(a, ds, held, seed=args.seed)
-    scorer = fit(ds, seed=fit_seed)
+    scorer = fit(ds, seed=fit_seed, members=members)
     thr, cal = thresholds(scorer, ds)
     clf, clf_report = classifier(scorer, args.pairs, args.consensus)
     dom = domain(ds)
