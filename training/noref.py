@@ -232,9 +232,10 @@ def ranking_pairs(ds: Dataset, seed: int, *, across: int = ACROSS_PAIRS,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(better, worse, weight)``: :func:`within_pairs` and one draw of :func:`across_pairs`
     (``seed``); what :func:`pair_accuracy` scores."""
-    parts = (within_pairs(ds), across_pairs(ds, np.random.default_rng(seed), across=across,
-                                            across_weight=across_weight))
-    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
+    wa, wb, ww = within_pairs(ds)
+    da, db, dw = across_pairs(ds, np.random.default_rng(seed), across=across,
+                              across_weight=across_weight)
+    return np.concatenate([wa, da]), np.concatenate([wb, db]), np.concatenate([ww, dw])
 
 
 @dataclass
@@ -292,7 +293,9 @@ def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = MEMBERS,
     import torch
 
     keep_group = np.ones(ds.group.max() + 1, bool) if train is None else train
-    within = within_pairs(ds)
+    wa, wb, ww = within_pairs(ds)
+    keep = keep_group[ds.group[wa]]  # both images of a within pair share the acquisition
+    wa, wb, ww = wa[keep], wb[keep], ww[keep]
     rows = keep_group[ds.group]
     mu = ds.x[rows].mean(0)
     sd = ds.x[rows].std(0) + 1e-9
@@ -300,11 +303,12 @@ def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = MEMBERS,
     layers = []
     linear = np.zeros(z.shape[1])
     for m in range(members):
-        drawn = across_pairs(ds, np.random.default_rng([seed, m]), across=across,
-                             across_weight=across_weight)
-        a, b, w = (np.concatenate(p) for p in zip(within, drawn, strict=True))
-        sel = keep_group[ds.group[a]] & keep_group[ds.group[b]]
-        ta, tb, tw = torch.tensor(a[sel]), torch.tensor(b[sel]), torch.tensor(w[sel])
+        da, db, dw = across_pairs(ds, np.random.default_rng([seed, m]), across=across,
+                                  across_weight=across_weight)
+        sel = keep_group[ds.group[da]] & keep_group[ds.group[db]]
+        ta = torch.tensor(np.concatenate([wa, da[sel]]))
+        tb = torch.tensor(np.concatenate([wb, db[sel]]))
+        tw = torch.tensor(np.concatenate([ww, dw[sel]]))
         torch.manual_seed(seed * 1000 + m)
         net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], hidden), torch.nn.Softplus(),
                                   torch.nn.Linear(hidden, 1)).double()
