@@ -53,14 +53,14 @@ test: venv test-deps
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow and not torch" $(PYTEST_ARGS)
 
-## make typecheck: mypy over the serving package (configuration in pyproject.toml; mypy cannot
-## see the package-dir mapping, so the folders are linked under build/mypy/rankiq)
+## make typecheck: mypy over the serving and training packages (configuration in pyproject.toml;
+## mypy cannot see the package-dir mapping, so the folders are linked under build/mypy/rankiq)
 typecheck: venv
 	rm -rf build/mypy && mkdir -p build/mypy/rankiq
 	ln -s ../../../rankiq/__init__.py ../../../rankiq/py.typed build/mypy/rankiq/
 	ln -s ../../../service build/mypy/rankiq/service
 	ln -s ../../../training build/mypy/rankiq/training
-	MYPYPATH=build/mypy $(BIN)/mypy -p rankiq.service
+	MYPYPATH=build/mypy $(BIN)/mypy -p rankiq.service -p rankiq.training
 
 ## make mutate: mutation testing of the core modules with cosmic-ray, in a scratch copy of the
 ## tree (long: MUTATE_SAMPLE seeded mutants per module, 0 = every mutant); prints the kill rate

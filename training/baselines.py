@@ -52,6 +52,8 @@ class MetricScorer(nn.Module):
     (SSIM needs the image and the reference, not their difference).
     """
 
+    scale: torch.Tensor
+
     def __init__(self, metric: str, scale: float = 1.0) -> None:
         super().__init__()
         if metric not in METRICS:

@@ -11,6 +11,7 @@ metric values (computing SSIM itself is numpy, once per image, outside the loop)
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,23 +38,24 @@ def _step_fn(name: str, size: int, batch: int):
         params = 0
     elif name == "distill-student":
         teacher = IQNet("magnitude").eval()
-        scorer = NoRefStudent("magnitude")
+        student = NoRefStudent("magnitude")
         x1 = torch.randn(batch, 1, size, size, generator=gen)
-        opt = torch.optim.Adam(scorer.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(student.parameters(), lr=1e-3)
 
-        def step() -> None:
+        def student_step() -> None:
             p = draw(batch, gen)
             xt, xs = apply(x1, p), apply(x1, p)
             with torch.no_grad():
                 t = torch.log(teacher(xt) + 1e-3)
-            loss = torch.mean((scorer.log_score(xs) - t) ** 2)
+            loss = torch.mean((student.log_score(xs) - t) ** 2)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        return step, sum(p.numel() for p in scorer.parameters()), 1
+        return student_step, sum(p.numel() for p in student.parameters()), 1
     else:
-        kind = "complex" if name == "iqnet-complex" else "magnitude"
+        kind: Literal["magnitude", "complex"] = (
+            "complex" if name == "iqnet-complex" else "magnitude")
         scorer = EfficientNetScorer(kind) if name == "efficientnet" else IQNet(kind)
         c = 2 if kind == "complex" else 1
         x1 = torch.randn(batch, c, size, size, generator=gen)

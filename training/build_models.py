@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rankiq.training.export import export_model
@@ -33,12 +33,14 @@ def monotone_classifier(scale: float) -> RankClassifier:
     with torch.no_grad():
         for p in clf.parameters():
             p.zero_()
-        clf.f[0].weight[0, 0] = -4.0 / scale
-        clf.f[2].weight[0, 0] = 4.0
-        clf.g[0].weight[0, 0] = 4.0 / scale
-        clf.g[0].bias[0] = -2.0
-        clf.g[2].weight[0, 0] = -4.0
-        clf.g[2].bias[0] = 1.7
+        f_in, f_out = (cast(torch.nn.Linear, clf.f[i]) for i in (0, 2))
+        g_in, g_out = (cast(torch.nn.Linear, clf.g[i]) for i in (0, 2))
+        f_in.weight[0, 0] = -4.0 / scale
+        f_out.weight[0, 0] = 4.0
+        g_in.weight[0, 0] = 4.0 / scale
+        g_in.bias[0] = -2.0
+        g_out.weight[0, 0] = -4.0
+        g_out.bias[0] = 1.7
     return clf.eval()
 
 

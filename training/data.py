@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from rankiq.service.errors import RankIQError
@@ -240,7 +241,7 @@ def load_ranking_data(pairs: str | Path, rankings: str | Path, *, mode: str = "r
     with open_pairs(pairs) as pf:
         meta = pf.meta()
         pids, rows, y = match_labels(labels, meta["pair_id"], str(rankings), str(pairs))
-        grid = tuple(grid) if grid else (pf.size, pf.size)  # type: ignore[assignment]
+        grid = cast("tuple[int, int]", tuple(grid)) if grid else (pf.size, pf.size)
         n = len(rows)
         metrics: dict[str, np.ndarray] = {}
         if metric is None:
@@ -257,9 +258,9 @@ def load_ranking_data(pairs: str | Path, rankings: str | Path, *, mode: str = "r
             ref, i1, i2 = ref[inv], i1[inv], i2[inv]
             if metric is None:
                 x1[a:a + CHUNK], x2[a:a + CHUNK] = prepare_pairs(
-                    ref, i1, i2, mode=mode, input_kind=input_kind, grid=grid)  # type: ignore[arg-type]
+                    ref, i1, i2, mode=mode, input_kind=input_kind, grid=grid)
             if metric is not None or with_metrics:
-                part = prepared_metrics(ref, i1, i2, grid)  # type: ignore[arg-type]
+                part = prepared_metrics(ref, i1, i2, grid)
                 for k, v in part.items():
                     metrics.setdefault(k, np.zeros((n, 2)))[a:a + CHUNK] = v
         if metric is not None:
@@ -268,5 +269,5 @@ def load_ranking_data(pairs: str | Path, rankings: str | Path, *, mode: str = "r
                     if f"severity/{k}" in meta}
         size = pf.size
     return RankingData(pair_id=pids, row=rows, label=y, source_id=meta["source_id"][rows],
-                       x1=x1, x2=x2, grid=grid, mode=mode,  # type: ignore[arg-type]
+                       x1=x1, x2=x2, grid=grid, mode=mode,
                        input_kind=input_kind, size=size, severity=severity, metrics=metrics)

@@ -24,6 +24,7 @@ from the first run's are reported but left out of the tests.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from rankiq.training.runs import (  # noqa: F401 - run_label, read_predictions: re-exported
@@ -36,6 +37,18 @@ from rankiq.training.runs import (  # noqa: F401 - run_label, read_predictions: 
     run_label,
     write_json,
 )
+
+
+class _Run(TypedDict):
+    """One run as :func:`evaluate_runs` reads it."""
+
+    dir: Path
+    name: str
+    config: dict
+    summary: dict
+    folds: dict
+    label: str
+    acc: np.ndarray
 
 
 def rm_anova(y: np.ndarray) -> dict:
@@ -85,9 +98,9 @@ def evaluate_runs(run_dirs: list[str], out: str | Path, *, figures: bool = True,
     from scipy.stats import ttest_rel
 
     out = Path(out)
-    runs = []
-    for r in run_dirs:
-        p = Path(r)
+    runs: list[_Run] = []
+    for run_dir in run_dirs:
+        p = Path(run_dir)
         cfg, summ = read_config(p), read_summary(p)
         if not summ.get("val_acc"):
             raise RunError("has no finished fold (summary.json missing)", source=str(p))

@@ -88,7 +88,7 @@ class ExpScorer(nn.Module):
         return torch.exp(self.inner(x))
 
 
-def build_student(config: dict) -> nn.Module:
+def build_student(config: dict) -> NoRefStudent | ExpScorer:
     """The student module named by ``config["student"]``."""
     kind = config.get("input_kind", "magnitude")
     if config.get("student") == "iqnet-relu":

@@ -50,7 +50,8 @@ def corruption_curves(run_dir: Path, *, slices: int = 4, seed: int = 0) -> dict:
     folds = read_json(run_dir / "folds.json")
     grid = tuple(cfg["grid"])
     rng = np.random.default_rng(seed)
-    acc = {k: {"score": [], "mse": [], "one_minus_ssim": []} for k in LEVELS}
+    acc: dict[str, dict[str, list[np.ndarray]]] = {
+        k: {"score": [], "mse": [], "one_minus_ssim": []} for k in LEVELS}
     with open_pairs(cfg["data"]["pairs"]) as pf:
         meta = pf.meta()
         row_of = {int(p): i for i, p in enumerate(meta["pair_id"])}

@@ -20,7 +20,7 @@ class FoldError(RankIQError):
     reason = "bad_folds"
 
 
-def assign_folds(source_ids: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+def assign_folds(source_ids: Sequence[str] | np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     """Validation fold of every item, grouped by source.
 
     Args:
@@ -76,7 +76,8 @@ def source_volume(source_id: str) -> str:
     return source_id
 
 
-def fold_groups(source_ids: Sequence[str], by: str, n_folds: int) -> tuple[np.ndarray, dict]:
+def fold_groups(source_ids: Sequence[str] | np.ndarray, by: str, n_folds: int
+                ) -> tuple[np.ndarray, dict]:
     """Grouping keys for :func:`assign_folds` and what they are.
 
     ``by="volume"`` groups by :func:`source_volume` when there are at least ``n_folds``

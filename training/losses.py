@@ -168,9 +168,9 @@ def network_input_t(estimate: torch.Tensor, reference: torch.Tensor | None, *,
     if input_kind == "magnitude":
         ref = ref.abs()
     ref = to_grid_t(ref, grid)
-    m = robust_max(ref.cpu().numpy(), percentile)  # the service's own code (a constant here)
-    m = np.where(m <= 0, 1.0, m)
-    ref_n = ref / torch.from_numpy(m).to(device=ref.device, dtype=ref.real.dtype)[:, None, None]
+    peak = robust_max(ref.cpu().numpy(), percentile)  # the service's own code (a constant here)
+    peak = np.where(peak <= 0, 1.0, peak)
+    ref_n = ref / torch.from_numpy(peak).to(device=ref.device, dtype=ref.real.dtype)[:, None, None]
     # least-squares scale of the estimate onto the normalised reference (float64, as served)
     wide = torch.complex128 if torch.is_complex(img) else torch.float64
     fi, ft = img.reshape(img.shape[0], -1).to(wide), ref_n.reshape(img.shape[0], -1).to(wide)

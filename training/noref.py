@@ -40,6 +40,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from typing import cast
 
 import numpy as np
 from rankiq.service.noref import FEATURES, analysis_grid, features
@@ -188,8 +189,8 @@ def within_pairs(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(better, worse, weight)`` index arrays of the pairs inside each acquisition: clean <
     every corrupted copy, lower < higher level of a type (weight 1), and the teacher's order
     across types where its scores differ by 2x (weight 0.3). Deterministic."""
-    a: list[int] = []
-    b: list[int] = []
+    a: list[np.integer] = []
+    b: list[np.integer] = []
     w: list[float] = []
     for g in np.unique(ds.group):
         idx = np.flatnonzero(ds.group == g)
@@ -329,7 +330,7 @@ def fit(ds: Dataset, *, seed: int = 0, hidden: int = 16, members: int = MEMBERS,
 
         for _ in range(3):
             opt.step(closure)
-        l1, l2 = net[0], net[2]
+        l1, l2 = cast(torch.nn.Linear, net[0]), cast(torch.nn.Linear, net[2])
         layers.append((l1.weight.detach().numpy().copy(), l1.bias.detach().numpy().copy(),
                        l2.weight.detach().numpy()[0].copy(), float(l2.bias.item())))
         linear += skip.weight.detach().numpy()[0] / members

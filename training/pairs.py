@@ -248,7 +248,7 @@ class PairsFile:
         """``(reference, image1, image2)`` of pair ``i``, complex64 ``(S, S)`` each."""
         if not 0 <= i < self.n:
             raise IndexError(f"pair {i} out of range 0..{self.n - 1}")
-        return tuple(self.h5[k][i] for k in IMAGE_KEYS)  # type: ignore[return-value]
+        return tuple(self.h5[k][i] for k in IMAGE_KEYS)
 
     def meta(self) -> dict[str, np.ndarray]:
         """Small per-pair arrays: pair_id, source_id, slice_index, contrast, recon, params,

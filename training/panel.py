@@ -463,9 +463,11 @@ def metric_labels(data: PairsData) -> dict[str, dict[int, str]]:
     out: dict[str, dict[int, str]] = {"mse": {}, "ssim": {}}
     for k, pid in enumerate(data.pair_id):
         if np.all(np.isfinite(data.mse[k])):
-            out["mse"][int(pid)] = metric_outcome(*data.mse[k], lower_is_better=True)
+            m1, m2 = data.mse[k]
+            out["mse"][int(pid)] = metric_outcome(m1, m2, lower_is_better=True)
         if np.all(np.isfinite(data.ssim[k])):
-            out["ssim"][int(pid)] = metric_outcome(*data.ssim[k], lower_is_better=False)
+            s1, s2 = data.ssim[k]
+            out["ssim"][int(pid)] = metric_outcome(s1, s2, lower_is_better=False)
     return out
 
 

@@ -46,8 +46,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def _epi(z: int) -> Callable[[], RealImage | None]:
             return None
         import nibabel as nib
 
-        img = nib.load(path)
+        img = cast("SpatialImage", nib.load(path))
         zooms = img.header.get_zooms()
         vol = np.asarray(img.dataobj[:, :, z, 0], dtype=np.float32)
         # array axes (x, y) -> display (rows = anterior-posterior), spacing follows the axes

@@ -57,7 +57,7 @@ def adjacent_correct(values: Sequence[float]) -> list[bool]:
         return [bool(v[i + 1] > v[i]) for i in range(v.size - 1)]
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN when either input holds NaN
     or is constant."""
     from scipy.stats import rankdata
@@ -114,7 +114,8 @@ def _type_order(kind: str) -> int:
     return TYPES.index(kind) if kind in TYPES else len(TYPES)
 
 
-def consistent(score_a: float, score_b: float, probabilities: Sequence[float]) -> bool:
+def consistent(score_a: float, score_b: float,
+               probabilities: Sequence[float] | np.ndarray) -> bool:
     """Does a compare verdict agree with the two scores (lower is better)? Among P(a better)
     and P(b better) the larger must belong to the lower score; equal scores need equal
     probabilities."""

@@ -32,11 +32,15 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from rankiq.service.fft import fft2c, ifft2c
 from rankiq.training.corruptions import CorruptionConfig, apply_plan, draw_plan
 from scipy.ndimage import gaussian_filter, map_coordinates
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2better.nii.gz")
 COLIN27_VOXEL_MM = 0.5
@@ -84,7 +88,7 @@ def colin27() -> np.ndarray | None:
         return None
     import nibabel as nib
 
-    v = np.asarray(nib.load(str(COLIN27)).dataobj, dtype=np.float32)
+    v = np.asarray(cast("SpatialImage", nib.load(str(COLIN27))).dataobj, dtype=np.float32)
     return v / float(np.percentile(v, 99.9))
 
 

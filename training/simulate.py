@@ -34,6 +34,7 @@ import multiprocessing as mp
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -444,6 +445,7 @@ def run(
                    disable=not progress, dynamic_ncols=True)
         nproc = max(1, min(workers, len(tasks)))
         pool = None
+        results: Iterator[tuple[int, list[PairRecord], dict]]
         with _sigterm_as_interrupt(), bar:
             try:
                 if nproc > 1:

@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from rankiq.service.errors import RankIQError, UnreadableInput, UnsupportedInput
@@ -43,6 +44,9 @@ from rankiq.service.fft import center_crop, center_pad, fft2c
 from rankiq.service.io.types import CONTRAST_FAMILIES
 from rankiq.training.config import JsonConfig
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates, rotate
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 #: the simulated contrasts: every family but "other"
 CONTRASTS: tuple[str, ...] = tuple(f for f in CONTRAST_FAMILIES if f != "other")
@@ -221,7 +225,8 @@ def _mni() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         path = base / f"mni_icbm152_{n}_tal_nlin_sym_09a_converted.nii.gz"
         if not path.exists():
             raise SourceError(f"{path}: nilearn's bundled MNI152 template is missing")
-        vols.append(np.asarray(nib.load(str(path)).dataobj, dtype=np.float32) / 255.0)
+        img = cast("SpatialImage", nib.load(str(path)))
+        vols.append(np.asarray(img.dataobj, dtype=np.float32) / 255.0)
     return vols[0], vols[1], vols[2]
 
 
@@ -382,7 +387,8 @@ class NiftiSource(Source):
         for f in files:
             vol = self._load(f)
             energy = vol.reshape(-1, vol.shape[-1]).sum(axis=0)
-            keep = np.flatnonzero(energy >= 0.2 * energy.max()) if energy.max() > 0 else []
+            keep: np.ndarray | list[int] = (
+                np.flatnonzero(energy >= 0.2 * energy.max()) if energy.max() > 0 else [])
             self.entries += [(f, int(z)) for z in keep]
         if not self.entries:
             raise SourceError(f"{path}: the NIfTI volumes hold no non-zero slices")

@@ -248,9 +248,9 @@ def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     return float(total)
 
 
-def reliability(p: np.ndarray, y: np.ndarray, bins: int = 5) -> list[dict[str, float]]:
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 5) -> list[dict[str, Any]]:
     """Per outcome class and probability bin: mean predicted vs observed frequency."""
-    out = []
+    out: list[dict[str, Any]] = []
     edges = np.linspace(0, 1, bins + 1)
     for c in range(3):
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):

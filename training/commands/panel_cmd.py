@@ -267,6 +267,7 @@ def panel(args: argparse.Namespace) -> int:
     write_rankings(args.out, votes)
     scores = pan.simulate_likert(likert_readers, likert_idx) if args.likert else None
     if args.likert:
+        assert scores is not None
         write_likert(args.likert, scores)
     summary = summarize(votes, scores)
     cons = consensus(vote_counts(votes))

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -66,7 +66,8 @@ def load_split(run: Path, cfg: ExperimentConfig, name: str) -> dict[str, np.ndar
         arrays = _build_split(cfg, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        # cast: numpy's stub reads **kwds as possibly filling savez's allow_pickle: bool
+        np.savez(tmp, **cast("dict[str, Any]", arrays))
         os.replace(tmp, path)
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
@@ -106,14 +107,20 @@ def make_loss(name: str, cfg: ExperimentConfig, models_dir: Path = Path("models"
         ModelIncompatible: the metric model is not a reference IQ-Net (or is corrupt...).
     """
     from rankiq.service.models import ModelIncompatible
-    from rankiq.training.losses import EfficientNetLoss, IQNetLoss, MSELoss, SSIMLoss
+    from rankiq.training.losses import (
+        EfficientNetLoss,
+        IQNetLoss,
+        MetricLoss,
+        MSELoss,
+        SSIMLoss,
+    )
 
     if name == "mse":
         return MSELoss()
     if name == "ssim":
         return SSIMLoss()
     if name == "iqnet":
-        loss = IQNetLoss(cfg.metric)
+        loss: MetricLoss = IQNetLoss(cfg.metric)
         if loss.mode != "reference":
             raise ModelIncompatible("the iqnet loss is the paper's IQ-Net *with reference "
                                     f"subtraction*; {loss.metadata.get('name')!r} is a "
@@ -208,7 +215,15 @@ def metrics(out: np.ndarray, ref: np.ndarray, scorer: Scorer) -> dict[str, np.nd
             "iqnet": scorer.score(out, ref)}
 
 
-def _summary(v: np.ndarray) -> dict[str, float]:
+class _Summary(TypedDict):
+    """Mean, sd (ddof=1) and normal-approximation 95 % CI of per-slice values."""
+
+    mean: float
+    sd: float
+    ci95: list[float]
+
+
+def _summary(v: np.ndarray) -> _Summary:
     n = len(v)
     sd = float(np.std(v, ddof=1)) if n > 1 else 0.0
     half = 1.96 * sd / np.sqrt(n) if n > 1 else 0.0

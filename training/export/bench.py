@@ -92,8 +92,11 @@ def bench_score(net: IQNet | None = None, *, grid: tuple[int, int] = (396, 396),
             "torch eager": (lambda xt=xt: _eager(net, xt),) * 2,
             "torch eager+sal (autograd)": (lambda xt=xt: _eager_saliency(net, xt),) * 2}
         for k, s in sessions.items():
-            fns[f"onnx {k}"] = (lambda s=s, x=x: s.run(None, {"x": x}),
-                                lambda s=sessions1[k], x=x: s.run(None, {"x": x}))
+            # named first: against the dict's Callable[[], object] as context, mypy cannot
+            # type lambdas whose parameters have defaults (it checks the bound pair fine)
+            pair = (lambda s=s, x=x: s.run(None, {"x": x}),
+                    lambda s=sessions1[k], x=x: s.run(None, {"x": x}))
+            fns[f"onnx {k}"] = pair
         for what, (fn, fn1) in fns.items():
             torch.set_num_threads(threads)
             med, best = _time(fn, min_time, min_reps)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from rankiq.service.io.types import CONTRAST_FAMILIES
-from rankiq.service.preprocess import prepare
+from rankiq.service.preprocess import InputKind, prepare
 from rankiq.training.models.classifier import RankClassifier
 from rankiq.training.pairs import PairsFile
 from torch import nn
@@ -68,7 +68,7 @@ def _clean_references(pf: PairsFile, max_per_family: int) -> dict[str, list[np.n
 
 
 def _score(scorer: nn.Module, images: np.ndarray, references: np.ndarray, mode: str,
-           input_kind: str, grid: tuple[int, int]) -> np.ndarray:
+           input_kind: InputKind, grid: tuple[int, int]) -> np.ndarray:
     """Scores ``(N,)`` of images ``(N, S, S)`` as the service would score them (``references``
     are used in reference mode only)."""
     prep = prepare(images, references if mode == "reference" else None, grid=grid,
@@ -78,7 +78,7 @@ def _score(scorer: nn.Module, images: np.ndarray, references: np.ndarray, mode: 
 
 
 def calibrate_thresholds(scorer: nn.Module, classifier: RankClassifier, pairs: str | Path, *,
-                         mode: str, input_kind: str, grid: tuple[int, int],
+                         mode: str, input_kind: InputKind, grid: tuple[int, int],
                          max_per_family: int = 64) -> dict[str, Any]:
     """Per-family QA thresholds and how they were obtained.
 

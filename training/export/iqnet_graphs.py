@@ -24,6 +24,9 @@ Spatial sizes are fixed when a graph is built (the model's grid); the batch stay
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from rankiq.training.models.iqnet import NORM_EPS, IQBlock, IQNet
@@ -35,6 +38,11 @@ FOLD_MIN_SIZE = 6  # below this the strips overlap
 STRIP_MIN_SIZE = 128
 #: the same choice for the backward pass of the saliency graph (strips only on block 1 at 396)
 ADJOINT_STRIP_MIN_SIZE = 256
+
+
+def _iq_blocks(net: IQNet) -> list[IQBlock]:
+    """``net.blocks`` (an ``nn.ModuleList`` of :class:`IQBlock`) as a typed list."""
+    return cast(list[IQBlock], list(net.blocks))
 
 
 def feature_coefficients(net: IQNet) -> torch.Tensor:
@@ -128,6 +136,11 @@ def _activation_mask(pre: torch.Tensor, activation: str) -> torch.Tensor | None:
 class NaiveBlockBackward(nn.Module):
     """One IQ-Net block with its explicit backward (any supported activation)."""
 
+    w1: torch.Tensor
+    w2: torch.Tensor
+    ws: torch.Tensor
+    box: torch.Tensor
+
     def __init__(self, block: IQBlock, activation: str) -> None:
         super().__init__()
         self.activation = activation
@@ -172,6 +185,10 @@ class FoldedBlock(nn.Module):
         block: the trained block.
         hw: its input's spatial size ``(h, w)``; the output is ``(h // 2, w // 2)``.
     """
+
+    k6: torch.Tensor
+    c1: torch.Tensor
+    k4: torch.Tensor
 
     def __init__(self, block: IQBlock, hw: tuple[int, int]) -> None:
         super().__init__()
@@ -269,6 +286,11 @@ class PartialFoldBlock(nn.Module):
     feature maps.
     """
 
+    w1: torch.Tensor
+    k4: torch.Tensor
+    k2: torch.Tensor
+    k42: torch.Tensor
+
     def __init__(self, block: IQBlock, hw: tuple[int, int]) -> None:
         super().__init__()
         self.h, self.w = hw
@@ -302,12 +324,14 @@ def _block_sizes(grid: tuple[int, int], blocks: int) -> list[tuple[int, int]]:
 class _Head(nn.Module):
     """Shared parts: input reshaping, the norms and the score's coefficients."""
 
+    coef: torch.Tensor
+
     def __init__(self, net: IQNet, grid: tuple[int, int]) -> None:
         super().__init__()
         self.parts = net.parts
         self.grid = (int(grid[0]), int(grid[1]))
         self.register_buffer("coef", feature_coefficients(net).float())
-        self.channels = net.blocks[0].conv2.weight.shape[0]
+        self.channels = _iq_blocks(net)[0].conv2.weight.shape[0]
 
     def _z0(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, 1, self.grid[0], self.grid[1])
@@ -321,13 +345,15 @@ class NaiveSaliency(_Head):
 
     def __init__(self, net: IQNet, grid: tuple[int, int]) -> None:
         super().__init__(net, grid)
-        self.blocks = nn.ModuleList(NaiveBlockBackward(b, net.activation) for b in net.blocks)
+        self.blocks = nn.ModuleList(
+            NaiveBlockBackward(b, net.activation) for b in _iq_blocks(net))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, C, H, W)`` -> score ``(N,)``, saliency ``(N, C, H, W)``."""
+        blocks = cast(Sequence[NaiveBlockBackward], self.blocks)
         z = self._z0(x)
         zs, states, feats = [z], [], [_norms(z, self.parts)]
-        for block in self.blocks:
+        for block in blocks:
             z, st = block.forward_state(z)
             zs.append(z)
             states.append(st)
@@ -335,7 +361,7 @@ class NaiveSaliency(_Head):
         c = self.channels
         g = _norm_grad(zs[-1], feats[-1], self.coef[-c:], self.parts)
         for k in range(len(self.blocks) - 1, -1, -1):
-            g = self.blocks[k].backward(g, states[k])
+            g = blocks[k].backward(g, states[k])
             lo = 1 + (k - 1) * c if k > 0 else 0
             coef = self.coef[lo:lo + c] if k > 0 else self.coef[0:1]
             g = g + _norm_grad(zs[k], feats[k], coef, self.parts)
@@ -354,7 +380,7 @@ class FoldedScore(_Head):
         lim = max(strip_min_size, FOLD_MIN_SIZE)
         self.blocks = nn.ModuleList(
             FoldedBlock(b, hw) if min(hw) >= lim else PartialFoldBlock(b, hw)
-            for b, hw in zip(net.blocks, sizes, strict=False)
+            for b, hw in zip(_iq_blocks(net), sizes, strict=False)
         )
 
     def _forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -387,15 +413,16 @@ class FoldedSaliency(FoldedScore):
         lim = max(adjoint_strip_min_size, FOLD_MIN_SIZE)
         self.adjoints = nn.ModuleList(
             fb if isinstance(fb, FoldedBlock) and min(hw) >= lim else PartialFoldBlock(b, hw)
-            for fb, b, hw in zip(self.blocks, net.blocks, sizes, strict=False)
+            for fb, b, hw in zip(self.blocks, _iq_blocks(net), sizes, strict=False)
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        adjoints = cast(Sequence[FoldedBlock | PartialFoldBlock], self.adjoints)
         zs, feats = self._forward_all(x)
         c = self.channels
         g = _norm_grad(zs[-1], feats[-1], self.coef[-c:], self.parts)
         for k in range(len(self.blocks) - 1, -1, -1):
-            g = self.adjoints[k].adjoint(g)
+            g = adjoints[k].adjoint(g)
             coef = self.coef[1 + (k - 1) * c:1 + k * c] if k > 0 else self.coef[0:1]
             g = g + _norm_grad(zs[k], feats[k], coef, self.parts)
         return self._score(feats), g.reshape(x.shape)
@@ -409,22 +436,29 @@ class StudentSaliency(nn.Module):
     then the body's explicit backward as in :class:`NaiveSaliency`, with per-image weights.
     """
 
+    input_weight: torch.Tensor
+    head_w: torch.Tensor
+    head_b: torch.Tensor
+
     def __init__(self, student: nn.Module, grid: tuple[int, int]) -> None:
         super().__init__()
-        body: IQNet = student.body  # type: ignore[assignment]
+        body = cast(IQNet, student.body)
+        head = cast(nn.Linear, student.head)
         self.parts = body.parts
         self.grid = (int(grid[0]), int(grid[1]))
-        self.channels = body.blocks[0].conv2.weight.shape[0]
-        self.blocks = nn.ModuleList(NaiveBlockBackward(b, body.activation) for b in body.blocks)
+        self.channels = _iq_blocks(body)[0].conv2.weight.shape[0]
+        self.blocks = nn.ModuleList(
+            NaiveBlockBackward(b, body.activation) for b in _iq_blocks(body))
         self.register_buffer("input_weight", body.input_weight.detach().clone())
-        self.register_buffer("head_w", student.head.weight.detach().reshape(-1).clone())
-        self.register_buffer("head_b", student.head.bias.detach().reshape(-1).clone())
+        self.register_buffer("head_w", head.weight.detach().reshape(-1).clone())
+        self.register_buffer("head_b", head.bias.detach().reshape(-1).clone())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, C, H, W)`` -> score ``(N,)``, saliency ``(N, C, H, W)``."""
+        blocks = cast(Sequence[NaiveBlockBackward], self.blocks)
         z = x.reshape(-1, 1, self.grid[0], self.grid[1])
         zs, states, norms = [z], [], [_norms(z, self.parts)]
-        for block in self.blocks:
+        for block in blocks:
             z, st = block.forward_state(z)
             zs.append(z)
             states.append(st)
@@ -436,7 +470,7 @@ class StudentSaliency(nn.Module):
         c = self.channels
         g = _norm_grad(zs[-1], norms[-1], coef[:, -c:], self.parts)
         for k in range(len(self.blocks) - 1, -1, -1):
-            g = self.blocks[k].backward(g, states[k])
+            g = blocks[k].backward(g, states[k])
             sl = coef[:, 1 + (k - 1) * c:1 + k * c] if k > 0 else coef[:, 0:1]
             g = g + _norm_grad(zs[k], norms[k], sl, self.parts)
         return score, g.reshape(x.shape)

@@ -27,6 +27,14 @@ from torch import nn
 class FeatureScore(nn.Module):
     """torch twin of :meth:`FittedScorer.score` for export."""
 
+    mu: torch.Tensor
+    sd: torch.Tensor
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    lin: torch.Tensor
+
     def __init__(self, s: FittedScorer) -> None:
         super().__init__()
         t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 from rankiq.service.errors import RankIQError
 from rankiq.service.fft import fft2c, ifft2c
-from rankiq.service.preprocess import prepare
+from rankiq.service.preprocess import InputKind, prepare
 from torch import nn
 
 SCORE_RTOL = 1e-4
@@ -74,7 +74,7 @@ def corrupt(image: np.ndarray, rng: np.random.Generator, *, noise: float, blur: 
     return out.astype(np.complex64)
 
 
-def parity_inputs(mode: str, input_kind: str, grid: tuple[int, int], seed: int = 0
+def parity_inputs(mode: str, input_kind: InputKind, grid: tuple[int, int], seed: int = 0
                   ) -> np.ndarray:
     """Random and real-looking network inputs, float32 ``(4, C, H, W)``.
 

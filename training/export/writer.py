@@ -17,14 +17,14 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import torch
 from rankiq.service.io.types import CONTRAST_FAMILIES
 from rankiq.service.models import sha256_file
-from rankiq.service.preprocess import DEFAULT_PERCENTILE, PREPROCESS_VERSION, prepare
+from rankiq.service.preprocess import DEFAULT_PERCENTILE, PREPROCESS_VERSION, InputKind, prepare
 from rankiq.training.export.iqnet_graphs import (
     STRIP_MIN_SIZE,
     FoldedSaliency,
@@ -35,7 +35,7 @@ from rankiq.training.export.iqnet_graphs import (
 from rankiq.training.export.model_card import model_card
 from rankiq.training.export.parity import check_parity, corrupt, parity_inputs, phantom
 from rankiq.training.models.classifier import CLASSES, RankClassifier
-from rankiq.training.models.iqnet import IQNet
+from rankiq.training.models.iqnet import IQBlock, IQNet
 from torch import nn
 
 OPSET = 17
@@ -50,7 +50,9 @@ def to_onnx(module: nn.Module, example: torch.Tensor, outputs: list[str], *,
     axes = {"x": {0: "N"}} | {o: {0: "N"} for o in outputs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
-        torch.onnx.export(module, (example,), f, input_names=["x"], output_names=outputs,
+        # f: typed as a path only, but the legacy exporter (dynamo=False) writes file objects too
+        torch.onnx.export(module, (example,), f,  # type: ignore[arg-type]
+                          input_names=["x"], output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False,
                           do_constant_folding=fold_constants)
     model = onnx.load_from_string(f.getvalue())
@@ -62,7 +64,7 @@ def classifier_params(classifier: RankClassifier) -> dict[str, Any]:
     """RankClassifier -> JSON-able parameters (``f``, ``g``: w1 (16,), b1 (16,), w2 (16,), b2)."""
 
     def branch(seq: nn.Sequential) -> dict[str, Any]:
-        first, last = seq[0], seq[2]
+        first, last = cast(nn.Linear, seq[0]), cast(nn.Linear, seq[2])
         return {"w1": first.weight.detach().double().reshape(-1).tolist(),
                 "b1": first.bias.detach().double().tolist(),
                 "w2": last.weight.detach().double().reshape(-1).tolist(),
@@ -81,14 +83,14 @@ def _is_student(m: nn.Module) -> bool:
 
 def _architecture(scorer: nn.Module, input_kind: str) -> dict[str, Any]:
     if _is_student(scorer):
-        body = scorer.body
+        body = cast(IQNet, scorer.body)
         return {"model": "iqnet-student", "input_kind": input_kind,
-                "channels": int(body.blocks[0].conv2.weight.shape[0]),
+                "channels": int(cast(IQBlock, body.blocks[0]).conv2.weight.shape[0]),
                 "blocks": len(body.blocks), "activation": body.activation,
                 "parameters": int(sum(p.numel() for p in scorer.parameters()))}
     if isinstance(scorer, IQNet):
         return {"model": "iqnet", "input_kind": input_kind,
-                "channels": int(scorer.blocks[0].conv2.weight.shape[0]),
+                "channels": int(cast(IQBlock, scorer.blocks[0]).conv2.weight.shape[0]),
                 "blocks": len(scorer.blocks), "activation": scorer.activation,
                 "parameters": int(sum(p.numel() for p in scorer.parameters()))}
     return {"model": type(scorer).__name__, "input_kind": input_kind,
@@ -99,11 +101,11 @@ def _plain_copy(scorer: nn.Module) -> nn.Module:
     m = copy.deepcopy(scorer).float().eval()
     for sub in m.modules():  # efficientnet_pytorch's memory-efficient swish does not export
         if hasattr(sub, "set_swish"):
-            sub.set_swish(memory_efficient=False)
+            cast(Any, sub).set_swish(memory_efficient=False)
     return m
 
 
-def provisional_thresholds(scorer: nn.Module, mode: str, input_kind: str,
+def provisional_thresholds(scorer: nn.Module, mode: str, input_kind: InputKind,
                            grid: tuple[int, int], seed: int = 0) -> dict[str, float]:
     """Default QA thresholds: the score of a phantom with ``PROVISIONAL_NOISE`` white noise.
 
@@ -120,7 +122,7 @@ def provisional_thresholds(scorer: nn.Module, mode: str, input_kind: str,
 
 
 def export_model(scorer: nn.Module, classifier: RankClassifier, out_dir: str | Path, *,
-                 name: str, version: str, mode: str, input_kind: str,
+                 name: str, version: str, mode: str, input_kind: InputKind,
                  grid: tuple[int, int], extra_metadata: dict[str, Any] | None = None,
                  parity_seed: int = 0) -> dict[str, Any]:
     """Export a scorer and its classifier to a shipped model directory.
@@ -178,7 +180,7 @@ def seal(d: Path, meta: dict[str, Any], card: str) -> dict[str, Any]:
 
 
 def _export_into(scorer: nn.Module, classifier: RankClassifier, d: Path, *, name: str,
-                 version: str, mode: str, input_kind: str, grid: tuple[int, int],
+                 version: str, mode: str, input_kind: InputKind, grid: tuple[int, int],
                  extra: dict[str, Any], seed: int) -> dict[str, Any]:
     plain = _plain_copy(scorer)
     c = 1 if input_kind == "magnitude" else 2
