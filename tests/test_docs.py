@@ -120,6 +120,11 @@ def test_readme_python_quickstart_runs() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     median, worst, worst_slice = out.stdout.split()
     assert float(median) >= 0 and float(worst) >= float(median) and int(worst_slice) == 0
+    # the comment beside print() shows what it prints: it must follow the shipped model
+    shown = re.search(r"print\(.*#\s*([\d.]+) ([\d.]+) (\d+)", code.group(1))
+    assert shown is not None, "the quickstart's print line has no '# median worst slice' comment"
+    assert (f"{float(median):.2f}", f"{float(worst):.2f}", worst_slice) == shown.groups(), (
+        f"README quickstart says {shown.groups()}, the shipped model prints {out.stdout.split()}")
 
 
 def test_site_builds_strictly_without_third_party_resources(tmp_path: Path) -> None:
