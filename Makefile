@@ -127,9 +127,9 @@ format: venv
 ## make models: rebuild the shipped models from nothing, deterministic for the seeds below.
 ## Reference model: simulate -> panel -> consensus -> train (5-fold CV, epoch chosen on an inner
 ## split of the training folds; then one final model on all pairs) -> evaluate -> export (final/)
-## (training and evaluation measured 44 min, plus 14 min for the two EfficientNet runs,
-## simulation 12-20 min on 2 cores; training runs on
-## a 128x128 grid, the paper's 396 costs ~10x more per epoch on CPU: see docs/deviations.md).
+## (measured from a fresh clone in one run: 48.6 min on 2 cores, simulation 14 min, training and
+## evaluation 25 min, the no-reference model 9 min: docs/training.md; training runs on a 128x128
+## grid, the paper's 396 costs ~10x more per epoch on CPU: see docs/deviations.md).
 ## No-reference model: `make noref-model` (realistic acquisitions with graded ladders ->
 ## features -> ranking fit -> thresholds; its classifier is fitted on the same consensus), then
 ## the real-scan evaluation is rewritten (docs/results/real-eval.md).
@@ -143,7 +143,7 @@ MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
 MODEL_VERSION ?= 1.1.1
 ## EfficientNet-b0 rows (from scratch: no ImageNet weights offline) at a size 2 cores afford
-## (~20 min per run at 64 px, 4 epochs); the paper's 224 px is `EFFNET_SIZE=224` on a GPU
+## (about 4 min per run at 64 px, 4 epochs); the paper's 224 px is `EFFNET_SIZE=224` on a GPU
 EFFNET_SIZE ?= 64
 EFFNET_EPOCHS ?= 4
 NOREF_ACQUISITIONS ?= 1200
@@ -175,7 +175,7 @@ models: venv
 	$(MAKE) --no-print-directory noref-model
 	cat $(REPORT)/table.md
 
-## make noref-model: the no-reference model alone (about 30 min on 2 cores): 1000 simulated
+## make noref-model: the no-reference model alone (about 10 min on 2 cores): 1000 simulated
 ## pairs ranked by the simulated panel (its classifier's consensus), 1200 realistic acquisitions
 ## with graded ladders, the ranking fit, thresholds; then the real-scan evaluation is rewritten.
 ## It needs models/iqnet-ref (the teacher that orders corruption types).
