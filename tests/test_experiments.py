@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rankiq.service.models import sha256_file
 from rankiq.training.experiments.config import ExperimentConfig, ExperimentError
 from rankiq.training.experiments.nets import ResUNet, UnrolledRecon, adjoint_op, forward_op
 from rankiq.training.experiments.run import run_experiment
@@ -53,6 +55,13 @@ def test_tiny_denoise_runs_resumes_and_reports(tmp_path) -> None:
               "iqnet/checkpoint.pt", "iqnet/history.json", "data/train.npz"):
         assert (run / f).is_file(), f
     assert len(json.loads((run / "mse" / "history.json").read_text())) == 2
+    # the exact metric model is recorded: name, version, SHA-256 of the score.onnx scored with
+    written = json.loads((run / "results.json").read_text())["config"]
+    meta = json.loads((Path(cfg.metric) / "metadata.json").read_text())
+    used = {"name": meta["name"], "version": meta["version"],
+            "sha256": sha256_file(Path(cfg.metric) / "score.onnx")}
+    assert written["metric_model"] == used and written["loss_models"] == {"iqnet": used}
+    assert f"score {used['name']} {used['version']}" in (run / "results.md").read_text()
     # rerun: every loss is finished, nothing retrains, the same numbers come back
     again = run_experiment(run, cfg, figures=False, log=lambda _: None)
     assert again["sets"] == json.loads(json.dumps(res["sets"]))

@@ -3,10 +3,15 @@ through the metric's own preprocessing, with the exported saliency as its gradie
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from helpers_export import export_small
+from helpers_export import export_small, random_classifier
+from helpers_train import one_torch_thread  # noqa: F401 (autouse: one torch thread)
 from rankiq.service.errors import GeometryMismatch, InvalidImage
 from rankiq.service.models import ModelIncompatible, ScoringModel
 from rankiq.service.preprocess import prepare
@@ -19,6 +24,7 @@ from rankiq.training.losses import (
     ssim_t,
 )
 from rankiq.training.ssim import ssim_batch
+from torch import nn
 
 pytestmark = pytest.mark.torch
 
@@ -179,3 +185,134 @@ def test_torch_ssim_is_the_numpy_ssim() -> None:
     x = est.clone().requires_grad_(True)
     SSIMLoss()(x, ref).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ EfficientNet scorers
+
+EFFNET_SIZE = 32  # not the default 224: a rebuild at another size scores differently
+
+
+def _effnet_run(run: Path, mode: str) -> None:
+    """A run directory in the layout ``rankiq export`` reads (fold 1) holding a seeded
+    EfficientNet scorer at input size 32 whose BatchNorm running statistics come from
+    train-mode passes over network inputs of ``mode`` (as after training: away from the
+    defaults, so the scores depend on the image; with the defaults a random EfficientNet
+    scores every image alike)."""
+    from rankiq.training.export.parity import parity_inputs
+    from rankiq.training.models.efficientnet import EfficientNetScorer
+
+    torch.manual_seed(11)
+    net = EfficientNetScorer("magnitude", size=EFFNET_SIZE).train()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # the plain average over the passes
+    with torch.no_grad():
+        for seed in (0, 1, 2):  # the export's parity inputs among them: well conditioned
+            net(torch.from_numpy(parity_inputs(mode, "magnitude", (48, 48), seed)))
+    config = {"model": "efficientnet", "mode": mode, "input_kind": "magnitude",
+              "grid": [48, 48], "effnet_size": EFFNET_SIZE, "folds": 2, "seed": 3, "epochs": 1,
+              "data": {"fingerprint": "e" * 64, "n_labelled": 10}}
+    (run / "fold1").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    torch.save({"scorer": net.state_dict(), "classifier": random_classifier().state_dict(),
+                "epoch": 1, "val_acc": 0.6}, run / "fold1" / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def effnet_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Both modes exported by ``rankiq export``'s own function (``export_run``)."""
+    from rankiq.training.export import export_run
+
+    base = tmp_path_factory.mktemp("effnet")
+    out = {}
+    for mode in ("reference", "no-reference"):
+        _effnet_run(base / "runs" / mode, mode)
+        out[mode] = base / "models" / mode
+        export_run(base / "runs" / mode, out[mode], fold=1)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["reference", "no-reference"])
+def test_efficientnet_loss_scores_are_the_served_scores(effnet_dirs, mode) -> None:
+    d = effnet_dirs[mode]
+    model = ScoringModel.load(d)
+    assert model.metadata["architecture"]["size"] == EFFNET_SIZE
+    loss = EfficientNetLoss(d, reduction="none", squared=False)
+    pairs = [_pair(n, seed=k, shape=(40, 56)) for k, n in enumerate((0.01, 0.04, 0.1))]
+    est, ref = torch.cat([e for e, _ in pairs]), torch.cat([r for _, r in pairs])
+    with torch.no_grad():
+        s, s_ref = loss.scores(est, ref)
+    if mode == "reference":
+        want = model.score(prepare(est.numpy(), ref.numpy(), grid=(48, 48)).network_input)
+        want_ref = model.score(np.zeros((1, 1, 48, 48), np.float32))  # I_ref - I_ref = 0
+    else:
+        want = model.score(prepare(est.numpy(), grid=(48, 48)).network_input)
+        want_ref = model.score(prepare(ref.numpy(), grid=(48, 48)).network_input)
+    scale = np.abs(want).max()
+    assert np.ptp(want) > 0.05 * scale  # the three images score differently
+    assert np.abs(s.numpy() - want).max() <= 1e-4 * scale
+    assert np.abs(s_ref.numpy() - want_ref).max() <= 1e-4 * np.abs(want_ref).max()
+
+
+def test_efficientnet_export_without_its_size_is_refused_not_guessed(effnet_dirs, tmp_path
+                                                                    ) -> None:
+    # metadata as written before architecture.size was recorded: 224 would be a guess
+    d = tmp_path / "old"
+    shutil.copytree(effnet_dirs["reference"], d)
+    meta = json.loads((d / "metadata.json").read_text())
+    del meta["architecture"]["size"]
+    (d / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelIncompatible, match="input size.*cannot be known"):
+        EfficientNetLoss(d)
+
+
+def test_efficientnet_export_without_its_size_loads_when_it_is_224(tmp_path) -> None:
+    # the size is then proven, not assumed: the 224 network reproduces score_naive.onnx
+    from rankiq.training.export import export_model
+    from rankiq.training.models.efficientnet import DEFAULT_SIZE, EfficientNetScorer
+
+    torch.manual_seed(1)
+    net = EfficientNetScorer("magnitude").eval()
+    d = tmp_path / "old224"
+    export_model(net, random_classifier(), d, name="old224", version="0", mode="no-reference",
+                 input_kind="magnitude", grid=(32, 32), extra_metadata={"trained": False})
+    meta = json.loads((d / "metadata.json").read_text())
+    assert meta["architecture"].pop("size") == DEFAULT_SIZE
+    (d / "metadata.json").write_text(json.dumps(meta))
+    loss = EfficientNetLoss(d)
+    assert isinstance(loss.net, EfficientNetScorer) and loss.net.size == DEFAULT_SIZE
+
+
+def test_untrained_efficientnet_export_loads(tmp_path) -> None:
+    """Default BatchNorm statistics everywhere: the exporter keeps one initializer per distinct
+    tensor and names the other parameters as its Identity outputs."""
+    import onnx
+    from rankiq.training.export import export_model
+    from rankiq.training.models.efficientnet import EfficientNetScorer
+
+    torch.manual_seed(0)
+    net = EfficientNetScorer("magnitude", size=EFFNET_SIZE).eval()
+    d = tmp_path / "untrained"
+    export_model(net, random_classifier(), d, name="untrained", version="0", mode="reference",
+                 input_kind="magnitude", grid=(48, 48), extra_metadata={"trained": False})
+    graph = onnx.load(str(d / "score_naive.onnx")).graph
+    stored = {t.name for t in graph.initializer}
+    assert "net._bn0.running_mean" not in stored  # the case this test is about
+    loss = EfficientNetLoss(d, reduction="none")
+    for k, v in net.state_dict().items():
+        assert torch.equal(loss.net.state_dict()[k], v) or k.endswith("num_batches_tracked"), k
+    est, ref = _pair(0.05, seed=8)
+    with torch.no_grad():
+        s, _ = loss.scores(est, ref)
+    want = ScoringModel.load(d).score(prepare(est.numpy(), ref.numpy(),
+                                              grid=(48, 48)).network_input)
+    assert np.abs(s.numpy() - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_iqnet_experiment_loss_refuses_a_no_reference_iqnet(noref_dir) -> None:
+    from rankiq.training.experiments.config import ExperimentConfig
+    from rankiq.training.experiments.run import make_loss
+
+    cfg = ExperimentConfig.defaults("denoise").with_overrides(metric=str(noref_dir))
+    with pytest.raises(ModelIncompatible, match="with reference.*no-reference model"):
+        make_loss("iqnet", cfg)

@@ -99,3 +99,17 @@ def test_bench_train_prints_table(capsys) -> None:
                  "--batch-size", "2", "--models", "iqnet,mse,distill-student"]) == 0
     out = capsys.readouterr().out
     assert "pairs/s" in out and "distill-student" in out
+
+
+def test_bench_train_json(capsys) -> None:
+    assert main(["bench", "train", "--size", "32", "--threads", "1", "--steps", "1",
+                 "--batch-size", "2", "--models", "iqnet,mse", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["iqnet", "mse"]
+    assert all(r["seconds_per_step"] > 0 and r["pairs_per_s"] > 0 for r in rows)
+    # the experiments' per-loss timing prints its rows the same way
+    assert main(["bench", "train", "--experiment", "denoise", "--losses", "mse", "--threads",
+                 "1", "--steps", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["experiment"], r["loss"]) for r in rows] == [("denoise", "mse")]
+    assert rows[0]["seconds_per_epoch"] >= rows[0]["seconds_per_step"] > 0

@@ -30,9 +30,11 @@ round-off, and d score / d network input is the exported ``saliency.onnx`` map (
 the loss's gradient is ``2 (Score(I) - Score(I_ref)) J_prep^T saliency``.
 
 Models: IQ-Net (``architecture.model == "iqnet"``) and EfficientNet scorers
-(``"EfficientNetScorer"``) are rebuilt in torch from the named initializers of the model's
-``score_naive.onnx``, after the service's SHA-256 and preprocess-version checks, so the loss is
-the exact network the service scores with. No downloads. The no-reference *features* model
+(``"EfficientNetScorer"``, at the input size ``architecture.size`` it was trained at) are
+rebuilt in torch from the named parameters of the model's ``score_naive.onnx`` (initializers,
+and the names the exporter gives as ``Identity`` outputs of an identical initializer), after
+the service's SHA-256 and preprocess-version checks, so the loss is the exact network the
+service scores with. No downloads. The no-reference *features* model
 (``kind: "features"``, ``iqnet-noref`` 2.x) is refused: see :data:`FEATURES_REFUSAL`.
 
 Inputs: complex ``(N, H, W)`` tensors, real magnitude ``(N, H, W)`` or ``(N, 1, H, W)``, or
@@ -185,18 +187,73 @@ def network_input_t(estimate: torch.Tensor, reference: torch.Tensor | None, *,
 # ------------------------------------------------------------------ rebuilding the metric
 
 
-def _rebuild(module: nn.Module, graph_path: Path, source: str) -> nn.Module:
-    """Load ``module``'s state from the named initializers of a plain ONNX export."""
-    graph = onnx.load(str(graph_path)).graph
+def _graph_weights(graph: onnx.GraphProto) -> dict[str, torch.Tensor]:
+    """Every named parameter of a plain export: its initializers, and the names that reach the
+    graph through ``Identity`` nodes of them (chains included).
+
+    The torch exporter stores identical tensors once (e.g. the default BatchNorm statistics, or
+    zeros) and gives the other parameter names as ``Identity`` outputs of that one initializer.
+    """
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
                for t in graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and len(n.input) == 1 and len(n.output) == 1}
+    for name in alias:
+        src, hops = name, 0
+        while src not in weights and src in alias and hops <= len(alias):  # a chain, no cycle
+            src, hops = alias[src], hops + 1
+        if name not in weights and src in weights:
+            weights[name] = weights[src]
+    return weights
+
+
+def _rebuild(module: nn.Module, graph_path: Path, source: str) -> nn.Module:
+    """Load ``module``'s state from the named parameters of a plain ONNX export (initializers
+    and their ``Identity`` aliases, see :func:`_graph_weights`).
+
+    Raises:
+        ModelIncompatible: a parameter is absent or has another number of elements.
+    """
+    weights = _graph_weights(onnx.load(str(graph_path)).graph)
     state = module.state_dict()
     missing = [k for k in state if k not in weights and not k.endswith("num_batches_tracked")]
     if missing:
         raise ModelIncompatible(f"score_naive.onnx lacks parameters {missing[:3]}", source=source)
+    wrong = [k for k in state if k in weights and weights[k].numel() != state[k].numel()]
+    if wrong:
+        raise ModelIncompatible(f"score_naive.onnx parameters {wrong[:3]} have other shapes "
+                                f"than the architecture in metadata.json", source=source)
     module.load_state_dict({k: (weights[k].reshape(state[k].shape) if k in weights else state[k])
                             for k in state})
     return module.eval()
+
+
+def _rebuild_effnet(arch: dict, meta: dict, graph: Path, source: str) -> nn.Module:
+    """An EfficientNet scorer at the input size it was trained at (``architecture.size``).
+
+    Exports made before the size was recorded are rebuilt at the default 224 only when that
+    network reproduces the model's own ``score_naive.onnx`` on the export's parity inputs (the
+    export's tolerance); otherwise the size cannot be known and the model is refused.
+    """
+    from rankiq.training.export.parity import ParityError, check_parity, parity_inputs
+    from rankiq.training.models.efficientnet import DEFAULT_SIZE, EfficientNetScorer
+
+    if "size" in arch:
+        return _rebuild(EfficientNetScorer(meta["input_kind"], size=int(arch["size"])), graph,
+                        source)
+    net = _rebuild(EfficientNetScorer(meta["input_kind"], size=DEFAULT_SIZE), graph, source)
+    grid = (int(meta["grid"][0]), int(meta["grid"][1]))
+    try:
+        check_parity(net, {"score_naive.onnx": graph},
+                     parity_inputs(str(meta["mode"]), meta["input_kind"], grid))
+    except ParityError:
+        raise ModelIncompatible(
+            f"{meta.get('name')} {meta.get('version')}: metadata.json does not record the "
+            f"EfficientNet input size (architecture.size; older exports) and the default "
+            f"{DEFAULT_SIZE} does not reproduce score_naive.onnx, so the size the model was "
+            "trained at cannot be known: re-export the training run with `rankiq export`",
+            source=source) from None
+    return net
 
 
 def load_scorer(model_dir: str | Path) -> tuple[nn.Module, dict]:
@@ -205,8 +262,9 @@ def load_scorer(model_dir: str | Path) -> tuple[nn.Module, dict]:
     Raises:
         ModelNotFound, ModelCorrupt, ModelIncompatible: as ``ScoringModel.load``; also
             ``ModelIncompatible`` for a features model (:data:`FEATURES_REFUSAL`), an
-            architecture other than IQ-Net and EfficientNet, or a model without
-            ``score_naive.onnx``.
+            architecture other than IQ-Net and EfficientNet, a model without
+            ``score_naive.onnx``, or an EfficientNet export whose input size is not recorded
+            and is not the default 224.
     """
     source = str(model_dir)
     meta = ScoringModel.load(model_dir).metadata  # verifies hashes + preprocess version
@@ -219,16 +277,13 @@ def load_scorer(model_dir: str | Path) -> tuple[nn.Module, dict]:
         raise ModelIncompatible("no score_naive.onnx (the parameter graph a loss rebuilds "
                                 "from): re-export the model with `rankiq export`", source=source)
     model = arch.get("model")
-    if model == "iqnet":
-        net: nn.Module = IQNet(meta["input_kind"], channels=int(arch["channels"]),
-                               blocks=int(arch["blocks"]), activation=arch["activation"])
-    elif model == "EfficientNetScorer":
-        from rankiq.training.models.efficientnet import DEFAULT_SIZE, EfficientNetScorer
-
-        net = EfficientNetScorer(meta["input_kind"], size=int(arch.get("size", DEFAULT_SIZE)))
-    else:
+    if model == "EfficientNetScorer":
+        return _rebuild_effnet(arch, meta, graph, source), meta
+    if model != "iqnet":
         raise ModelIncompatible(f"a loss needs an IQ-Net or EfficientNet scorer, not "
                                 f"{model!r}", source=source)
+    net = IQNet(meta["input_kind"], channels=int(arch["channels"]), blocks=int(arch["blocks"]),
+                activation=arch["activation"])
     return _rebuild(net, graph, source), meta
 
 

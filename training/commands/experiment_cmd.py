@@ -141,7 +141,7 @@ def bench_experiment(args: argparse.Namespace) -> int:
     cfg = config_from_args(args.experiment, argparse.Namespace(device=args.device,
                                                                losses=losses))
     rows = bench_losses(cfg, steps=args.steps)
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"rankiq bench train --experiment {cfg.kind}: {cfg.size}x{cfg.size}, width "

@@ -7,6 +7,7 @@ and call :func:`rankiq.service.cli.require` first, so a missing torch is a one-l
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +127,7 @@ def add_commands(reg: Registry) -> None:
                    help="with --experiment: comma-separated losses (default iqnet,mse,ssim)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="with --experiment: cpu or cuda defaults")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _grid(value: str | None) -> tuple[int, int] | None:
@@ -254,6 +256,9 @@ def bench_train(args: argparse.Namespace) -> int:
     rows = bench_training(size=args.size, threads=args.threads, batch=args.batch_size,
                           steps=args.steps, pairs=args.pairs,
                           models=[m.strip() for m in args.models.split(",") if m.strip()])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
     print(format_bench(rows, size=args.size, threads=args.threads, batch=args.batch_size,
                        pairs=args.pairs))
     return 0

@@ -8,7 +8,8 @@ Run folder (``--out``)::
     <loss>/checkpoint.pt           network, optimiser, scheduler, epoch, history (every epoch)
     <loss>/history.json            per epoch: train loss, val MSE / SSIM / IQ-Net score, seconds
     <loss>/<test set>.npz          the network's test outputs (complex64)
-    results.json, results.md       the table (mean, SD, 95 % CI per loss) and the t-tests
+    results.json, results.md       the table (mean, SD, 95 % CI per loss) and the t-tests; the
+                                   config names the models used (:func:`results_config`)
     figures/panel_<set>.png        input, outputs per loss, reference; error maps; saliency
     figures/curves.png             training curves
 
@@ -329,15 +330,36 @@ def _open_run(run: Path, cfg: ExperimentConfig) -> None:
         _write_json(path, cfg.to_dict())
 
 
+def model_record(meta: dict[str, Any]) -> dict[str, str]:
+    """``name``, ``version`` and ``sha256`` (of ``score.onnx``, as checked at load and reported
+    with every served score) of a loaded model's metadata."""
+    return {"name": str(meta["name"]), "version": str(meta["version"]),
+            "sha256": str(meta["files"]["score.onnx"])}
+
+
+def results_config(cfg: ExperimentConfig, scorer: Scorer,
+                   losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+                   ) -> dict[str, Any]:
+    """``results.json``'s ``config``: the settings, plus the exact models the run used:
+    ``metric_model`` (the test-set score, :class:`Scorer`) and ``loss_models`` (per learned
+    loss, e.g. ``iqnet``, ``efficientnet-ref``), each as :func:`model_record`."""
+    from rankiq.training.losses import MetricLoss
+
+    return {**cfg.to_dict(), "metric_model": model_record(scorer.model.metadata),
+            "loss_models": {name: model_record(loss.metadata) for name, loss in losses.items()
+                            if isinstance(loss, MetricLoss)}}
+
+
 def run_experiment(run: str | Path, cfg: ExperimentConfig, *, figures: bool = True,
                    log: Callable[[str], None] = print, models_dir: str | Path = "models"
                    ) -> dict[str, Any]:
     """Run (or resume) an experiment in ``run`` and return the results (also written there)."""
     run, models_dir = Path(run), Path(models_dir)
     # refuse bad losses (missing EfficientNet, wrong metric) before any data is simulated
-    for name in cfg.losses:
-        make_loss(name, cfg, models_dir)
+    losses = {name: make_loss(name, cfg, models_dir) for name in cfg.losses}
     scorer = Scorer(cfg.metric)
+    config = results_config(cfg, scorer, losses)
+    del losses  # each network builds its own loss (train_one)
     _open_run(run, cfg)
     t_data = time.perf_counter()
     train, val = load_split(run, cfg, "train"), load_split(run, cfg, "val")
@@ -345,7 +367,7 @@ def run_experiment(run: str | Path, cfg: ExperimentConfig, *, figures: bool = Tr
     data_seconds = time.perf_counter() - t_data
     nets = {name: train_one(run, cfg, name, train, val, scorer, log=log, models_dir=models_dir)
             for name in cfg.losses}
-    results: dict[str, Any] = {"experiment": cfg.kind, "config": cfg.to_dict(),
+    results: dict[str, Any] = {"experiment": cfg.kind, "config": config,
                                "data_seconds": data_seconds, "sets": {}, "training": {}}
     for name in cfg.losses:
         hist = json.loads((run / name / "history.json").read_text())
@@ -392,6 +414,12 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines.append(f"{c['size']}x{c['size']} px, width {c['width']}, {c['epochs']} epochs, "
                  f"{c['n_train']}/{c['n_val']}/{c['n_test']} train/val/test slices, "
                  f"device {c['device']}.")
+    if "metric_model" in c:  # results written before the models were recorded lack it
+        used = {"score": c["metric_model"],
+                **{f"{k} loss": m for k, m in c.get("loss_models", {}).items()}}
+        lines.append("Models: " + "; ".join(
+            f"{k} {m['name']} {m['version']} (score.onnx SHA-256 {m['sha256'][:12]})"
+            for k, m in used.items()) + ".")
     for set_name, s in results["sets"].items():
         lines += ["", f"## {set_name} (n = {s['n']})", "",
                   "| network | MSE | MSE after LS scale | SSIM | IQ-Net score |",

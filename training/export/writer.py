@@ -35,6 +35,7 @@ from rankiq.training.export.iqnet_graphs import (
 from rankiq.training.export.model_card import model_card
 from rankiq.training.export.parity import check_parity, corrupt, parity_inputs, phantom
 from rankiq.training.models.classifier import CLASSES, RankClassifier
+from rankiq.training.models.efficientnet import EfficientNetScorer
 from rankiq.training.models.iqnet import IQBlock, IQNet
 from torch import nn
 
@@ -82,6 +83,8 @@ def _is_student(m: nn.Module) -> bool:
 
 
 def _architecture(scorer: nn.Module, input_kind: str) -> dict[str, Any]:
+    """``metadata.json``'s ``architecture``: what a loss needs to rebuild the network in torch
+    (:func:`rankiq.training.losses.load_scorer`), e.g. an EfficientNet's input ``size`` (px)."""
     if _is_student(scorer):
         body = cast(IQNet, scorer.body)
         return {"model": "iqnet-student", "input_kind": input_kind,
@@ -93,8 +96,12 @@ def _architecture(scorer: nn.Module, input_kind: str) -> dict[str, Any]:
                 "channels": int(cast(IQBlock, scorer.blocks[0]).conv2.weight.shape[0]),
                 "blocks": len(scorer.blocks), "activation": scorer.activation,
                 "parameters": int(sum(p.numel() for p in scorer.parameters()))}
-    return {"model": type(scorer).__name__, "input_kind": input_kind,
-            "parameters": int(sum(p.numel() for p in scorer.parameters()))}
+    arch: dict[str, Any] = {"model": type(scorer).__name__, "input_kind": input_kind,
+                            "parameters": int(sum(p.numel() for p in scorer.parameters()))}
+    effnet = next((m for m in scorer.modules() if isinstance(m, EfficientNetScorer)), None)
+    if effnet is not None:  # also inside a wrapper (the distilled EfficientNet student)
+        arch["size"] = effnet.size
+    return arch
 
 
 def _plain_copy(scorer: nn.Module) -> nn.Module:
