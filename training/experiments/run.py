@@ -264,9 +264,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def train_one(run: Path, cfg: ExperimentConfig, name: str, train: dict[str, np.ndarray],
               val: dict[str, np.ndarray], scorer: Scorer, *, log: Callable[[str], None],
-              models_dir: Path = Path("models")) -> nn.Module:
-    """Train (or resume, or load a finished) network with loss ``name``; returns it."""
-    loss_fn = make_loss(name, cfg, models_dir)
+              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> nn.Module:
+    """Train (or resume, or load a finished) network with loss ``name`` (``loss_fn``, as
+    :func:`make_loss` builds it); returns it."""
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(cfg.device)
     net = make_network(cfg).to(cfg.device)
@@ -359,13 +359,12 @@ def run_experiment(run: str | Path, cfg: ExperimentConfig, *, figures: bool = Tr
     losses = {name: make_loss(name, cfg, models_dir) for name in cfg.losses}
     scorer = Scorer(cfg.metric)
     config = results_config(cfg, scorer, losses)
-    del losses  # each network builds its own loss (train_one)
     _open_run(run, cfg)
     t_data = time.perf_counter()
     train, val = load_split(run, cfg, "train"), load_split(run, cfg, "val")
     tests = {name: load_split(run, cfg, name) for name in test_sets(cfg)}
     data_seconds = time.perf_counter() - t_data
-    nets = {name: train_one(run, cfg, name, train, val, scorer, log=log, models_dir=models_dir)
+    nets = {name: train_one(run, cfg, name, train, val, scorer, log=log, loss_fn=losses[name])
             for name in cfg.losses}
     results: dict[str, Any] = {"experiment": cfg.kind, "config": config,
                                "data_seconds": data_seconds, "sets": {}, "training": {}}
