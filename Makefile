@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --constraint constraints.txt
 STAMP  := $(VENV)/.installed
 PORT   ?= 3000
-WORKERS ?= 1
+WORKERS ?=
 PYTEST_ARGS ?=
 
 .PHONY: data-deps noref-model venv venv-serve serve test test-fast test-deps lint format docs models bench fuzz
@@ -36,7 +36,7 @@ $(SERVE_STAMP): pyproject.toml constraints.txt
 ## make serve: set up the lean serving install from nothing, then serve the shipped models on
 ## port $(PORT)
 serve: venv-serve
-	$(BIN)/rankiq serve --port $(PORT) --workers $(WORKERS)
+	$(BIN)/rankiq serve --port $(PORT) $(if $(WORKERS),--workers $(WORKERS))
 
 ## make test: set up from nothing, then lint, build the docs (warnings are errors) and run the
 ## whole suite (an empty suite fails: exit 5)

@@ -6,7 +6,8 @@ variable                   meaning                                        defaul
 =========================  =============================================  ====================
 RANKIQ_MODELS_DIR          directory holding ``models/NAME/`` folders     the repo's models/
 RANKIQ_ORT_THREADS         ONNX Runtime intra-op threads per worker       1
-RANKIQ_WORKERS             BentoML worker processes                       1
+RANKIQ_WORKERS             BentoML worker processes                       one per usable CPU,
+                                                                          at most 4
 RANKIQ_API_THREADS         requests one worker computes at a time         1
 RANKIQ_API_TOKEN           bearer token; unset or empty = no auth         unset
 RANKIQ_MAX_UPLOAD_BYTES    largest request body (all files together)      512 MiB
@@ -43,6 +44,7 @@ scrubbed at submit (see ``docs/operations.md``, "Where patient data rests").
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,47 @@ if TYPE_CHECKING:
 
 MiB = 1024**2
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+#: most service workers started by default: each holds its own models and decode buffers
+#: (about 120 MiB once warm, up to RANKIQ_MAX_SERIES_BYTES more while it decodes a request)
+MAX_DEFAULT_WORKERS = 4
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: its affinity mask, capped by the cgroup's CPU quota (a
+    container's ``--cpus`` or a Kubernetes CPU limit, which ``os.cpu_count()`` ignores),
+    rounded up; at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (``cpu.max`` of cgroup v2, else
+    ``cpu.cfs_quota_us / cpu.cfs_period_us`` of v1), or ``None`` when there is none or it
+    cannot be read."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        p = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return q / p if q > 0 and p > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def default_workers() -> int:
+    """Service workers when ``RANKIQ_WORKERS`` is unset: one per usable CPU (one request
+    computes on one core), at most :data:`MAX_DEFAULT_WORKERS`."""
+    return min(usable_cpus(), MAX_DEFAULT_WORKERS)
 
 
 def env_int(name: str, default: int, minimum: int = 1) -> int:
@@ -127,7 +170,7 @@ class ServiceSettings:
         return cls(
             models_dir=models_dir(),
             ort_threads=env_int("RANKIQ_ORT_THREADS", 1),
-            workers=env_int("RANKIQ_WORKERS", 1),
+            workers=env_int("RANKIQ_WORKERS", default_workers()),
             api_threads=env_int("RANKIQ_API_THREADS", 1),
             api_token=token,
             max_upload_bytes=env_int("RANKIQ_MAX_UPLOAD_BYTES", 512 * MiB, minimum=1024),
@@ -174,6 +217,6 @@ def set_default_fft_workers(n: int) -> None:
 
 def fft_workers() -> int:
     """Threads of each FFT, decided when called: ``RANKIQ_FFT_WORKERS``, else the process
-    default (:func:`set_default_fft_workers`), else one per core."""
+    default (:func:`set_default_fft_workers`), else one per usable CPU."""
     return (env_int("RANKIQ_FFT_WORKERS", 0, minimum=0) or _default_fft_workers
-            or os.cpu_count() or 1)
+            or usable_cpus())

@@ -40,7 +40,8 @@ def add_commands(reg: Registry) -> None:
                    help="extra single-slice requests before the final memory reading")
     b.add_argument("--memory-requests", type=int, default=3,
                    help="requests per input class for the peak-RSS table (default 3; 0 skips)")
-    b.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="server workers (default: the service's, one per usable CPU, at most 4)")
     b.add_argument("--url", default=None,
                    help="bench a running server instead of starting one (no RSS then)")
     b.add_argument("--token", default=None, help="bearer token for --url")
@@ -284,6 +285,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from rankiq.service.settings import ServiceSettings
 
     settings = ServiceSettings.from_env()
+    if args.workers is None:
+        args.workers = settings.workers
     inputs = bench_inputs()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     models = load_models(settings.models_dir, threads=settings.ort_threads)

@@ -54,7 +54,8 @@ def add_commands(reg: Registry) -> None:
                    help="factor on that quantile, >= 1 (default 1.1)")
     p.add_argument("--rules", type=Path, metavar="FILE",
                    help="series selection rules (JSON/YAML) replacing the built-in ones")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: one per usable CPU)")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="ONNX Runtime threads per worker (default: cores / workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,11 +112,14 @@ def calibrate(args: argparse.Namespace) -> int:
     from rankiq.service.commands.qa_cmd import _check_workers
     from rankiq.service.errors import RankIQError
     from rankiq.service.qa.runner import QAOptions, read_model_metadata, run_qa
+    from rankiq.service.settings import usable_cpus
 
     if not 0 < args.quantile <= 1:
         raise RankIQError(f"--quantile must be in (0, 1], not {args.quantile}")
     if not args.margin >= 1:
         raise RankIQError(f"--margin must be a number >= 1, not {args.margin}")
+    if args.workers is None:
+        args.workers = usable_cpus()
     _check_workers(args.workers, args.threads)
     for p in args.paths:
         if not Path(p).exists():

@@ -30,7 +30,9 @@ def add_commands(reg: Registry) -> None:
                    help="DICOM files, directories, zips (or --dicomweb)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="output directory (qa.csv, qa.json, failed.csv, report.html, journal)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: one per usable CPU; with --engine ray: "
+                        "one actor per cluster CPU)")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="ONNX Runtime threads per worker (default: cores / workers)")
     p.add_argument("--thresholds", type=Path, metavar="FILE",
@@ -89,10 +91,11 @@ def _check_workers(n: int, threads: int = 0) -> None:
     """Validate ``--workers`` and size native thread pools (FFT, OpenMP) to cores / workers
     before anything reads them, so N workers do not oversubscribe the cores."""
     from rankiq.service.errors import RankIQError
+    from rankiq.service.settings import usable_cpus
 
     if n < 1 or n > 256:
         raise RankIQError(f"--workers must be between 1 and 256, not {n}")
-    per_worker = threads or max(1, (os.cpu_count() or 1) // n)
+    per_worker = threads or max(1, usable_cpus() // n)
     os.environ.setdefault("RANKIQ_FFT_WORKERS", str(per_worker))
     os.environ.setdefault("OMP_NUM_THREADS", str(per_worker))
 
@@ -110,7 +113,10 @@ def qa(args: argparse.Namespace) -> int:
     """Handler of ``rankiq qa``."""
     from rankiq.service.errors import RankIQError
     from rankiq.service.qa.runner import QAOptions, run_qa
+    from rankiq.service.settings import usable_cpus
 
+    if args.workers is None:  # Ray's default (1) means one actor per cluster CPU
+        args.workers = 1 if args.engine == "ray" else usable_cpus()
     _check_workers(args.workers, args.threads)
     if args.address is not None and args.engine != "ray":
         raise RankIQError("--address needs --engine ray")

@@ -24,7 +24,8 @@ def add_commands(reg: Registry) -> None:
                    help="allow a non-loopback bind without RANKIQ_API_TOKEN (anyone who can "
                         "reach the port can score images and read QA results)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: $RANKIQ_WORKERS or 1)")
+                   help="worker processes (default: $RANKIQ_WORKERS, else one per usable CPU, "
+                        "at most 4)")
     p.add_argument("--models", metavar="DIR", default=None,
                    help="models directory (sets RANKIQ_MODELS_DIR; default: the repo's models/)")
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +54,7 @@ from rankiq.service.qa.references import ReferenceMap, load_reference_map
 from rankiq.service.qa.selection import RulesError, SeriesSelector, load_selector
 from rankiq.service.results_dicom import PendingSaliency
 from rankiq.service.scoring import DEFAULT_MAX_SLICES
+from rankiq.service.settings import usable_cpus
 
 if TYPE_CHECKING:
     from rankiq.service.io.types import ImageSeries
@@ -834,7 +834,7 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
     if not todo:
         return 0
     workers = max(1, int(options.workers))
-    threads = options.threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = options.threads or max(1, usable_cpus() // workers)
     refmap, ref_thresholds = reference_setup or (None, None)
     scoring = _Scoring(journal, options, thresholds, selector, timings, sizes,
                        _progress(total, options.progress), refmap, ref_thresholds, on_series,
