@@ -58,6 +58,9 @@ REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: most service workers started by default: each holds its own models and decode buffers
 #: (about 120 MiB once warm, up to RANKIQ_MAX_SERIES_BYTES more while it decodes a request)
 MAX_DEFAULT_WORKERS = 4
+#: most batch QA worker processes started by default (``rankiq qa``/``calibrate``): each holds
+#: a model and up to two decoded series, so a many-core host is not filled by default
+MAX_DEFAULT_QA_WORKERS = 8
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -92,10 +95,11 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
         return None
 
 
-def default_workers() -> int:
-    """Service workers when ``RANKIQ_WORKERS`` is unset: one per usable CPU (one request
-    computes on one core), at most :data:`MAX_DEFAULT_WORKERS`."""
-    return min(usable_cpus(), MAX_DEFAULT_WORKERS)
+def default_workers(most: int = MAX_DEFAULT_WORKERS) -> int:
+    """Worker processes when none are asked for: one per usable CPU (a request or a series
+    computes on one core), at most ``most`` (service workers: :data:`MAX_DEFAULT_WORKERS`;
+    batch QA: :data:`MAX_DEFAULT_QA_WORKERS`)."""
+    return min(usable_cpus(), most)
 
 
 def env_int(name: str, default: int, minimum: int = 1) -> int:

@@ -111,6 +111,7 @@ def test_service_workers_default_to_one_per_usable_cpu(monkeypatch):
     assert ServiceSettings.from_env().workers == 2
     monkeypatch.setattr(settings, "usable_cpus", lambda cgroup=None: 64)
     assert ServiceSettings.from_env().workers == 4
+    assert settings.default_workers(settings.MAX_DEFAULT_QA_WORKERS) == 8  # batch QA's cap
     monkeypatch.setattr(settings, "usable_cpus", lambda cgroup=None: 1)
     assert ServiceSettings.from_env().workers == 1
     monkeypatch.setenv("RANKIQ_WORKERS", "3")

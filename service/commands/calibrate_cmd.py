@@ -55,7 +55,7 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--rules", type=Path, metavar="FILE",
                    help="series selection rules (JSON/YAML) replacing the built-in ones")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes (default: one per usable CPU)")
+                   help="worker processes (default: one per usable CPU, at most 8)")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="ONNX Runtime threads per worker (default: cores / workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -112,14 +112,14 @@ def calibrate(args: argparse.Namespace) -> int:
     from rankiq.service.commands.qa_cmd import _check_workers
     from rankiq.service.errors import RankIQError
     from rankiq.service.qa.runner import QAOptions, read_model_metadata, run_qa
-    from rankiq.service.settings import usable_cpus
+    from rankiq.service.settings import MAX_DEFAULT_QA_WORKERS, default_workers
 
     if not 0 < args.quantile <= 1:
         raise RankIQError(f"--quantile must be in (0, 1], not {args.quantile}")
     if not args.margin >= 1:
         raise RankIQError(f"--margin must be a number >= 1, not {args.margin}")
     if args.workers is None:
-        args.workers = usable_cpus()
+        args.workers = default_workers(MAX_DEFAULT_QA_WORKERS)
     _check_workers(args.workers, args.threads)
     for p in args.paths:
         if not Path(p).exists():

@@ -31,8 +31,8 @@ def add_commands(reg: Registry) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="output directory (qa.csv, qa.json, failed.csv, report.html, journal)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes (default: one per usable CPU; with --engine ray: "
-                        "one actor per cluster CPU)")
+                   help="worker processes (default: one per usable CPU, at most 8; with "
+                        "--engine ray: one actor per cluster CPU)")
     p.add_argument("--threads", type=int, default=0, metavar="T",
                    help="ONNX Runtime threads per worker (default: cores / workers)")
     p.add_argument("--thresholds", type=Path, metavar="FILE",
@@ -113,10 +113,10 @@ def qa(args: argparse.Namespace) -> int:
     """Handler of ``rankiq qa``."""
     from rankiq.service.errors import RankIQError
     from rankiq.service.qa.runner import QAOptions, run_qa
-    from rankiq.service.settings import usable_cpus
+    from rankiq.service.settings import MAX_DEFAULT_QA_WORKERS, default_workers
 
     if args.workers is None:  # Ray's default (1) means one actor per cluster CPU
-        args.workers = 1 if args.engine == "ray" else usable_cpus()
+        args.workers = 1 if args.engine == "ray" else default_workers(MAX_DEFAULT_QA_WORKERS)
     _check_workers(args.workers, args.threads)
     if args.address is not None and args.engine != "ray":
         raise RankIQError("--address needs --engine ray")
