@@ -475,10 +475,10 @@ def run(
 
 
 def default_workers() -> int:
-    """One worker per core."""
-    import os
+    """One worker per usable CPU (:func:`rankiq.service.settings.usable_cpus`)."""
+    from rankiq.service.settings import usable_cpus
 
-    return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def projected_minutes(seconds_per_pair: float, pairs: int = 2916) -> float:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from rankiq.service.settings import usable_cpus
+
 if TYPE_CHECKING:
     from rankiq.service.qa.journal import Journal
 
@@ -182,7 +184,7 @@ def _connect(ray: Any, options: EngineOptions, env: dict[str, str]) -> bool:
             # otherwise write one to ~/.ray, where every later `ray start` picks it up)
             if "RAY_AUTH_MODE" not in os.environ:
                 os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-            cpus = options.workers if options.workers > 1 else (os.cpu_count() or 1)
+            cpus = options.workers if options.workers > 1 else usable_cpus()
             ray.init(num_cpus=cpus, include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = options.address or "a local Ray instance"
