@@ -25,8 +25,8 @@ RANKIQ_JOBS_DIR            QA job directories                             $RANKI
 RANKIQ_QA_MODEL            model of POST /qa jobs (a name in models dir)  iqnet-noref
 RANKIQ_QA_THRESHOLDS       site thresholds file of POST /qa jobs          the model's
 RANKIQ_QA_RULES            series selection rules file of POST /qa jobs   built-in rules
-RANKIQ_FFT_WORKERS         threads of each FFT (0 = one per core; a       0; RANKIQ_ORT_THREADS
-                           service worker defaults to its ORT threads)    in a service worker
+RANKIQ_FFT_WORKERS         threads of each FFT (0 = one per usable        0; RANKIQ_ORT_THREADS
+                           CPU; a service worker: its ORT threads)        in a service worker
 RANKIQ_DEBUG               1: the CLI shows tracebacks of internal errors 0 (off)
 =========================  =============================================  ====================
 
@@ -216,13 +216,14 @@ def _path(name: str) -> Path | None:
     return Path(raw) if raw else None
 
 
-#: FFT threads of this process when RANKIQ_FFT_WORKERS is unset (0 = one per core); a service
-#: worker sets it to its ONNX Runtime threads (:func:`set_default_fft_workers`)
+#: FFT threads of this process when RANKIQ_FFT_WORKERS is unset (0 = one per usable CPU); a
+#: service worker sets it to its ONNX Runtime threads (:func:`set_default_fft_workers`)
 _default_fft_workers = 0
 
 
 def set_default_fft_workers(n: int) -> None:
-    """This process's FFT threads when ``RANKIQ_FFT_WORKERS`` is unset (0 = one per core)."""
+    """This process's FFT threads when ``RANKIQ_FFT_WORKERS`` is unset (0 = one per usable
+    CPU)."""
     global _default_fft_workers
     _default_fft_workers = max(0, int(n))
 

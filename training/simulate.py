@@ -474,13 +474,6 @@ def run(
     return summary
 
 
-def default_workers() -> int:
-    """One worker per usable CPU (:func:`rankiq.service.settings.usable_cpus`)."""
-    from rankiq.service.settings import usable_cpus
-
-    return usable_cpus()
-
-
 def projected_minutes(seconds_per_pair: float, pairs: int = 2916) -> float:
     """Wall minutes for ``pairs`` at a measured wall-clock rate."""
     return seconds_per_pair * pairs / 60.0 if math.isfinite(seconds_per_pair) else math.inf

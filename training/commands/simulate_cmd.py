@@ -31,7 +31,7 @@ def _add_common(p: argparse.ArgumentParser, *, size: int, pairs: int | None) -> 
     p.add_argument("--size", type=int, default=size, help=f"image side S (even; default {size})")
     p.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="worker processes (default: one per core)")
+                   help="worker processes (default: one per usable CPU)")
     p.add_argument("--pairs-per-slice", type=_positive_int, default=None,
                    help="pairs generated from each slice (default 2)")
     p.add_argument("--config", default=None,
@@ -100,13 +100,14 @@ def simulate(args: argparse.Namespace) -> int:
     from rankiq.service.commands.registry import require
 
     require("sigpy", "simulate")
-    from rankiq.training.simulate import default_workers, run
+    from rankiq.service.settings import usable_cpus
+    from rankiq.training.simulate import run
 
     cfg = _config(args)
     progress = (not args.json) and sys.stderr.isatty()
     try:
         summary = run(args.source, args.pairs, args.size, args.seed, args.out,
-                      workers=args.workers or default_workers(), cfg=cfg,
+                      workers=args.workers or usable_cpus(), cfg=cfg,
                       overwrite=args.overwrite, progress=progress, png_dir=args.png)
     except KeyboardInterrupt:
         from rankiq.training.pairs import PairsFile
@@ -141,10 +142,11 @@ def bench(args: argparse.Namespace) -> int:
     from rankiq.service.commands.registry import require
 
     require("sigpy", "bench simulate")
-    from rankiq.training.simulate import default_workers, projected_minutes, run
+    from rankiq.service.settings import usable_cpus
+    from rankiq.training.simulate import projected_minutes, run
 
     cfg = _config(args)
-    workers = args.workers or default_workers()
+    workers = args.workers or usable_cpus()
     timings: list = []
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "bench.h5")
