@@ -33,7 +33,7 @@ from rankiq.service.io import (
     read_upload,
     scan_instances,
 )
-from rankiq.service.io.dicom import check_scorable
+from rankiq.service.io.dicom import DEFLATED_UID_BYTES, check_scorable
 
 MARKER = "ZZMARKERQ"
 
@@ -75,6 +75,19 @@ def test_deflated_dataset_is_inflated_within_a_cap():
     with pytest.raises(InputTooLarge, match="deflate bomb"):
         read_upload(data, "image", limits=ReadLimits(max_inflated_bytes=256 * 1024))
     assert read_upload(data, "image")[0].shape == (1, 512, 512)  # within the default cap
+
+
+def test_the_deflate_check_skips_only_data_sets_without_the_deflated_uid():
+    # the fast path skips a data set in memory whose bytes lack this UID: it must be the UID
+    assert DeflatedExplicitVRLittleEndian.encode("ascii") == DEFLATED_UID_BYTES
+    ds = mr_dataset(np.zeros((512, 512)))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    tight = ReadLimits(max_inflated_bytes=256 * 1024)
+    data = dicom_bytes(ds)  # the UID in the meta, padded to an even length
+    with pytest.raises(InputTooLarge, match="deflate bomb"):
+        read_upload(data, "image", limits=tight)
+    plain = mr_dataset(np.zeros((512, 512)))
+    assert read_upload(dicom_bytes(plain), "image", limits=tight)[0].shape == (1, 512, 512)
 
 
 def test_every_zip_member_is_ratio_checked_whatever_the_archive_size(tmp_path):
