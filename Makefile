@@ -127,32 +127,27 @@ format: venv
 ## make models: rebuild the shipped models from nothing, deterministic for the seeds below.
 ## Reference model: simulate -> panel -> consensus -> train (5-fold CV, epoch chosen on an inner
 ## split of the training folds; then one final model on all pairs) -> evaluate -> export (final/)
-## With the paper's 2,916 pairs (measured stage by stage on 2 cores, docs/training.md: simulation
-## 61.5 min, panel 2.9, IQ-Net with reference 37.3, MSE and SSIM 3.7, the no-reference model
-## 16.9; about 165 min end to end on that machine, estimated; MODEL_PAIRS=1000 took 48.6 min).
-## Training runs on a 128x128 grid, the paper's 396 costs ~10x more per epoch on CPU: see
-## docs/deviations.md.
+## (measured from a fresh clone in one run: 48.6 min on 2 cores, simulation 14 min, training and
+## evaluation 25 min, the no-reference model 9 min: docs/training.md; training runs on a 128x128
+## grid, the paper's 396 costs ~10x more per epoch on CPU: see docs/deviations.md).
 ## No-reference model: `make noref-model` (realistic acquisitions with graded ladders ->
 ## features -> ranking fit -> thresholds; its classifier is fitted on the same consensus), then
 ## the real-scan evaluation is rewritten (docs/results/real-eval.md).
 DATA        ?= data
 RUNS        ?= runs/make-models
 REPORT      ?= report
-MODEL_PAIRS ?= 2916
+MODEL_PAIRS ?= 1000
 MODEL_SIZE  ?= 396
 MODEL_SEED  ?= 2025
 MODEL_GRID  ?= 128
 MODEL_EPOCHS ?= 10
-## IQ-Net with reference: ReLU (the authors ran the identity: 71.3 % held out, ReLU 73.7 %;
-## docs/deviations.md); `MODEL_ACTIVATION=identity` trains the faithful network
-MODEL_ACTIVATION ?= relu
-MODEL_VERSION ?= 1.2.0
+MODEL_VERSION ?= 1.1.1
 ## EfficientNet-b0 rows (from scratch: no ImageNet weights offline) at a size 2 cores afford
-## (about 4 min per run at 64 px, 4 epochs, with 1,000 pairs); the paper's 224 px is `EFFNET_SIZE=224` on a GPU
+## (about 4 min per run at 64 px, 4 epochs); the paper's 224 px is `EFFNET_SIZE=224` on a GPU
 EFFNET_SIZE ?= 64
 EFFNET_EPOCHS ?= 4
 NOREF_ACQUISITIONS ?= 1200
-NOREF_VERSION ?= 2.5.0
+NOREF_VERSION ?= 2.4.0
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 
@@ -163,8 +158,8 @@ models: venv
 	  --seed $(MODEL_SEED) --workers 2 --out $(DATA)/pairs.h5 --json > $(DATA)/simulate.json
 	$(BIN)/rankiq panel --pairs $(DATA)/pairs.h5 --readers 7 --seed $(MODEL_SEED) \
 	  --out $(DATA)/rankings.csv --likert $(DATA)/likert.csv --consensus $(DATA)/consensus.csv
-	$(TRAIN) --model iqnet --activation $(MODEL_ACTIVATION) --lr 1e-3 --dropout 0 \
-	  --epochs $(MODEL_EPOCHS) --final --out $(RUNS)/iqnet-ref
+	$(TRAIN) --model iqnet --lr 1e-3 --dropout 0 --epochs $(MODEL_EPOCHS) --final \
+	  --out $(RUNS)/iqnet-ref
 	$(TRAIN) --model mse --epochs 20 --out $(RUNS)/mse
 	$(TRAIN) --model ssim --epochs 20 --out $(RUNS)/ssim
 	$(TRAIN) --model iqnet --no-reference --lr 1e-3 --dropout 0 --epochs $(MODEL_EPOCHS) \
@@ -180,7 +175,7 @@ models: venv
 	$(MAKE) --no-print-directory noref-model
 	cat $(REPORT)/table.md
 
-## make noref-model: the no-reference model alone (10-17 min on 2 cores): 1000 simulated
+## make noref-model: the no-reference model alone (about 10 min on 2 cores): 1000 simulated
 ## pairs ranked by the simulated panel (its classifier's consensus), 1200 realistic acquisitions
 ## with graded ladders, the ranking fit, thresholds; then the real-scan evaluation is rewritten.
 ## It needs models/iqnet-ref (the teacher that orders corruption types).
