@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,12 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from rankiq.service.errors import (
     InputTooLarge,
     InvalidImage,
@@ -529,8 +535,9 @@ def assemble(frames: list[Frame], series_key: str) -> ImageSeries:
     )
 
 
-#: the Deflated Explicit VR Little Endian transfer syntax UID as a file meta holds it
-DEFLATED_UID_BYTES = b"1.2.840.10008.1.2.1.99"
+#: the Deflated Explicit VR Little Endian transfer syntax UID as a file meta holds it, as a
+#: pattern: ``re`` searches a buffer in place, without copying the file
+DEFLATED_UID = re.compile(re.escape(DeflatedExplicitVRLittleEndian.encode("ascii")))
 
 
 def _check_deflated(fp: Any, source: str, limits: ReadLimits) -> None:
@@ -543,10 +550,11 @@ def _check_deflated(fp: Any, source: str, limits: ReadLimits) -> None:
     byte search costs microseconds, the parse about 0.1 ms per instance).
     """
     from pydicom.filereader import _read_file_meta_info, read_preamble
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    if isinstance(fp, io.BytesIO) and DEFLATED_UID_BYTES not in fp.getvalue():
-        return
+    if isinstance(fp, io.BytesIO):
+        with fp.getbuffer() as buf:
+            if DEFLATED_UID.search(buf) is None:
+                return
     start = fp.tell()
     try:
         read_preamble(fp, force=True)
