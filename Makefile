@@ -147,7 +147,7 @@ MODEL_VERSION ?= 1.1.1
 EFFNET_SIZE ?= 64
 EFFNET_EPOCHS ?= 4
 NOREF_ACQUISITIONS ?= 1200
-NOREF_VERSION ?= 2.4.0
+NOREF_VERSION ?= 2.5.0
 TRAIN = $(BIN)/rankiq train --data $(DATA)/pairs.h5 --rankings $(DATA)/consensus.csv --folds 5 \
 	--grid $(MODEL_GRID) --seed $(MODEL_SEED) --threads 2 --quiet
 
@@ -175,7 +175,7 @@ models: venv
 	$(MAKE) --no-print-directory noref-model
 	cat $(REPORT)/table.md
 
-## make noref-model: the no-reference model alone (about 10 min on 2 cores): 1000 simulated
+## make noref-model: the no-reference model alone (about 18 min on 2 cores): 1000 simulated
 ## pairs ranked by the simulated panel (its classifier's consensus), 1200 realistic acquisitions
 ## with graded ladders, the ranking fit, thresholds; then the real-scan evaluation is rewritten.
 ## It needs models/iqnet-ref (the teacher that orders corruption types).

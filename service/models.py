@@ -293,6 +293,14 @@ class ScoringModel:
                 "iqnet", "features"):
             raise ModelIncompatible(f"unknown mode/input_kind {meta['mode']!r}/"
                                     f"{meta['input_kind']!r}", source=str(d))
+        if meta.get("kind") == "features":
+            from rankiq.service.noref import FEATURES_VERSION
+
+            if str(meta.get("features_version", "1")) != FEATURES_VERSION:
+                raise ModelIncompatible(
+                    f"fitted on features version {meta.get('features_version', '1')!r}, this "
+                    f"RankIQ computes version {FEATURES_VERSION!r}: rebuild it (make noref-model)",
+                    source=str(d))
         _verify_files(d, meta)
         try:
             clf = load_classifier(json.loads((d / "classifier.json").read_text()))

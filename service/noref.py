@@ -52,9 +52,10 @@ Features (:data:`FEATURES`, all dimensionless, higher = worse unless noted):
 * ``band_k``: log of the share of the slice's spectral energy (DC excluded) in radial band
   ``k`` of ``BANDS`` (cycles per pixel of the analysis grid): noise raises the high bands,
   blur lowers them, undersampling removes parts of them.
-* ``efc``: MRIQC's entropy focus criterion over the non-zero pixels, normalised by its
-  maximum for the object's own area (the dilated foreground), so zero padding and masked
-  air change nothing (ghosting, noise and blur spread the energy: higher).
+* ``efc``: MRIQC's entropy focus criterion of the analysis grid (its zero padding cropped,
+  so padding the field of view changes nothing; masked air adds no entropy): ghosting,
+  noise and blur spread the energy (higher). Up to 2.4.0 it was normalised by the dilated
+  foreground's area, which grew with added noise inside the anatomy (``FEATURES_VERSION``).
 * ``border`` (context, not a defect): the share of the outermost ring of the slice's
   non-zero bounding box that lies in the foreground: about 0 for a whole head in air or in a
   masked background, near 1 for a field of view inside the anatomy, where "air" is dark
@@ -84,6 +85,10 @@ from rankiq.service.preprocess import to_grid
 from scipy import ndimage
 
 ANALYSIS_MAX = 256
+#: what a ``features`` model's ``metadata.json`` must say in ``features_version`` (absent: "1")
+#: for this module to compute its inputs: "2" (2.5.0) normalises ``efc`` by the analysis
+#: grid's area, "1" by the dilated foreground's
+FEATURES_VERSION = "2"
 #: the smallest analysis side an acquired-matrix crop may give (px)
 MIN_ANALYSIS = 32
 #: an original image larger than its acquired matrix by more than this factor (and at most
@@ -396,11 +401,13 @@ def _echo(lap: np.ndarray, valid: np.ndarray) -> float:
     return math.atanh(r)
 
 
-def _efc(x: np.ndarray, near: np.ndarray) -> float:
-    """EFC of every non-zero pixel, normalised by the maximum for the object's own area
-    (``near``): zeros (padding, masked air) add nothing, ghosts anywhere add entropy.
-    ``x`` float64 ``(G, G)``."""
-    n = int(near.sum())
+def _efc(x: np.ndarray) -> float:
+    """MRIQC's EFC of the analysis grid ``x`` (float64 ``(G, G)``): the entropy of every pixel,
+    normalised by its maximum for the grid's area. The grid is fixed for a slice (its zero
+    padding cropped), so the normaliser does not move with the corruption; the foreground's
+    area did (up to 2.4.0): noise lifted dark tissue above the foreground cut, the area grew and
+    the EFC of a noisier window inside the head *fell*."""
+    n = int(x.size)
     e = float(kernels.efc_entropy(x))
     if e <= 0 or n < 2:
         return 0.0
@@ -465,7 +472,7 @@ def _features(x: np.ndarray
     b = min(max(_blur_measure(x, fg), 1e-4), 1 - 1e-4)
     bands = np.log(_band_shares(x) + 1e-9)
     return np.array([noise, air_f, air_far, log_reach, structure, ghost, echo,
-                     math.log(b / (1 - b)), *bands, _efc(x, near), border],
+                     math.log(b / (1 - b)), *bands, _efc(x), border],
                     dtype=np.float64), (near, fg, air), dark
 
 

@@ -69,6 +69,42 @@ def test_noise_and_blur_move_their_features_the_right_way() -> None:
     assert fb[i["band_0"]] > base[i["band_0"]]  # energy moves to the lowest band
 
 
+def test_efc_rises_with_noise_inside_the_anatomy_and_ignores_padding() -> None:
+    """A field of view inside the head (no air): added noise spreads the energy, so EFC
+    rises. Normalised by the foreground's area (features version 1) it fell, because noise
+    lifts dark tissue above the foreground cut and the area grows with it."""
+    y, x = np.mgrid[:72, :72] / 72
+    img = 0.5 + 0.5 * (np.sin(9 * x) * np.cos(7 * y) > -0.3)  # tissue to every edge ...
+    img[(np.sin(5 * x + 4 * y) > 0.8)] = 0.08  # ... and dark stripes (sulci) that reach them
+    e = FEATURES.index("efc")
+    rng = np.random.default_rng(4)
+    levels = []
+    for sigma in (0.0, 0.05, 0.1, 0.2):
+        z = rng.standard_normal(img.shape) + 1j * rng.standard_normal(img.shape)
+        levels.append(features(analysis_grid(np.abs(img + sigma * z).astype(np.float32)))[e])
+    assert all(b > a for a, b in zip(levels, levels[1:], strict=False)), levels
+    np.testing.assert_allclose(features(analysis_grid(np.pad(img, ((9, 3), (0, 20)))))[e],
+                               levels[0], rtol=1e-6)
+
+
+def test_a_features_model_fitted_on_other_features_is_refused(tmp_path) -> None:
+    """The features' definitions are part of the model: a model directory that says another
+    features version (absent: "1") is not scored with these."""
+    import json
+    import shutil
+
+    from rankiq.service.models import ModelIncompatible, ScoringModel
+
+    d = tmp_path / "old"
+    shutil.copytree(_shipped().path, d)
+    meta = json.loads((d / "metadata.json").read_text())
+    assert meta["features_version"] == noref.FEATURES_VERSION
+    del meta["features_version"]
+    (d / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelIncompatible, match="features version '1'"):
+        ScoringModel.load(d)
+
+
 def test_border_tells_a_whole_head_in_air_from_a_region_inside_it() -> None:
     """The context feature: ~0 when air surrounds the object, ~1 for a field of view inside
     it; zero padding is not border."""

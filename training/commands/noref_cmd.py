@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 FAMILIES = CONTRAST_FAMILIES
 #: bumped whenever the simulated data change (realistic acquisitions, ladders, features):
 #: a --cache written by another version is rebuilt, not reused
-DATASET_VERSION = "4"
+DATASET_VERSION = "5"
 #: a slice is out of distribution beyond this multiple of the largest training distance
 DISTANCE_MARGIN = 1.25
 
@@ -44,7 +44,7 @@ def add_commands(reg: Registry) -> None:
                    help="seed of the fit alone (default: --seed): another fit of the same "
                         "acquisitions, to measure what a rebuild changes")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-    p.add_argument("--version", default="2.4.0", help="model version (default 2.4.0)")
+    p.add_argument("--version", default="2.5.0", help="model version (default 2.5.0)")
     p.add_argument("--pairs", help="pairs HDF5 (`rankiq simulate`) whose consensus labels fit "
                                    "the classifier's 'similar' band")
     p.add_argument("--consensus", help="consensus CSV for --pairs (`rankiq panel --consensus`)")
@@ -53,9 +53,9 @@ def add_commands(reg: Registry) -> None:
                                    "--acquisitions/--seed/--no-teacher/--epi, else written")
     p.add_argument("--no-teacher", action="store_true",
                    help="skip the reference IQ-Net's cross-type order (faster; for tests)")
-    p.add_argument("--epi", type=float, default=0.0,
+    p.add_argument("--epi", type=float, default=0.2,
                    help="share of the acquisitions read out as EPI with a Nyquist ghost "
-                        "(default 0, the shipped model's data)")
+                        "(default 0.2, the shipped model's data since 2.5.0; 2.4.0: 0)")
 
 
 def _progress(done: int, total: int) -> None:

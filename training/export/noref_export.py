@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from rankiq.service.noref import AIR_FEATURES, AIR_GATE, ANALYSIS_MAX, FEATURES
+from rankiq.service.noref import AIR_FEATURES, AIR_GATE, ANALYSIS_MAX, FEATURES, FEATURES_VERSION
 from rankiq.service.preprocess import PREPROCESS_VERSION
 from rankiq.training.export.writer import OPSET, seal, staged_model_dir, to_onnx
 from rankiq.training.noref import CLEAN_QUANTILE, FittedScorer
@@ -87,7 +87,8 @@ def _write(d: Path, scorer: FittedScorer, *, name: str, version: str,
     meta: dict[str, Any] = {
         "format": "rankiq-model-1", "name": name, "version": version,
         "mode": "no-reference", "kind": "features", "input_kind": "magnitude",
-        "features": list(FEATURES), "grid": [ANALYSIS_MAX, ANALYSIS_MAX],
+        "features": list(FEATURES), "features_version": FEATURES_VERSION,
+        "grid": [ANALYSIS_MAX, ANALYSIS_MAX],
         "preprocess_version": PREPROCESS_VERSION, "score_direction": "lower_is_better",
         "trained": True, "saliency": True,
         "architecture": {"model": "noref-features", "members": len(scorer.layers),
