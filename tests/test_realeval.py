@@ -291,13 +291,23 @@ def test_the_acquisition_header_undoes_zero_filled_interpolation(image):
     assert abs(res["changes"]["zerofill_2x"]) > abs(res["changes"]["zerofill_2x_header"])
 
 
-def test_explain_attributes_each_misordered_ladder_to_its_features(image):
+@pytest.mark.parametrize("reverse", [False, True])
+def test_explain_attributes_each_misordered_ladder_to_its_features(image, monkeypatch,
+                                                                    reverse: bool):
     """`--explain`: exactly the ladders the model misorders are listed, each level's total is
     the change of log(score) from the clean image, and each listed feature's change is the
-    model's score with that one feature swapped in (largest first, none below the cut)."""
+    model's score with that one feature swapped in (largest first, none below the cut).
+    Reversed (the heaviest level first), a ladder the model orders is misordered, so the
+    attribution is checked whatever the shipped model gets right."""
     from rankiq.service.noref import FEATURES, prepare_features
+    from rankiq.training import realeval
     from rankiq.training.realdata import RealImage
     from rankiq.training.realeval import EXPLAIN_MIN, explain_misordered
+
+    if reverse:
+        forward = realeval.ladders
+        monkeypatch.setattr(realeval, "ladders", lambda img, seed, index: {
+            k: v[::-1] for k, v in forward(img, seed, index).items()})
 
     import rankiq
 
@@ -306,7 +316,7 @@ def test_explain_attributes_each_misordered_ladder_to_its_features(image):
         pytest.skip("the shipped no-reference model is not a features model")
     ims = [RealImage("phantom", image, (1.0, 1.0), "synthetic", "", "T2")]
     rows = explain_misordered(ims, model, seed=0)
-    built = lad.ladders(image, 0, 0)
+    built = realeval.ladders(image, 0, 0)
     listed = {r["type"] for r in rows}
     for kind, ladder in built.items():
         f = prepare_features(np.stack([x.astype(np.float32) for x in ladder])).features
@@ -326,5 +336,4 @@ def test_explain_attributes_each_misordered_ladder_to_its_features(image):
                 g[0, FEATURES.index(name)] = f[lv["level"], FEATURES.index(name)]
                 assert c == pytest.approx(math.log(float(model.score(g)[0]) / s[0]), abs=1e-6)
     assert explain_misordered(ims, object()) == []  # not a features model: nothing to explain
-    if not rows:
-        pytest.skip("the model orders every ladder of the phantom: no attribution to check")
+    assert rows or not reverse  # backwards, every ladder with a step ordered forwards is listed
