@@ -269,7 +269,8 @@ class ScoringModel:
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 1, providers: list[str] | None = None,
              batch_size: int = DEFAULT_BATCH) -> ScoringModel:
-        """Load ``path`` after checking every file's SHA-256 and the preprocess version.
+        """Load ``path`` after checking every file's SHA-256, the preprocess version and, for a
+        features model, the features version it was fitted on.
 
         Args:
             path: model directory.
