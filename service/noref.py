@@ -564,15 +564,18 @@ def evidence_maps(x: np.ndarray) -> np.ndarray:
     each map non-negative with unit sum (uniform where a feature has no spatial support).
 
     noise/blur/bands: local high-pass energy inside the foreground (noise and lost or added
-    detail); air/air_structure/ghost: air intensity; echo/efc: the EFC density ``-p log p``.
+    detail); air/air_structure/ghost: air intensity; echo: the EFC density ``-p log p`` near
+    the object; efc: the EFC density of every non-zero pixel (the feature's own support).
     """
     maps, which = evidence_components(x)
     return maps[list(which)]
 
 
-#: the evidence component (0 detail, 1 air, 2 EFC density) behind each feature of FEATURES
+#: the evidence component (0 detail, 1 air, 2 EFC density near the object, 3 EFC density of
+#: the whole grid, where ``efc`` is measured) behind each feature of FEATURES
 _EVIDENCE_OF = {"air": 1, "air_far": 1, "air_reach": 1, "air_structure": 1, "ghost": 1,
-                "echo": 2, "efc": 2, "border": 1}
+                "echo": 2, "efc": 3, "border": 1}
+N_EVIDENCE = 4
 EVIDENCE: tuple[int, ...] = tuple(_EVIDENCE_OF.get(name, 0) for name in FEATURES)
 
 
@@ -581,24 +584,25 @@ EVIDENCE_SIGMA = 2.0  # px: the evidence maps are smoothed by this Gaussian (dis
 
 
 def _evidence_densities(x: np.ndarray, measured: Masks | None) -> np.ndarray:
-    """Unsmoothed evidence of a float32 analysis-grid slice, float32 ``(3, G, G)``, each
-    non-negative: the detail (``|Laplacian|`` inside the foreground), the air intensity and
-    the EFC density ``-p log p`` of the non-zero pixels near the object."""
+    """Unsmoothed evidence of a float32 analysis-grid slice, float32 ``(N_EVIDENCE, G, G)``,
+    each non-negative: the detail (``|Laplacian|`` inside the foreground), the air intensity,
+    the EFC density ``-p log p`` of the non-zero pixels near the object and of all of them."""
     near, fg, air = measured if measured is not None else masks(x)[:3]
-    raw = np.empty((3, *x.shape), np.float32)
+    raw = np.empty((N_EVIDENCE, *x.shape), np.float32)
     np.multiply(np.abs(ndimage.convolve(x, IMMERKAER.astype(np.float32), mode="nearest")), fg,
                 out=raw[0])
     np.copyto(raw[1], np.where(air, x, np.float32(0)))
     b = math.sqrt(float((x.astype(np.float64) ** 2).sum())) or 1.0
-    p = np.where(near & (x > 0), x / np.float32(b), np.float32(1))
-    np.multiply(-p, np.log(p), out=raw[2])
+    p = np.where(x > 0, x / np.float32(b), np.float32(1))
+    np.multiply(-p, np.log(p), out=raw[3])
+    np.multiply(raw[3], near, out=raw[2])
     return raw
 
 
 def evidence_components(
     x: np.ndarray, measured: Masks | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The three distinct evidence maps of an analysis-grid slice, float32 ``(3, G, G)`` with
+    """The distinct evidence maps of an analysis-grid slice, float32 ``(N_EVIDENCE, G, G)`` with
     unit sums, and the component of each feature (:data:`EVIDENCE`): what
     :func:`evidence_maps` expands to one map per feature. Display maps, so the smoothing runs
     in float32.
@@ -611,7 +615,7 @@ def evidence_components(
     x = np.asarray(x, dtype=np.float32)
     out = ndimage.gaussian_filter(_evidence_densities(x, measured), EVIDENCE_SIGMA,
                                   axes=(1, 2))
-    for k in range(3):
+    for k in range(N_EVIDENCE):
         s = float(out[k].sum(dtype=np.float64))
         if s > 0:
             out[k] /= s  # float32 / a Python float: float32
@@ -623,19 +627,19 @@ def evidence_components(
 def evidence_map(x: np.ndarray, weights: np.ndarray, measured: Masks | None = None
                  ) -> np.ndarray:
     """``sum_k weights[k] * evidence_components(x)[0][k]``, float32 ``(G, G)``, smoothed once
-    instead of three times: the Gaussian (unit-sum symmetric kernel, reflected edges) keeps
+    instead of once per component: the Gaussian (unit-sum symmetric kernel, reflected edges) keeps
     every map's sum, so normalising the densities before smoothing gives the same map (to
     float32 round-off).
 
     Args:
         x: the analysis-grid slice ``(G, G)``.
-        weights: float ``(3,)``, one weight per evidence component.
+        weights: float ``(N_EVIDENCE,)``, one weight per evidence component.
         measured: as for :func:`evidence_components`.
     """
     x = np.asarray(x, dtype=np.float32)
     raw = _evidence_densities(x, measured)
     mix = np.zeros(x.shape, np.float32)
-    for k in range(3):
+    for k in range(N_EVIDENCE):
         s = float(raw[k].sum(dtype=np.float64))
         if s > 0:
             mix += raw[k] * np.float32(weights[k] / s)

@@ -29,6 +29,7 @@ from rankiq.service.noref import (
     AIR_FEATURES,
     EVIDENCE,
     FEATURES,
+    N_EVIDENCE,
     FeatureInput,
     air_weight,
     analysis_box,
@@ -321,8 +322,8 @@ def feature_saliency(model: ScoringModel, fi: FeatureInput) -> np.ndarray:
         if fi.empty[i]:
             continue
         # features that share an evidence map add their weights (= the per-feature tensordot)
-        m = evidence_map(fi.grids[i], np.bincount(EVIDENCE, weights=grad[i], minlength=3),
-                         fi.slice_masks(i))
+        weights = np.bincount(EVIDENCE, weights=grad[i], minlength=N_EVIDENCE)
+        m = evidence_map(fi.grids[i], weights, fi.slice_masks(i))
         total = float(m.sum())
         if total > 0:
             out[i, 0] = m * (base[i] / total)

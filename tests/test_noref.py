@@ -465,7 +465,7 @@ def test_saliency_reuses_the_masks_of_the_features() -> None:
     """Masks kept by prepare_features are those masks() measures on the grid (so the evidence
     maps are identical with or without them); a slice whose grid was padded to the stack's
     side keeps none (its padded grid's masks differ); the weighted map smoothed once equals
-    the weighted sum of the three smoothed components."""
+    the weighted sum of the four smoothed components."""
     from rankiq.service.noref import EVIDENCE, evidence_components, evidence_map, masks
 
     big, small = _phantom(96, 5), _phantom(96, 6)
@@ -480,7 +480,9 @@ def test_saliency_reuses_the_masks_of_the_features() -> None:
     comps, which = evidence_components(fi.grids[0])
     assert which == EVIDENCE
     assert np.array_equal(evidence_components(fi.grids[0], kept)[0], comps)
-    w = np.array([0.5, 2.0, 0.25])
+    assert comps.shape[0] == len(set(which)) == 4
+    assert which[FEATURES.index("efc")] != which[FEATURES.index("echo")]
+    w = np.array([0.5, 2.0, 0.25, 1.0])
     np.testing.assert_allclose(evidence_map(fi.grids[0], w, kept),
                                np.tensordot(w, comps, axes=1), rtol=1e-4, atol=1e-9)
 
