@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     clf, clf_report = classifier(scorer, args.pairs, args.consensus)
     dom = domain(ds)
     training = {"acquisitions": args.acquisitions, "seed": args.seed, "fit_seed": fit_seed,
-                "images": int(len(ds.x)),
+                "epi_share": args.epi, "images": int(len(ds.x)),
                 "held_out_pairs": held_acc, "rebuild_spearman_other_seed": stability,
                 "teacher": None if args.no_teacher else "iqnet-ref",
                 "classifier": clf_report}

@@ -113,7 +113,8 @@ def model_card(meta: dict[str, Any]) -> str:
         "No-reference MRI quality score: lower is better; about 1 for a clean realistic "
         "acquisition, a ratio scale above it.", "",
         "## What it computes",
-        f"Features ({', '.join(meta['features'])}) of each slice on an analysis grid of at most "
+        f"Features ({', '.join(meta['features'])}; version {meta['features_version']} of "
+        "rankiq.service.noref) of each slice on an analysis grid of at most "
         f"{meta['grid'][0]} px (never upsampled), then a mean of "
         f"{meta['architecture']['members']} MLPs ({meta['architecture']['hidden']} softplus "
         "units) and `exp(scale * (raw - offset))`: clean realistic acquisitions score 1 at "
@@ -122,7 +123,8 @@ def model_card(meta: dict[str, Any]) -> str:
         f"and not at all above {AIR_GATE[1]:g} (a field of view inside the anatomy has no "
         "air: what lies below the foreground cut there is dark tissue).", "",
         "## Training",
-        f"{t.get('acquisitions')} realistic simulated acquisitions (seed {t.get('seed')}), "
+        f"{t.get('acquisitions')} realistic simulated acquisitions (seed {t.get('seed')}; "
+        f"a share of {t.get('epi_share', 0):g} read out as EPI with a Nyquist ghost), "
         "each with graded ladders of noise, blur, motion and undersampling; pairwise ranking "
         "loss (see rankiq.training.noref). No real scan was used for training or "
         "calibration.", "",
