@@ -297,9 +297,10 @@ class ScoringModel:
         if meta.get("kind") == "features":
             from rankiq.service.noref import FEATURES_VERSION
 
-            if str(meta.get("features_version", "1")) != FEATURES_VERSION:
+            fitted = str(meta.get("features_version", "1"))
+            if fitted != FEATURES_VERSION:
                 raise ModelIncompatible(
-                    f"fitted on features version {meta.get('features_version', '1')!r}, this "
+                    f"fitted on features version {fitted!r}, this "
                     f"RankIQ computes version {FEATURES_VERSION!r}: rebuild it (make noref-model)",
                     source=str(d))
         _verify_files(d, meta)

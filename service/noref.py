@@ -575,7 +575,7 @@ def evidence_maps(x: np.ndarray) -> np.ndarray:
 #: the whole grid, where ``efc`` is measured) behind each feature of FEATURES
 _EVIDENCE_OF = {"air": 1, "air_far": 1, "air_reach": 1, "air_structure": 1, "ghost": 1,
                 "echo": 2, "efc": 3, "border": 1}
-N_EVIDENCE = 4
+N_EVIDENCE = max(_EVIDENCE_OF.values()) + 1
 EVIDENCE: tuple[int, ...] = tuple(_EVIDENCE_OF.get(name, 0) for name in FEATURES)
 
 
