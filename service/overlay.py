@@ -55,10 +55,15 @@ def overlay_rgb(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.6) -> 
 
 def overlay_png(image: np.ndarray, saliency: np.ndarray) -> bytes:
     """PNG bytes of :func:`overlay_rgb`."""
+    return rgb_png(overlay_rgb(image, saliency))
+
+
+def rgb_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 ``(H, W, 3)`` image."""
     buf = io.BytesIO()
-    # compress_level 1: ~as small as the default on MR images, and faster to write
-    Image.fromarray(overlay_rgb(image, saliency), mode="RGB").save(buf, format="PNG",
-                                                                   compress_level=1)
+    # compress_level 1: ~as small as the default on MR images and several times faster to
+    # write (optimize=True took 8 ms per 160-px thumbnail, most of a QA report's time)
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -261,3 +261,29 @@ def test_unlistable_folder_is_reported_and_the_rest_is_read(tmp_path, kind):
     assert len(result) == 1
     (failure,) = result.failures
     assert failure.source == display_name(str(locked)) and "cannot be listed" in failure.message
+
+
+def test_scan_in_processes_yields_what_one_process_yields_in_the_same_order(tmp_path,
+                                                                             monkeypatch):
+    """The parallel header walk (QA with several workers) gives the serial walk's refs and
+    failures, in its order, across chunk boundaries, zip members and unreadable files."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rankiq.service.io import read as read_module
+
+    members = _series_members(4)
+    members["bad.txt"] = b"nope"
+    write_zip(tmp_path / "b.zip", members)
+    for i in range(5):
+        write(mr_dataset(np.full((16, 16), i), instance=i + 1, position=(0, 0, i)),
+              tmp_path / "dir" / f"{i}.dcm")
+    (tmp_path / "dir" / "2b.dcm").write_bytes(b"DICM" * 10)  # neither DICOM nor anything else
+    (tmp_path / "dir" / "3b.dcm").write_bytes((tmp_path / "dir" / "3.dcm").read_bytes()[:300])
+    serial = list(scan_instances(tmp_path))
+    monkeypatch.setattr(read_module, "SCAN_CHUNK", 2)
+    monkeypatch.setattr(read_module, "SCAN_AHEAD", 1)
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as pool:
+        parallel = list(scan_instances(tmp_path, pool=pool))
+    assert len(serial) == 12 and sum(not hasattr(i, "series_key") for i in serial) >= 2
+    assert parallel == serial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 
 import numpy as np
@@ -27,6 +28,7 @@ from rankiq.service.io import (
     read_upload,
     scan_instances,
 )
+from rankiq.service.io import dicom as dicom_module
 
 MR_SMALL_VARIANTS = (
     "MR_small.dcm",
@@ -387,3 +389,25 @@ def test_acquired_matrix_is_read_from_classic_and_enhanced_headers(tmp_path):
     mf.SharedFunctionalGroupsSequence[0].MRFOVGeometrySequence = [geometry]
     assert _only(read_series(write(mf, tmp_path / "mf.dcm"))).attributes[
         "acquired_matrix"] == 24.0
+
+
+@pytest.mark.parametrize(("bits", "stored", "signed"),
+                         [(16, 12, 0), (16, 12, 1), (16, 16, 1), (8, 6, 0), (8, 7, 1),
+                          (32, 20, 1)])
+def test_uncompressed_pixels_read_as_pydicom_decodes_them(bits, stored, signed):
+    """The fast read of uncompressed little-endian pixels gives pydicom's values, dtype and
+    shape, also when the bits above Bits Stored hold garbage (cleared or sign-extended)."""
+    rng = np.random.default_rng(bits + stored + signed)
+    raw = rng.integers(0, 1 << bits, size=(2, 6, 5), dtype=np.uint64).astype(f"<u{bits // 8}")
+    ds = mr_dataset(np.zeros((6, 5)))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored, stored - 1
+    ds.PixelRepresentation = signed
+    ds.NumberOfFrames = 2
+    ds.PixelData = raw.tobytes()
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(ds)))
+    expected = ds.pixel_array
+    series = _only(read_upload(dicom_bytes(ds), "bits.dcm"))
+    np.testing.assert_array_equal(series.pixels, expected.astype(np.float32))
+    fast = dicom_module._native_pixels(ds, 2)
+    assert fast is not None and fast.dtype == expected.dtype
+    np.testing.assert_array_equal(fast, expected)

@@ -411,8 +411,8 @@ def _slices() -> list[np.ndarray]:
 def test_fast_feature_steps_equal_their_definitions() -> None:
     """Each shortcut of :func:`features` against the plain computation it replaces: the
     erosion by shifted views is exact; air_reach and the blur measure (compiled kernels), the
-    half spectrum's band shares and the autocorrelation from partial transforms agree to
-    round-off."""
+    half spectrum's band shares agree to round-off, the autocorrelation from partial
+    single-precision transforms to float32 round-off."""
     from rankiq.service.noref import (
         _band_shares,
         _blur_measure,
@@ -450,7 +450,8 @@ def test_fast_feature_steps_equal_their_definitions() -> None:
         m = 2 * n  # any size >= n + top: the circular autocorrelation is the linear one
         ac = np.fft.irfft2(np.abs(np.fft.rfft2(y, s=(m, m))) ** 2, s=(m, m))
         want_e = np.arctanh(min(max(ac[_lag_ring(m, top)].max() / ac[0, 0], 0.0), 0.999))
-        assert _echo(lap, near) == pytest.approx(want_e, rel=1e-10, abs=1e-12)
+        # single-precision transforms: equal to ~1e-7, below the float32 features are kept in
+        assert _echo(lap, near) == pytest.approx(want_e, rel=1e-5, abs=1e-7)
         blur = []
         for axis in (0, 1):
             dx = np.abs(np.diff(x, axis=axis))

@@ -381,7 +381,9 @@ def _decode(ds: Dataset, source: str, frames: int) -> np.ndarray:
         raise NonImageInput(f"not an image: {sop} holds no pixel data", source=source)
     _ensure_transfer_syntax(ds)
     try:
-        arr = ds.pixel_array
+        arr = _native_pixels(ds, frames)
+        if arr is None:
+            arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder errors are many; all mean "unreadable"
         detail = str(exc).split(" - ")[0].split("\n")[0]
         name = str(getattr(ds, "filename", "") or "")
@@ -397,6 +399,44 @@ def _decode(ds: Dataset, source: str, frames: int) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] != frames:
         raise InvalidImage(f"decoded pixels have shape {arr.shape}, expected {frames} frame(s) "
                            f"of {int(ds.Rows)}x{int(ds.Columns)}", source=source)
+    return arr
+
+
+#: uncompressed little-endian transfer syntaxes (a deflated data set is inflated on reading)
+_NATIVE_LE = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                        DeflatedExplicitVRLittleEndian})
+
+
+def _native_pixels(ds: Dataset, frames: int) -> np.ndarray | None:
+    """Stored values ``(frames, rows, cols)`` of uncompressed little-endian greyscale pixel
+    data read straight from its bytes, as pydicom's native decoder gives them (bits above Bits
+    Stored are cleared, or the sign extended); ``None`` for anything else (pydicom decodes it).
+
+    pydicom's decoder framework costs about 0.35 ms per 256x256 slice before it copies a
+    byte, a third of reading a slice in batch QA; this reads it in ~10 us.
+    """
+    meta = getattr(ds, "file_meta", None)
+    elem = ds.get_item("PixelData")
+    if meta is None or elem is None or meta.get("TransferSyntaxUID") not in _NATIVE_LE:
+        return None
+    bits = _num(ds.get("BitsAllocated"))
+    stored = _num(ds.get("BitsStored"))
+    signed = _num(ds.get("PixelRepresentation"))
+    rows, cols = _num(ds.get("Rows")), _num(ds.get("Columns"))
+    data = elem.value
+    if (bits not in (8, 16, 32) or stored is None or not 1 <= stored <= bits
+            or signed not in (0, 1) or rows is None or cols is None
+            or _num(ds.get("SamplesPerPixel")) not in (None, 1)
+            or not isinstance(data, bytes)):
+        return None
+    count = frames * int(rows) * int(cols)
+    if len(data) < count * int(bits) // 8:
+        return None  # truncated: pydicom's decoder says how
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{int(bits) // 8}")
+    arr = np.frombuffer(data, dtype=dtype, count=count).reshape(frames, int(rows), int(cols))
+    shift = int(bits) - int(stored)
+    if shift:  # the unused high bits hold anything (PS3.5 8.1.1): clear or sign-extend
+        arr = np.right_shift(np.left_shift(arr, shift), shift)
     return arr
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import replace
 
 from rankiq.service.errors import (
     GeometryMismatch,
@@ -280,7 +283,8 @@ def _read_one_dicom(data: bytes, name: str, limits: ReadLimits,
 
 
 def scan_instances(paths: PathLike | Iterable[PathLike], *,
-                   limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[InstanceRef | ReadFailure]:
+                   limits: ReadLimits = DEFAULT_LIMITS,
+                   pool: Executor | None = None) -> Iterator[InstanceRef | ReadFailure]:
     """Stream header-only descriptions of every instance under ``paths``.
 
     DICOM headers are read with ``stop_before_pixels`` from a stream (zip members are never
@@ -288,30 +292,79 @@ def scan_instances(paths: PathLike | Iterable[PathLike], *,
     (its series key hashes the file, so it is read once). Unreadable or non-image inputs are
     yielded as :class:`ReadFailure`; the walk goes on.
 
+    ``pool``: parse the headers in its processes, :data:`SCAN_CHUNK` entries per task, a few
+    chunks ahead of the walk (the walk stays lazy); the items come in the same order as without.
+
     Raises:
         HostileArchive, InputTooLarge: a path named directly breaks a limit (met inside a
             directory, the same problem is yielded as a failure).
     """
+    if pool is None:
+        for item in walk(paths, limits):
+            yield item if isinstance(item, ReadFailure) else describe_entry(item, limits)
+        return
+    ahead: deque[Future[list[InstanceRef | ReadFailure]]] = deque()
+    chunk: list[Entry | ReadFailure] = []
     for item in walk(paths, limits):
-        if isinstance(item, ReadFailure):
-            yield item
-            continue
-        try:
-            if item.kind == "hdf5":
-                key = content_key(item.path or "") if item.member is None else \
-                    content_key(item.read_bytes(limits.max_entry_uncompressed))
-                yield InstanceRef(source=item.source, path=item.path, member=item.member,
-                                  kind="hdf5", series_key=key, modality="MR", size=item.size)
+        # the open zip stays here: a worker opens the file itself, once per chunk
+        chunk.append(item if isinstance(item, ReadFailure) else replace(item, zf=None))
+        if len(chunk) >= SCAN_CHUNK:
+            ahead.append(pool.submit(describe_entries, chunk, limits))
+            chunk = []
+            while len(ahead) > SCAN_AHEAD:
+                yield from ahead.popleft().result()
+    if chunk:
+        ahead.append(pool.submit(describe_entries, chunk, limits))
+    while ahead:
+        yield from ahead.popleft().result()
+
+
+#: entries per task of a parallel header walk, and tasks in flight ahead of the consumer
+SCAN_CHUNK = 64
+SCAN_AHEAD = 8
+
+
+def describe_entries(items: list[Entry | ReadFailure], limits: ReadLimits
+                     ) -> list[InstanceRef | ReadFailure]:
+    """:func:`describe_entry` of each entry (failures pass through), each zip opened once."""
+    zips: dict[str, zipfile.ZipFile] = {}
+    out: list[InstanceRef | ReadFailure] = []
+    try:
+        for item in items:
+            if isinstance(item, ReadFailure):
+                out.append(item)
                 continue
-            with quiet_reads(item.source), item.open() as fp:
-                ds = read_dataset(fp, item.source, header_only=True, limits=limits)
-                ref = instance_ref(ds, item.source, item.path, item.member, item.size, limits)
-            yield ref
-        except RankIQError as exc:
-            yield failure_of(exc, item.source)
-        except Exception as exc:  # noqa: BLE001 - hostile bytes break parsers in many ways
-            yield ReadFailure(item.source, UnreadableInput.reason,
-                              f"cannot be read ({type(exc).__name__})")
+            if item.member is not None and item.path is not None:
+                try:
+                    if item.path not in zips:
+                        zips[item.path] = zipfile.ZipFile(item.path)
+                    item = replace(item, zf=zips[item.path])
+                except (OSError, zipfile.BadZipFile):
+                    pass  # describe_entry reports it
+            out.append(describe_entry(item, limits))
+    finally:
+        for zf in zips.values():
+            zf.close()
+    return out
+
+
+def describe_entry(item: Entry, limits: ReadLimits = DEFAULT_LIMITS
+                   ) -> InstanceRef | ReadFailure:
+    """The header-only :class:`InstanceRef` of one walked entry, or why it cannot be read."""
+    try:
+        if item.kind == "hdf5":
+            key = content_key(item.path or "") if item.member is None else \
+                content_key(item.read_bytes(limits.max_entry_uncompressed))
+            return InstanceRef(source=item.source, path=item.path, member=item.member,
+                               kind="hdf5", series_key=key, modality="MR", size=item.size)
+        with quiet_reads(item.source), item.open() as fp:
+            ds = read_dataset(fp, item.source, header_only=True, limits=limits)
+            return instance_ref(ds, item.source, item.path, item.member, item.size, limits)
+    except RankIQError as exc:
+        return failure_of(exc, item.source)
+    except Exception as exc:  # noqa: BLE001 - hostile bytes break parsers in many ways
+        return ReadFailure(item.source, UnreadableInput.reason,
+                           f"cannot be read ({type(exc).__name__})")
 
 
 def group_instances(refs: Iterable[InstanceRef]) -> dict[str, list[InstanceRef]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,9 @@ SKIPPED_COLUMNS = ("series_key", "description", "modality", "instances", "reason
 
 
 def _png(rgb: np.ndarray) -> str:
-    from PIL import Image
+    from rankiq.service.overlay import rgb_png
 
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(rgb_png(rgb)).decode("ascii")
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
