@@ -331,29 +331,21 @@ def _blur_measure(x: np.ndarray, fg: np.ndarray) -> float:
 
 def _band_shares(x: np.ndarray) -> np.ndarray:
     """Share of the spectral energy (DC excluded) in each radial band of :data:`BANDS`."""
-    n = x.shape[0]
     f = scipy.fft.rfft2(x, workers=1)  # the half spectrum: the other half mirrors it
-    p = f.real ** 2 + f.imag ** 2
-    p[0, 0] = 0.0
-    idx, weight = _half_bands(n)
-    e = np.bincount(idx, weights=(p * weight).ravel(), minlength=len(BANDS) - 1)
+    e = kernels.band_energy(f, _half_bands(x.shape[0]), len(BANDS) - 1)
     return e / (float(e.sum()) or 1.0)
 
 
 @functools.lru_cache(maxsize=8)
-def _half_bands(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Radial band of every frequency of the half spectrum ``(n, n // 2 + 1)`` of a real
-    ``n x n`` slice (:func:`scipy.fft.rfft2` layout), flat, and its multiplicity in the whole
-    spectrum (2 for a column whose mirror ``n - c`` is not in the half, else 1)."""
+def _half_bands(n: int) -> np.ndarray:
+    """Radial band of every frequency of the half spectrum of a real ``n x n`` slice
+    (:func:`scipy.fft.rfft2` layout), int ``(n, n // 2 + 1)``."""
     k = np.arange(n)
     rows = np.where(k < n - n // 2, k, k - n) / n  # cycles per pixel, as in the full spectrum
     cols = np.arange(n // 2 + 1) / n
-    idx = np.digitize(np.hypot(rows[:, None], cols[None, :]), BANDS[1:-1]).ravel()
-    c = np.arange(n // 2 + 1)
-    weight = np.where((c > 0) & (c < n - c), 2.0, 1.0)[None, :]
+    idx = np.digitize(np.hypot(rows[:, None], cols[None, :]), BANDS[1:-1])
     idx.flags.writeable = False
-    weight.flags.writeable = False
-    return idx, weight
+    return idx
 
 
 def _reach(x: np.ndarray, fg: np.ndarray, air: np.ndarray) -> float:
