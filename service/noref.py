@@ -388,8 +388,9 @@ def _echo(lap: np.ndarray, valid: np.ndarray) -> float:
     p = np.abs(f)
     p *= p
     # the autocorrelation is point-symmetric (ac[-i, -j] = ac[i, j]): row lags 0..top hold
-    # every value of the ring, so only those rows are transformed back
-    half = scipy.fft.ifft(p, axis=0, workers=1, overwrite_x=True)[:top + 1]
+    # every value of the ring, so only those rows are transformed back (ihfft: the first half
+    # of the inverse transform of a real input, at half the cost)
+    half = scipy.fft.ihfft(p, axis=0, workers=1)[:top + 1]
     ac = scipy.fft.irfft(half, n=m, axis=1, workers=1)
     if ac[0, 0] <= 0:
         return 0.0
@@ -578,6 +579,7 @@ EVIDENCE: tuple[int, ...] = tuple(_EVIDENCE_OF.get(name, 0) for name in FEATURES
 
 Masks = tuple[np.ndarray, np.ndarray, np.ndarray]  # bool (near, foreground, air), each (G, G)
 EVIDENCE_SIGMA = 2.0  # px: the evidence maps are smoothed by this Gaussian (display maps)
+_EVIDENCE_TAPS = _gaussian_taps(EVIDENCE_SIGMA)
 
 
 def _evidence_densities(x: np.ndarray, measured: Masks | None) -> np.ndarray:
@@ -586,8 +588,8 @@ def _evidence_densities(x: np.ndarray, measured: Masks | None) -> np.ndarray:
     the EFC density ``-p log p`` of the non-zero pixels near the object and of all of them."""
     near, fg, air = measured if measured is not None else masks(x)[:3]
     raw = np.empty((N_EVIDENCE, *x.shape), np.float32)
-    np.multiply(np.abs(ndimage.convolve(x, IMMERKAER.astype(np.float32), mode="nearest")), fg,
-                out=raw[0])
+    # IMMERKAER by the compiled kernel (ndimage.convolve with mode="nearest", in float64)
+    np.multiply(np.abs(kernels.laplacian(x.astype(np.float64))), fg, out=raw[0])
     np.copyto(raw[1], np.where(air, x, np.float32(0)))
     b = math.sqrt(float((x.astype(np.float64) ** 2).sum())) or 1.0
     p = np.where(x > 0, x / np.float32(b), np.float32(1))
@@ -642,7 +644,8 @@ def evidence_map(x: np.ndarray, weights: np.ndarray, measured: Masks | None = No
             mix += raw[k] * np.float32(weights[k] / s)
         else:  # no support: a uniform map
             mix += np.float32(weights[k] / x.size)
-    return ndimage.gaussian_filter(mix, EVIDENCE_SIGMA)
+    # ndimage.gaussian_filter(mix, EVIDENCE_SIGMA) by the compiled separable kernel
+    return kernels.smooth(mix.astype(np.float64), _EVIDENCE_TAPS).astype(np.float32)
 
 
 def warm() -> None:

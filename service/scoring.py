@@ -407,7 +407,7 @@ def _ms(timings: dict[str, float]) -> dict[str, float]:
 
 
 def series_json(result: SeriesScore, *, png: bool = True, raw: bool = True) -> dict[str, Any]:
-    """JSON-ready view of a :class:`SeriesScore` (saliency as PNG and/or float16 when present).
+    """JSON-ready view of a :class:`SeriesScore` (saliency as PNG and/or float32 when present).
 
     Shape::
 

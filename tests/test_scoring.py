@@ -380,6 +380,22 @@ def test_series_json_includes_the_overlay_png_and_raw_map_by_default(repo_root):
     assert set(series_json(r, raw=False)["slices"][0]["saliency"]) == {"overlay_png"}
 
 
+def test_raw_saliency_map_keeps_every_pixel_of_a_no_reference_density(repo_root):
+    """A no-reference map is a density (~1e-5 a pixel on a 256x256 slice, below float16's
+    normal range): the raw map in the answer is the computed one, bit for bit."""
+    from rankiq.service.io.types import ImageSeries
+    from rankiq.service.overlay import decode_array
+    from rankiq.service.scoring import score_series, series_json
+
+    base = np.kron(mr_small(), np.ones((4, 4), np.float32))  # 256x256
+    r = score_series(_models(repo_root)["iqnet-noref"],
+                     ImageSeries.from_array(noisy(base, 0.05, 2)[None]), saliency=True)
+    assert r.saliency is not None and 0 < float(np.median(np.abs(r.saliency))) < 6.1e-5
+    raw = decode_array(series_json(r)["slices"][0]["saliency"]["map"])
+    assert raw.dtype == np.dtype("<f4")
+    np.testing.assert_array_equal(raw, r.saliency[0])
+
+
 def test_slices_without_foreground_are_blank_for_the_features_model():
     """A single bright pixel or a thin stripe leaves the no-reference model no foreground to
     measure: blank, left out of the summary, and a series of only such slices is refused with a

@@ -155,7 +155,7 @@ def test_saliency_png_and_raw_map(server):
     d = score(server, slice_dicom(mr_small()), saliency="true")
     sal = d["slices"][0]["saliency"]
     raw = decode_array(sal["map"])
-    assert sal["map"]["dtype"] == "float16" and raw.dtype == np.dtype("<f2")
+    assert sal["map"]["dtype"] == "float32" and raw.dtype == np.dtype("<f4")
     # on the scan's own matrix (64x64), not the model's grid
     assert list(raw.shape) == [1, 64, 64] == sal["map"]["shape"] != [1, *d["model"]["grid"]]
     assert np.isfinite(raw).all() and np.abs(raw).max() > 0
