@@ -324,27 +324,32 @@ SCAN_CHUNK = 64
 SCAN_AHEAD = 8
 
 
+#: zips opened by :func:`describe_entries` in this process, by path: a pool process keeps a
+#: few open across chunks, so a zip of many members has its central directory parsed once
+#: per process, not once per chunk
+_SCAN_ZIPS: dict[str, zipfile.ZipFile] = {}
+_SCAN_ZIPS_MAX = 4
+
+
 def describe_entries(items: list[Entry | ReadFailure], limits: ReadLimits
                      ) -> list[InstanceRef | ReadFailure]:
-    """:func:`describe_entry` of each entry (failures pass through), each zip opened once."""
-    zips: dict[str, zipfile.ZipFile] = {}
+    """:func:`describe_entry` of each entry (failures pass through); the task of a parallel
+    header walk (zips stay open in the process for the next chunk)."""
     out: list[InstanceRef | ReadFailure] = []
-    try:
-        for item in items:
-            if isinstance(item, ReadFailure):
-                out.append(item)
-                continue
-            if item.member is not None and item.path is not None:
-                try:
-                    if item.path not in zips:
-                        zips[item.path] = zipfile.ZipFile(item.path)
-                    item = replace(item, zf=zips[item.path])
-                except (OSError, zipfile.BadZipFile):
-                    pass  # describe_entry reports it
-            out.append(describe_entry(item, limits))
-    finally:
-        for zf in zips.values():
-            zf.close()
+    for item in items:
+        if isinstance(item, ReadFailure):
+            out.append(item)
+            continue
+        if item.member is not None and item.path is not None:
+            try:
+                if item.path not in _SCAN_ZIPS:
+                    while len(_SCAN_ZIPS) >= _SCAN_ZIPS_MAX:
+                        _SCAN_ZIPS.pop(next(iter(_SCAN_ZIPS))).close()
+                    _SCAN_ZIPS[item.path] = zipfile.ZipFile(item.path)
+                item = replace(item, zf=_SCAN_ZIPS[item.path])
+            except (OSError, zipfile.BadZipFile):
+                pass  # describe_entry reports it
+        out.append(describe_entry(item, limits))
     return out
 
 
