@@ -832,7 +832,9 @@ def _score_pending(journal: Journal, options: QAOptions, thresholds: Thresholds,
                    on_scored: Callable[[str, SeriesOutcome], None] | None = None) -> int:
     """Score every pending (selected) series; returns slices scored."""
     sizes = journal.series_sizes()
-    todo = [key for key, _ in journal.pending()]
+    # the largest series first (a stable sort: scan order among equals), so that no worker is
+    # left with a long series while the others idle at the end; the reports keep scan order
+    todo = sorted((key for key, _ in journal.pending()), key=lambda k: -sizes.get(k, 0))
     total = sum(sizes.get(k, 0) for k in todo)
     if not todo:
         return 0
