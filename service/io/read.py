@@ -306,7 +306,7 @@ def scan_instances(paths: PathLike | Iterable[PathLike], *,
     ahead: deque[Future[list[InstanceRef | ReadFailure]]] = deque()
     chunk: list[Entry | ReadFailure] = []
     for item in walk(paths, limits):
-        # the open zip stays here: a worker opens the file itself, once per chunk
+        # the walk's open zip stays here (it cannot be pickled): a pool process opens its own
         chunk.append(item if isinstance(item, ReadFailure) else replace(item, zf=None))
         if len(chunk) >= SCAN_CHUNK:
             ahead.append(pool.submit(describe_entries, chunk, limits))
