@@ -82,7 +82,6 @@ import scipy.fft
 from rankiq.service import noref_kernels as kernels
 from rankiq.service.fft import center_pad
 from rankiq.service.preprocess import to_grid
-from scipy import ndimage
 
 ANALYSIS_MAX = 256
 #: what a ``features`` model's ``metadata.json`` must say in ``features_version`` (absent: "1")
@@ -603,8 +602,7 @@ def evidence_components(
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """The distinct evidence maps of an analysis-grid slice, float32 ``(N_EVIDENCE, G, G)`` with
     unit sums, and the component of each feature (:data:`EVIDENCE`): what
-    :func:`evidence_maps` expands to one map per feature. Display maps, so the smoothing runs
-    in float32.
+    :func:`evidence_maps` expands to one map per feature. Display maps, kept in float32.
 
     Args:
         x: the analysis-grid slice ``(G, G)``.
@@ -612,8 +610,7 @@ def evidence_components(
             (:meth:`FeatureInput.slice_masks`); otherwise :func:`masks` measures them.
     """
     x = np.asarray(x, dtype=np.float32)
-    out = ndimage.gaussian_filter(_evidence_densities(x, measured), EVIDENCE_SIGMA,
-                                  axes=(1, 2))
+    out = np.stack([_smooth_evidence(d) for d in _evidence_densities(x, measured)])
     for k in range(N_EVIDENCE):
         s = float(out[k].sum(dtype=np.float64))
         if s > 0:
@@ -644,8 +641,13 @@ def evidence_map(x: np.ndarray, weights: np.ndarray, measured: Masks | None = No
             mix += raw[k] * np.float32(weights[k] / s)
         else:  # no support: a uniform map
             mix += np.float32(weights[k] / x.size)
-    # ndimage.gaussian_filter(mix, EVIDENCE_SIGMA) by the compiled separable kernel
-    return kernels.smooth(mix.astype(np.float64), _EVIDENCE_TAPS).astype(np.float32)
+    return _smooth_evidence(mix)
+
+
+def _smooth_evidence(m: np.ndarray) -> np.ndarray:
+    """``ndimage.gaussian_filter(m, EVIDENCE_SIGMA)`` of a float32 ``(G, G)`` map, by the
+    compiled separable kernel (in float64), float32."""
+    return kernels.smooth(m.astype(np.float64), _EVIDENCE_TAPS).astype(np.float32)
 
 
 def warm() -> None:

@@ -85,6 +85,21 @@ class Entry:
         return data
 
 
+def cached_zip(cache: dict[str, zipfile.ZipFile], path: str, *, keep: int = 4
+               ) -> zipfile.ZipFile | None:
+    """The zip at ``path`` from ``cache`` (a process's open zips, by path), opened and added if
+    absent, the oldest closed beyond ``keep``: a huge zip's central directory is parsed once
+    per process. ``None`` when it cannot be opened (the reader of the member reports why)."""
+    if path not in cache:
+        while len(cache) >= keep:
+            cache.pop(next(iter(cache))).close()
+        try:
+            cache[path] = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile):
+            return None
+    return cache[path]
+
+
 def failure_of(exc: RankIQError, source: str) -> ReadFailure:
     """A :class:`ReadFailure` for an error, its message without the ``source:`` prefix."""
     msg = str(exc)

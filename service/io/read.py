@@ -26,7 +26,14 @@ from rankiq.service.errors import (
     UnreadableInput,
     UnsupportedInput,
 )
-from rankiq.service.io.archive import Entry, PathLike, failure_of, walk, walk_bytes
+from rankiq.service.io.archive import (
+    Entry,
+    PathLike,
+    cached_zip,
+    failure_of,
+    walk,
+    walk_bytes,
+)
 from rankiq.service.io.dicom import (
     Frame,
     assemble,
@@ -324,11 +331,9 @@ SCAN_CHUNK = 64
 SCAN_AHEAD = 8
 
 
-#: zips opened by :func:`describe_entries` in this process, by path: a pool process keeps a
-#: few open across chunks, so a zip of many members has its central directory parsed once
-#: per process, not once per chunk
+#: zips opened by :func:`describe_entries` in this process (:func:`cached_zip`): a pool
+#: process keeps a few open across chunks, not one per chunk
 _SCAN_ZIPS: dict[str, zipfile.ZipFile] = {}
-_SCAN_ZIPS_MAX = 4
 
 
 def describe_entries(items: list[Entry | ReadFailure], limits: ReadLimits
@@ -341,14 +346,7 @@ def describe_entries(items: list[Entry | ReadFailure], limits: ReadLimits
             out.append(item)
             continue
         if item.member is not None and item.path is not None:
-            try:
-                if item.path not in _SCAN_ZIPS:
-                    while len(_SCAN_ZIPS) >= _SCAN_ZIPS_MAX:
-                        _SCAN_ZIPS.pop(next(iter(_SCAN_ZIPS))).close()
-                    _SCAN_ZIPS[item.path] = zipfile.ZipFile(item.path)
-                item = replace(item, zf=_SCAN_ZIPS[item.path])
-            except (OSError, zipfile.BadZipFile):
-                pass  # describe_entry reports it
+            item = replace(item, zf=cached_zip(_SCAN_ZIPS, item.path))  # None: reported below
         out.append(describe_entry(item, limits))
     return out
 

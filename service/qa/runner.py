@@ -347,14 +347,13 @@ def _open_zips(refs: list[str]) -> dict[str, Any]:
     """Per-worker cache of open zips (a huge zip's central directory is parsed once)."""
     import zipfile
 
+    from rankiq.service.io.archive import cached_zip
+
     cache: dict[str, zipfile.ZipFile] = _WORKER.setdefault("zips", {})
     first = ref_from_json(refs[0]) if refs else None
     path = getattr(first, "path", None)
-    if first is not None and first.member is not None and path and path not in cache:
-        while len(cache) >= 4:
-            cache.pop(next(iter(cache))).close()
-        with contextlib.suppress(OSError, zipfile.BadZipFile):  # load_series reports it
-            cache[path] = zipfile.ZipFile(path)
+    if first is not None and first.member is not None and path:
+        cached_zip(cache, path)  # not opened: load_series reports it
     return cache
 
 
